@@ -1,0 +1,223 @@
+"""Decoding: open one image file with Pillow and turn it into what the pipeline needs.
+
+For every input this yields the full-resolution grey levels (uint8, or uint16 for 16-bit
+scans), the small square the network sees, a colour statistic for RGB sources, and the
+metadata worth carrying to the output. Failures become :class:`DecodeError` with a short
+reason; the caller reports them with the file's path.
+
+:class:`DecodeDataset` runs this inside torch ``DataLoader`` worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .color import rgb_to_lab
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated scan is reported, never half-coloured
+
+GREY_16_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+CHROMA_THUMB = 64
+
+
+class DecodeError(Exception):
+    """The file cannot be used as an input; the message is the reason, without the path."""
+
+
+@dataclass
+class Decoded:
+    grey: np.ndarray  # (H, W) uint8, or uint16 when bits == 16
+    net_input: np.ndarray  # (size, size) uint8
+    bits: int = 8
+    chroma: float | None = None  # colour spread of RGB sources (Lab units), None for grey modes
+    mode: str = "L"
+    meta: dict = field(default_factory=dict)  # exif (bytes), dpi, source format, pages
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+
+def chroma_spread(rgb: np.ndarray) -> float:
+    """How much colour varies across an RGB image, in Lab ab units.
+
+    A grey scan gives ~0; a sepia or cyanotype toned scan has colour, but one hue, so its
+    ab values barely spread (low); a colour photograph spreads widely. Standard deviation
+    of (a, b) around their mean: sqrt(var(a) + var(b)).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255)
+    lab = rgb_to_lab(t)
+    return float(lab[1:].flatten(1).var(dim=1, unbiased=False).sum().sqrt())
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass
+    return im.convert("RGB")
+
+
+def _to_grey(im: Image.Image) -> tuple[np.ndarray, int, float | None]:
+    """Pillow image (already loaded, oriented) -> grey array, bit depth, chroma statistic."""
+    mode = im.mode
+    if mode in GREY_16_MODES:
+        arr = np.asarray(im)
+        if arr.dtype != np.uint16:
+            arr = np.clip(arr, 0, 65535).astype(np.uint16)
+        return arr, 16, None
+    if mode == "L":
+        return np.asarray(im), 8, None
+    if mode == "1":
+        return np.asarray(im.convert("L")), 8, None
+    if mode == "P":
+        im = _flatten_alpha(im) if "transparency" in im.info else im.convert("RGB")
+    elif mode in ALPHA_MODES:
+        im = _flatten_alpha(im)
+    elif mode == "CMYK":
+        im = _cmyk_to_rgb(im)
+    elif mode in ("YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode != "RGB":
+        raise DecodeError(f"unsupported image mode {mode}")
+    thumb = im.copy()
+    thumb.thumbnail((CHROMA_THUMB, CHROMA_THUMB))
+    chroma = chroma_spread(np.asarray(thumb))
+    return np.asarray(im.convert("L")), 8, chroma
+
+
+def _jpeg_chroma(path: Path) -> float:
+    """Colour statistic of an RGB JPEG from a 1/8-scale draft decode (cheap)."""
+    with Image.open(path) as im:
+        im.draft("RGB", (CHROMA_THUMB, CHROMA_THUMB))
+        im = ImageOps.exif_transpose(im.convert("RGB"))
+        im.thumbnail((CHROMA_THUMB, CHROMA_THUMB))
+        return chroma_spread(np.asarray(im))
+
+
+def network_input(grey: np.ndarray, size: int) -> np.ndarray:
+    """Square ``size x size`` uint8 view of the image for the network (aspect is not kept)."""
+    if grey.dtype == np.uint16:
+        grey = ((grey.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # scale, never clip
+    im = Image.fromarray(grey)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(im)
+
+
+def _metadata(im: Image.Image) -> dict:
+    meta: dict = {"format": im.format}
+    dpi = im.info.get("dpi")
+    if dpi:
+        meta["dpi"] = tuple(float(d) for d in dpi)
+    exif = im.getexif()
+    if exif:
+        meta["exif"] = exif.tobytes()
+    return meta
+
+
+def decode(path: str | os.PathLike, size: int, page: int = 0) -> Decoded:
+    """Open and decode one input file. Raises :class:`DecodeError` with the reason."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format
+                if page:
+                    im.seek(page)
+                pages = getattr(im, "n_frames", 1)
+                chroma = None
+                if fmt == "JPEG" and im.mode in ("L", "RGB"):
+                    if im.mode == "RGB":
+                        chroma = _jpeg_chroma(path)
+                    im.draft("L", im.size)  # luma-only decode: no colour conversion work
+                im.load()
+                meta = _metadata(im)
+                im = ImageOps.exif_transpose(im)
+                grey, bits, spread = _to_grey(im)
+                chroma = spread if chroma is None else chroma
+                mode = im.mode
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"decompression bomb guard: {exc}".split(" could be")[0]) from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (Pillow cannot identify the format)") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc) or type(exc).__name__
+        raise DecodeError(f"cannot decode: {msg}") from None
+    meta["pages"] = pages
+    if "exif" in meta:  # orientation was applied to the pixels: reset the tag
+        exif = Image.Exif()
+        exif.load(meta["exif"])
+        exif[0x0112] = 1
+        meta["exif"] = exif.tobytes()
+    grey = np.ascontiguousarray(grey)
+    return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=mode, meta=meta)
+
+
+class DecodeDataset(Dataset):
+    """Decodes ``paths[i]`` in a DataLoader worker; returns a dict, never raises.
+
+    On failure the item carries ``error`` (the reason) instead of pixels, so one bad file
+    costs one line in the report and nothing else.
+    """
+
+    def __init__(self, paths: list[Path], size: int, max_pixels: int | None = None, pages: list[int] | None = None):
+        self.paths = paths
+        self.size = size
+        self.max_pixels = max_pixels
+        self.pages = pages
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.max_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = self.max_pixels  # per worker process
+        page = self.pages[index] if self.pages else 0
+        try:
+            d = decode(self.paths[index], self.size, page)
+        except DecodeError as exc:
+            return {"index": index, "error": str(exc)}
+        except MemoryError:
+            return {"index": index, "error": "out of memory while decoding"}
+        grey = torch.from_numpy(d.grey.astype(np.int32) if d.bits == 16 else d.grey)
+        return {
+            "index": index,
+            "error": None,
+            "grey": grey,
+            "net": torch.from_numpy(d.net_input.copy()).unsqueeze(0),
+            "bits": d.bits,
+            "chroma": d.chroma,
+            "meta": d.meta,
+        }
+
+
+def collate_items(items: list[dict]) -> list[dict]:
+    """Keep items as a list: images differ in size; the network batch is stacked later."""
+    return items

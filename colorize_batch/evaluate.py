@@ -1,0 +1,169 @@
+"""``colorize-batch eval``: colour quality of a model against ground-truth colour photos.
+
+Each photo is made grey (its exact CIE lightness, written as an 8-bit sRGB grey level),
+colorized through the same decode -> forward -> recombination code as ``run``, and scored
+for the model, for the grey baseline (the grey input itself) and, where it applies, for the
+truth. Metrics, averaged per image:
+
+- PSNR and SSIM on 8-bit sRGB;
+- colourfulness (Hasler & Süsstrunk 2003) in the absolute-value variant used by the
+  DDColor / CT2 / ColorFormer code: rg = |R - G|, yb = |(R + G)/2 - B|,
+  M = sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²);
+- ΔCF = |mean CF(outputs) - mean CF(truth)|;
+- Zhang et al.'s AuC: the share of pixels whose ab error (L2, Lab units) is within t,
+  averaged over t = 0..150.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+from skimage.metrics import structural_similarity
+
+from .color import XYZ_FROM_RGB, linear_to_srgb, rgb_to_lab, srgb_to_linear
+from .decoding import network_input
+from .discovery import find_images
+from .inference import Colorizer
+from .recombination import colorize_full
+
+AUC_THRESHOLDS = torch.arange(0, 151, dtype=torch.float32)
+
+
+def grey_from_rgb(rgb_u8: np.ndarray) -> np.ndarray:
+    """8-bit sRGB grey with the same CIE lightness as each colour pixel."""
+    t = torch.from_numpy(rgb_u8).float().div_(255).permute(2, 0, 1)
+    weights = torch.tensor(XYZ_FROM_RGB[1]).view(3, 1, 1)
+    y = (srgb_to_linear(t) * weights).sum(0)
+    return (linear_to_srgb(y) * 255).round().to(torch.uint8).numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)
+    return float("inf") if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+def colourfulness(rgb_u8: np.ndarray) -> float:
+    """Hasler & Süsstrunk colourfulness, absolute-value variant (see module docstring)."""
+    rgb = rgb_u8.astype(np.float32)
+    rg = np.abs(rgb[..., 0] - rgb[..., 1])
+    yb = np.abs(0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2])
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def ab_of(rgb_u8: np.ndarray) -> torch.Tensor:
+    return rgb_to_lab(torch.from_numpy(rgb_u8).float().div_(255).permute(2, 0, 1))[1:]
+
+
+def ab_auc(pred_ab: torch.Tensor, true_ab: torch.Tensor) -> float:
+    """Zhang's AuC: mean over t = 0..150 of the share of pixels with ab L2 error <= t."""
+    err = (pred_ab - true_ab).pow(2).sum(0).sqrt().flatten()
+    counts = torch.bucketize(err, AUC_THRESHOLDS, right=False)  # index of first threshold >= err
+    hist = torch.bincount(counts, minlength=len(AUC_THRESHOLDS) + 1)[: len(AUC_THRESHOLDS)]
+    return float((hist.cumsum(0).float() / err.numel()).mean())
+
+
+@dataclass
+class EvalResult:
+    files: list[str] = field(default_factory=list)
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    sheet_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def add(self, who: str, metric: str, value: float) -> None:
+        self.scores.setdefault(who, {}).setdefault(metric, []).append(value)
+
+    def summary(self) -> dict:
+        out: dict = {}
+        for who, metrics in self.scores.items():
+            out[who] = {m: float(np.mean(v)) for m, v in metrics.items()}
+        truth_cf = out.get("truth", {}).get("cf")
+        if truth_cf is not None:
+            for who in ("model", "gray"):
+                if who in out:
+                    out[who]["delta_cf"] = abs(out[who]["cf"] - truth_cf)
+        out["images"] = len(self.files)
+        return out
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def evaluate(
+    colorizer: Colorizer,
+    paths: list[Path],
+    size: int,
+    batch_size: int = 8,
+    chroma_gain: float = 1.0,
+    sheet_limit: int = 0,
+) -> EvalResult:
+    """Score ``colorizer`` on colour photos ``paths`` (see the module docstring)."""
+    result = EvalResult()
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        truths = [load_rgb(p) for p in chunk]
+        greys = [grey_from_rgb(t) for t in truths]
+        net = torch.stack([torch.from_numpy(network_input(g, size)) for g in greys]).unsqueeze(1)
+        abs_pred = colorizer.predict(net)
+        for path, truth, grey, ab in zip(chunk, truths, greys, abs_pred):
+            out = colorize_full(torch.from_numpy(grey), ab, chroma_gain=chroma_gain).numpy()
+            grey_rgb = np.repeat(grey[..., None], 3, axis=2)
+            true_ab = ab_of(truth)
+            result.files.append(str(path))
+            for who, img in (("model", out), ("gray", grey_rgb)):
+                result.add(who, "psnr", psnr(img, truth))
+                result.add(who, "ssim", ssim(img, truth))
+                result.add(who, "cf", colourfulness(img))
+                result.add(who, "auc", ab_auc(ab_of(img) if who == "model" else torch.zeros_like(true_ab), true_ab))
+            result.add("truth", "cf", colourfulness(truth))
+            if len(result.sheet_rows) < sheet_limit:
+                result.sheet_rows.append((grey_rgb, out, truth))
+    return result
+
+
+def contact_sheet(rows: list[tuple[np.ndarray, ...]], path: Path, height: int = 160, labels: tuple[str, ...] = ("grey", "model", "truth")) -> Path:
+    """A PNG with one column per image and one row per version (grey / model / truth)."""
+    if not rows:
+        raise ValueError("no images for the contact sheet")
+    n_versions = len(rows[0])
+    thumbs = [[Image.fromarray(v).resize((max(1, round(v.shape[1] * height / v.shape[0])), height)) for v in row] for row in rows]
+    widths = [t[0].width for t in thumbs]
+    label_w = 60
+    sheet = Image.new("RGB", (label_w + sum(widths) + 4 * len(widths), n_versions * (height + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r in range(n_versions):
+        draw.text((4, r * (height + 4) + height // 2), labels[r] if r < len(labels) else "", fill="black")
+    x = label_w
+    for col, w in zip(thumbs, widths):
+        for r, im in enumerate(col):
+            sheet.paste(im, (x, r * (height + 4)))
+        x += w + 4
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def colour_photos(root: Path, limit: int | None = None) -> list[Path]:
+    files = [item.source for item in find_images(root)]
+    return files[:limit] if limit else files
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{'':8}{'PSNR':>8}{'SSIM':>8}{'CF':>8}{'ΔCF':>8}{'AuC':>8}"]
+    for who in ("model", "gray", "truth"):
+        s = summary.get(who)
+        if not s:
+            continue
+        cells = [s.get(k) for k in ("psnr", "ssim", "cf", "delta_cf", "auc")]
+        lines.append(f"{who:8}" + "".join(f"{c:8.3f}" if c is not None else f"{'-':>8}" for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Inference: batched forward passes of the generator on the run's device.
+
+CUDA runs under autocast (fp16, or bf16 where supported) with pinned, non-blocking copies;
+the CPU runs in float32. Everything is under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .color import denormalize_ab, grey_to_lightness, normalize_l
+from .model import UNetGenerator
+
+
+class InferenceError(Exception):
+    pass
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA request is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(f"--device {name}: CUDA is not available on this machine (use auto or cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InferenceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if device.type != "cuda" or precision == "fp32":
+        return torch.float32
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class Colorizer:
+    """Wraps a generator: grey uint8 squares in, ab (Lab units, float32) out."""
+
+    def __init__(self, generator: UNetGenerator, device: torch.device, precision: str = "auto"):
+        self.device = device
+        self.dtype = resolve_precision(precision, device)
+        self.generator = generator.to(device).eval()
+        if device.type == "cuda":
+            self.generator = self.generator.to(memory_format=torch.channels_last)
+        self.multiple = generator.config.multiple
+        self.forward_seconds = 0.0
+        self.images = 0
+
+    @torch.inference_mode()
+    def predict(self, grey_batch: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` uint8 grey levels -> ``(B, 2, S, S)`` ab in Lab units, on the CPU."""
+        side = grey_batch.shape[-1]
+        if side % self.multiple or grey_batch.shape[-2] % self.multiple:
+            raise InferenceError(f"input size {tuple(grey_batch.shape[-2:])} is not a multiple of {self.multiple}")
+        start = time.perf_counter()
+        x = grey_batch.to(self.device, non_blocking=True)
+        l_norm = normalize_l(grey_to_lightness(x))
+        if self.device.type == "cuda":
+            l_norm = l_norm.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
+                ab = self.generator(l_norm)
+            ab = ab.float().cpu()
+        else:
+            ab = self.generator(l_norm)
+        ab = denormalize_ab(ab)
+        self.forward_seconds += time.perf_counter() - start
+        self.images += grey_batch.shape[0]
+        return ab

@@ -1,0 +1,284 @@
+"""``colorize-batch train``: pix2pix training of the same generator that ``run`` uses.
+
+Objective as in pix2pix: a PatchGAN conditioned on L (vanilla BCE or least-squares) plus
+λ·L1 on normalised ab, Adam(lr, betas=(0.5, 0.999)). An optional L1-only warm-up of the
+generator comes first (``train.l1_steps``); the GAN phase may use its own learning rate.
+
+Every batch is fixed by ``(seed, step)`` (which files, which crops, which flips), and the
+checkpoint stores the model, optimisers, step and torch RNG, so ``--resume`` continues
+exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import __version__
+from .color import normalize_ab, normalize_l, rgb_to_lab
+from .config import PipelineConfig, TrainSection
+from .discovery import find_images
+from .evaluate import colour_photos, contact_sheet, evaluate
+from .inference import Colorizer
+from .model import PRESETS, GANLoss, build_discriminator, build_generator, count_parameters
+from .weights import save_weights
+
+log = logging.getLogger("colorize_batch.train")
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(Exception):
+    pass
+
+
+class CropDataset(Dataset):
+    """Random resized crop + horizontal flip of a colour photo, fixed by the sample's seed."""
+
+    def __init__(self, files: list[Path], crop: int):
+        self.files = files
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        index, seed = key
+        rng = random.Random(seed)
+        try:
+            with Image.open(self.files[index]) as im:
+                im.draft("RGB", (self.crop, self.crop))
+                im = ImageOps.exif_transpose(im).convert("RGB")
+        except OSError:
+            return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)  # dropped as near-grey
+        w, h = im.size
+        area = w * h * rng.uniform(0.3, 1.0)
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw = int(round(min(w, np.sqrt(area * aspect))))
+        ch = int(round(min(h, np.sqrt(area / aspect))))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        im = im.resize((self.crop, self.crop), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
+class StepBatchSampler(Sampler):
+    """Infinite batches; batch ``s`` depends only on ``(seed, s)``, so resuming is exact."""
+
+    def __init__(self, weights: torch.Tensor, batch_size: int, seed: int, start_step: int):
+        self.weights = weights
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            idx = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
+            seeds = torch.randint(0, 2**31 - 1, (self.batch_size,), generator=g)
+            yield list(zip(idx.tolist(), seeds.tolist()))
+            step += 1
+
+    def __len__(self) -> int:  # pragma: no cover - infinite
+        return sys.maxsize
+
+
+def training_files(cfg: TrainSection, extra_roots: list[Path]) -> tuple[list[Path], torch.Tensor]:
+    """Files of all roots and a sampling weight per file: each root's share is its weight."""
+    roots = [(r.path, r.weight) for r in cfg.data] if not extra_roots else [(p, 1.0) for p in extra_roots]
+    files: list[Path] = []
+    weights: list[float] = []
+    for root, weight in roots:
+        found = [item.source for item in find_images(root)]
+        if not found:
+            raise TrainingError(f"{root}: no training images found")
+        files += found
+        weights += [weight / len(found)] * len(found)
+        log.info("train data %s: %d files, weight %.2f", root, len(found), weight)
+    return files, torch.tensor(weights, dtype=torch.double)
+
+
+@dataclass
+class Trainer:
+    config: PipelineConfig
+    out_dir: Path
+    data_roots: list[Path]
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        cfg = self.config.train
+        if cfg.preset not in PRESETS:
+            raise TrainingError(f"train.preset {cfg.preset!r} is not one of {sorted(PRESETS)}")
+        torch.manual_seed(cfg.seed)
+        self.generator = build_generator(cfg.preset).to(self.device)
+        self.discriminator = build_discriminator(cfg.disc_layers, cfg.disc_channels).to(self.device)
+        self.gan_loss = GANLoss(cfg.gan_mode).to(self.device)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=betas)
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step = 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": json.loads(self.config.train.model_dump_json()),
+        }
+        path = self.out_dir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self) -> None:
+        path = self.out_dir / CHECKPOINT
+        if not path.is_file():
+            raise TrainingError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(state["step"])
+
+    def export(self, path: Path | None = None, extra: dict | None = None) -> Path:
+        cfg = self.config.train
+        provenance = {
+            "name": "colorize-lite" if cfg.preset == "lite" else f"colorize-{cfg.preset}",
+            "tool": f"colorize-batch {__version__}",
+            "steps": self.step,
+            "preset": cfg.preset,
+            "crop": cfg.crop,
+            "data": [str(p) for p in (self.data_roots or [r.path for r in cfg.data])],
+            "parameters": count_parameters(self.generator),
+            **(extra or {}),
+        }
+        return save_weights(path or self.out_dir / "generator.pt", self.generator, provenance)
+
+    # -- one step ----------------------------------------------------------------------
+    def train_step(self, rgb_u8: torch.Tensor) -> dict[str, float] | None:
+        cfg = self.config.train
+        rgb = rgb_u8.to(self.device, non_blocking=True).float().div_(255)
+        lab = rgb_to_lab(rgb)
+        chroma = lab[:, 1:].pow(2).sum(1).sqrt().mean(dim=(1, 2))
+        keep = chroma >= cfg.min_chroma
+        if int(keep.sum()) < 2:
+            return None
+        lab = lab[keep]
+        real_l, real_ab = normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:])
+        gan_phase = self.step >= cfg.l1_steps
+        if gan_phase:
+            for group in self.opt_g.param_groups:
+                group["lr"] = cfg.gan_lr
+        losses: dict[str, float] = {}
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            fake_ab = self.generator(real_l)
+        if gan_phase:
+            self.discriminator.requires_grad_(True)
+            self.opt_d.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                d_fake = self.discriminator(torch.cat([real_l, fake_ab.detach()], 1))
+                d_real = self.discriminator(torch.cat([real_l, real_ab], 1))
+                loss_d = 0.5 * (self.gan_loss(d_fake, False) + self.gan_loss(d_real, True))
+            self.scaler.scale(loss_d).backward()
+            self.scaler.step(self.opt_d)
+            losses["d"] = float(loss_d.detach())
+            self.discriminator.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss_l1 = F.l1_loss(fake_ab.float(), real_ab)
+            loss_g = cfg.lambda_l1 * loss_l1
+            if gan_phase:
+                loss_gan = self.gan_loss(self.discriminator(torch.cat([real_l, fake_ab], 1)), True)
+                loss_g = loss_g + loss_gan
+                losses["g_gan"] = float(loss_gan.detach())
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        losses["l1"] = float(loss_l1.detach())
+        return losses
+
+    # -- validation --------------------------------------------------------------------
+    def validate(self, val_files: list[Path], size: int) -> dict:
+        colorizer = Colorizer(self.generator, self.device)
+        result = evaluate(colorizer, val_files, size, sheet_limit=8)
+        self.generator.train()
+        summary = result.summary()
+        contact_sheet(result.sheet_rows, self.out_dir / f"sheet_{self.step:06d}.png")
+        return summary
+
+    def fit(self, max_minutes: float | None = None, progress=None) -> dict:
+        cfg = self.config.train
+        files, weights = training_files(cfg, self.data_roots)
+        val_files = colour_photos(cfg.val_dir, cfg.val_limit) if cfg.val_dir else []
+        log.info(
+            "training %s (%.1fM parameters) on %d files, %s, from step %d to %d",
+            cfg.preset, count_parameters(self.generator) / 1e6, len(files), self.device, self.step, cfg.steps,
+        )
+        loader = DataLoader(
+            CropDataset(files, cfg.crop),
+            batch_sampler=StepBatchSampler(weights, cfg.batch_size, cfg.seed, self.step),
+            num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        self.generator.train()
+        self.discriminator.train()
+        log_path = self.out_dir / "train_log.jsonl"
+        started = time.monotonic()
+        window: dict[str, list[float]] = {}
+        last: dict = {}
+        stopped_early = False
+        batches = iter(loader)
+        while self.step < cfg.steps:
+            if max_minutes is not None and time.monotonic() - started > max_minutes * 60:
+                stopped_early = True
+                break
+            losses = self.train_step(next(batches))
+            self.step += 1
+            if losses:
+                for k, v in losses.items():
+                    window.setdefault(k, []).append(v)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last = {k: float(np.mean(v)) for k, v in window.items()}
+                window.clear()
+                record = {"step": self.step, "seconds": round(time.monotonic() - started, 1), **last}
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                if progress:
+                    progress(self.step, cfg.steps, last)
+            if self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if val_files and self.step % cfg.val_every == 0:
+                summary = self.validate(val_files, self.config.model.size)
+                with open(self.out_dir / "val_log.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": self.step, **summary}) + "\n")
+                self.export(self.out_dir / f"generator_{self.step:06d}.pt")
+                log.info("validation at step %d: %s", self.step, json.dumps(summary))
+        self.save_checkpoint()
+        weights_path = self.export()
+        return {"step": self.step, "stopped_early": stopped_early, "weights": str(weights_path), "losses": last}

@@ -1,0 +1,95 @@
+"""Weights files: the generator's fp16 state dict plus everything needed to rebuild it.
+
+A file carries its architecture (:class:`~colorize_batch.model.UNetConfig`), the Lab
+normalisation it was trained with and its provenance, so ``run`` builds the right network
+from the file alone. Files load with ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import color
+from .model import UNetConfig, UNetGenerator
+
+FORMAT = "colorize-batch-weights/1"
+
+
+class WeightsError(Exception):
+    """A weights file that is missing, unreadable or does not fit the model code."""
+
+
+@dataclass
+class WeightsInfo:
+    path: Path
+    sha256: str
+    architecture: UNetConfig
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        name = self.provenance.get("name") or self.path.stem
+        return f"{name}@{self.sha256[:12]}"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(path: str | os.PathLike, generator: UNetGenerator, provenance: dict | None = None) -> Path:
+    """Write the generator alone as fp16, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "architecture": generator.config.to_dict(),
+        "normalization": {"l_scale": color.L_SCALE, "l_shift": color.L_SHIFT, "ab_scale": color.AB_SCALE},
+        "provenance": dict(provenance or {}),
+        "state_dict": {k: (v.half() if v.is_floating_point() else v) for k, v in generator.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNetGenerator, WeightsInfo]:
+    """Build the generator described by a weights file, in eval mode, in float32 on ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem means "not our file"
+        raise WeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a colorize-batch weights file (expected format {FORMAT!r})")
+    norm = payload.get("normalization", {})
+    expected = {"l_scale": color.L_SCALE, "l_shift": color.L_SHIFT, "ab_scale": color.AB_SCALE}
+    if norm != expected:
+        raise WeightsError(f"{path}: trained with Lab normalisation {norm}, this version uses {expected}")
+    try:
+        config = UNetConfig.from_dict(payload["architecture"])
+        generator = UNetGenerator(config)
+        generator.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: weights do not match the model code ({first})") from None
+    generator.to(device).eval()
+    info = WeightsInfo(path=path, sha256=file_sha256(path), architecture=config, provenance=payload.get("provenance", {}))
+    return generator, info
