@@ -64,6 +64,63 @@ def main() -> None:
     """
 
 
+# ----------------------------------------------------------------------------- run
+RUN_FLAGS = {
+    "weights": "model.weights",
+    "device": "model.device",
+    "size": "model.size",
+    "batch_size": "loader.batch_size",
+    "workers": "loader.workers",
+    "fmt": "output.format",
+    "color_inputs": "input.color_inputs",
+}
+
+
+@main.command()
+@click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
+@config_option
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Generator weights file (model.weights).")
+@click.option("--device", type=str, help="auto (CUDA if present) | cpu | cuda | cuda:N (model.device).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass (loader.batch_size).")
+@click.option("--workers", type=click.IntRange(0, 64), help="Decoding processes; 0 decodes in the main process (loader.workers).")
+@click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
+@click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
+@click.option("--color-inputs", type=click.Choice(["skip", "copy", "recolor"]), help="What to do with inputs already in colour.")
+@click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
+@click.option("--checksum", is_flag=True, help="Fingerprint sources by sha256 instead of size + mtime.")
+@click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
+@click.option("--print-config", is_flag=True, help="Print the resolved configuration as YAML and exit.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.pass_context
+def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, size, fmt, color_inputs,
+        force, checksum, dry_run, print_config, report_path, log_file, quiet, verbose):
+    """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
+
+    IN may also be a single image; OUT is then a file name or a folder. Outputs keep each
+    input's pixel size and grey levels (only colour is added), its EXIF and DPI, and are
+    marked as machine-colorized. Reruns skip files that are up to date (manifest in
+    OUT/.colorize-batch/); bad files are reported and the run goes on.
+
+    \b
+    Exit codes: 0 all good (skips included), 1 some files failed,
+    2 usage or configuration error, 75 OUT is locked by another run, 130 interrupted.
+    """
+    config = _resolve_config(ctx, config_path, RUN_FLAGS)
+    if print_config:
+        click.echo(config.to_yaml(), nl=False)
+        ctx.exit(EXIT_OK)
+    _setup_logging(-1 if quiet else verbose, log_file)
+    from .runner import run_pipeline
+
+    code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
+                        report_path=report_path, quiet=quiet)
+    ctx.exit(code)
+
+
 # ----------------------------------------------------------------------------- train
 @main.command()
 @click.argument("data_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -115,6 +172,88 @@ def _train_progress():
         log.info("step %d/%d %s", step, total, " ".join(f"{k}={v:.4f}" for k, v in losses.items()))
 
     return report
+
+
+# ----------------------------------------------------------------------------- export
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--step", type=int, help="Export the validation snapshot of this step instead of the last checkpoint.")
+def export(run_dir, dest, step):
+    """Write a training run's generator as a small fp16 weights file (architecture included)."""
+    import torch
+
+    from .model import UNetConfig, UNetGenerator, count_parameters
+    from .weights import WeightsError, load_weights, save_weights
+
+    if step is not None:
+        snapshot = run_dir / f"generator_{step:06d}.pt"
+        try:
+            generator, info = load_weights(snapshot)
+        except WeightsError as exc:
+            raise click.ClickException(str(exc)) from None
+        provenance = dict(info.provenance)
+    else:
+        ckpt = run_dir / "checkpoint.pt"
+        if not ckpt.is_file():
+            raise click.ClickException(f"{ckpt}: no checkpoint in this run folder")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        from .model import PRESETS
+
+        config: UNetConfig = PRESETS[state["config"]["preset"]]
+        generator = UNetGenerator(config)
+        generator.load_state_dict(state["generator"])
+        provenance = {"steps": int(state["step"]), "preset": state["config"]["preset"], "crop": state["config"]["crop"],
+                      "parameters": count_parameters(generator)}
+    provenance.setdefault("name", dest.stem)
+    provenance["name"] = dest.stem
+    path = save_weights(dest, generator, provenance)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+# ----------------------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("color_dir", type=click.Path(exists=True, path_type=Path))
+@config_option
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Weights file (model.weights).")
+@click.option("--size", type=click.IntRange(32, 2048), help="Network input size (model.size).")
+@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N")
+@click.option("--limit", type=int, help="Only the first N photos.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
+@click.option("--sheet-images", type=int, default=12, show_default=True)
+@click.pass_context
+def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, report_path, sheet, sheet_images):
+    """Score a model on colour photos: PSNR, SSIM, colourfulness, ΔCF and AuC, against grey.
+
+    Each photo is made grey, colorized through the same code as `run`, and compared with
+    the truth; the grey input itself is the baseline.
+    """
+    config = _resolve_config(ctx, config_path, {"weights": "model.weights", "size": "model.size", "device": "model.device"})
+    _setup_logging(0)
+    from .evaluate import colour_photos, contact_sheet, evaluate, format_table
+    from .inference import Colorizer, InferenceError, resolve_device
+    from .reporting import write_json_atomic
+    from .weights import WeightsError, load_weights
+
+    try:
+        dev = resolve_device(config.model.device)
+        generator, info = load_weights(config.model.weights, dev)
+    except (InferenceError, WeightsError) as exc:
+        raise click.UsageError(str(exc)) from None
+    photos = colour_photos(color_dir, limit)
+    if not photos:
+        raise click.UsageError(f"{color_dir}: no images found")
+    result = evaluate(Colorizer(generator, dev, config.model.precision), photos, config.model.size,
+                      batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
+                      sheet_limit=sheet_images if sheet else 0)
+    summary = result.summary()
+    summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir))
+    click.echo(format_table(summary))
+    if report_path:
+        write_json_atomic(report_path, summary)
+    if sheet:
+        contact_sheet(result.sheet_rows, sheet)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,15 +62,48 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
 
 
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Lab -> sRGB in [0, 1] (out-of-gamut values clipped, as skimage does)."""
-    L, a, b = lab.unbind(-3)
+def _lab_to_linear(L: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Lab channels -> linear RGB (not clipped), channels stacked on dim -3."""
     fy = (L + 16) / 116
     f = torch.stack((fy + a / 500, fy, (fy - b / 200).clamp_min(0)), dim=-3)
-    white = _matrix(WHITE_D65, lab).view(3, 1, 1)
+    white = torch.tensor(WHITE_D65, dtype=L.dtype, device=L.device).view(3, 1, 1)
     xyz = _f_inv(f) * white
-    rgb_from_xyz = torch.linalg.inv(_matrix(XYZ_FROM_RGB, lab).double()).to(lab.dtype)
-    return linear_to_srgb(_apply_matrix(rgb_from_xyz, xyz))
+    return _apply_matrix(_rgb_from_xyz(L.dtype, L.device), xyz)
+
+
+@functools.lru_cache(maxsize=8)
+def _rgb_from_xyz(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.linalg.inv(torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+
+def lab_to_rgb(lab: torch.Tensor, gamut: str = "clip", steps: int = 8) -> torch.Tensor:
+    """Lab -> sRGB in [0, 1].
+
+    gamut="clip" clips each channel like ``skimage.color.lab2rgb`` (hue and lightness may
+    shift for out-of-gamut colours). gamut="chroma" instead scales the pixel's (a, b)
+    towards grey until it fits (bisection, ``steps`` halvings), so lightness is kept: what
+    recombination uses, since the output's L must be the input's.
+    """
+    L, a, b = lab.unbind(-3)
+    lin = _lab_to_linear(L, a, b)
+    if gamut == "chroma":
+        tol = 1e-5
+        outside = ((lin < -tol) | (lin > 1 + tol)).any(dim=-3)
+        if bool(outside.any()):
+            Lp, ap, bp = L[outside], a[outside], b[outside]
+            lo, hi = torch.zeros_like(Lp), torch.ones_like(Lp)
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                trial = _lab_to_linear(Lp[:, None, None], (mid * ap)[:, None, None], (mid * bp)[:, None, None])
+                fits = ((trial >= -tol) & (trial <= 1 + tol)).all(dim=-3).view(-1)
+                lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
+            fixed = _lab_to_linear(Lp[:, None, None], (lo * ap)[:, None, None], (lo * bp)[:, None, None])
+            lin = lin.movedim(-3, -1).clone()
+            lin[outside] = fixed.view(-1, 3)
+            lin = lin.movedim(-1, -3)
+    elif gamut != "clip":
+        raise ValueError(f"gamut must be clip or chroma, not {gamut!r}")
+    return linear_to_srgb(lin)
 
 
 @functools.lru_cache(maxsize=8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ def chroma_spread(rgb: np.ndarray) -> float:
     ab values barely spread (low); a colour photograph spreads widely. Standard deviation
     of (a, b) around their mean: sqrt(var(a) + var(b)).
     """
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255)
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
     lab = rgb_to_lab(t)
     return float(lab[1:].flatten(1).var(dim=1, unbiased=False).sum().sqrt())
 
@@ -124,14 +125,36 @@ def network_input(grey: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im)
 
 
+# Descriptive TIFF/EXIF tags carried to outputs. Structural tags (strip offsets, bit depth,
+# compression...) are dropped: they describe the source's encoding, not the photograph.
+KEPT_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)
+KEPT_IFDS = (0x8769, 0x8825)  # Exif (capture fields) and GPS sub-IFDs
+
+
+def _clean_exif(src: Image.Exif) -> Image.Exif:
+    out = Image.Exif()
+    for tag in KEPT_TAGS:
+        if tag in src:
+            out[tag] = src[tag]
+    for ifd in KEPT_IFDS:
+        try:
+            sub = dict(src.get_ifd(ifd))
+        except (KeyError, ValueError, TypeError, OSError):
+            continue
+        sub = {k: v for k, v in sub.items() if not isinstance(v, (bytes, tuple)) or len(v) < 4096}
+        if sub:
+            out[ifd] = sub
+    return out
+
+
 def _metadata(im: Image.Image) -> dict:
     meta: dict = {"format": im.format}
     dpi = im.info.get("dpi")
     if dpi:
         meta["dpi"] = tuple(float(d) for d in dpi)
-    exif = im.getexif()
-    if exif:
-        meta["exif"] = exif.tobytes()
+    exif = _clean_exif(im.getexif())
+    if len(exif):
+        meta["exif"] = exif
     return meta
 
 
@@ -172,11 +195,12 @@ def decode(path: str | os.PathLike, size: int, page: int = 0) -> Decoded:
         raise DecodeError(f"cannot decode: {msg}") from None
     meta["pages"] = pages
     if "exif" in meta:  # orientation was applied to the pixels: reset the tag
-        exif = Image.Exif()
-        exif.load(meta["exif"])
-        exif[0x0112] = 1
+        exif = meta["exif"]
+        if 0x0112 in exif:
+            exif[0x0112] = 1
         meta["exif"] = exif.tobytes()
-    grey = np.ascontiguousarray(grey)
+    if not grey.flags.writeable or not grey.flags.c_contiguous:
+        grey = np.array(grey, copy=True, order="C")  # torch wants writable memory
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=mode, meta=meta)
 
 
@@ -200,6 +224,7 @@ class DecodeDataset(Dataset):
         if self.max_pixels is not None:
             Image.MAX_IMAGE_PIXELS = self.max_pixels  # per worker process
         page = self.pages[index] if self.pages else 0
+        start = time.perf_counter()
         try:
             d = decode(self.paths[index], self.size, page)
         except DecodeError as exc:
@@ -215,6 +240,7 @@ class DecodeDataset(Dataset):
             "bits": d.bits,
             "chroma": d.chroma,
             "meta": d.meta,
+            "decode_s": time.perf_counter() - start,
         }
 
 

@@ -36,7 +36,7 @@ AUC_THRESHOLDS = torch.arange(0, 151, dtype=torch.float32)
 
 def grey_from_rgb(rgb_u8: np.ndarray) -> np.ndarray:
     """8-bit sRGB grey with the same CIE lightness as each colour pixel."""
-    t = torch.from_numpy(rgb_u8).float().div_(255).permute(2, 0, 1)
+    t = torch.from_numpy(np.array(rgb_u8, dtype=np.uint8)).float().div_(255).permute(2, 0, 1)
     weights = torch.tensor(XYZ_FROM_RGB[1]).view(3, 1, 1)
     y = (srgb_to_linear(t) * weights).sum(0)
     return (linear_to_srgb(y) * 255).round().to(torch.uint8).numpy()
@@ -60,7 +60,7 @@ def colourfulness(rgb_u8: np.ndarray) -> float:
 
 
 def ab_of(rgb_u8: np.ndarray) -> torch.Tensor:
-    return rgb_to_lab(torch.from_numpy(rgb_u8).float().div_(255).permute(2, 0, 1))[1:]
+    return rgb_to_lab(torch.from_numpy(np.array(rgb_u8, dtype=np.uint8)).float().div_(255).permute(2, 0, 1))[1:]
 
 
 def ab_auc(pred_ab: torch.Tensor, true_ab: torch.Tensor) -> float:

@@ -65,7 +65,7 @@ def colorize_full(
         stop = min(height, start + rows_per_strip)
         ab_rows = torch.lerp(wide[:, i0[start:stop], :], wide[:, i1[start:stop], :], t[start:stop])
         L = grey_to_lightness(grey[start:stop], levels).unsqueeze(0)
-        rgb = lab_to_rgb(torch.cat([L, ab_rows], dim=0))
+        rgb = lab_to_rgb(torch.cat([L, ab_rows], dim=0), gamut="chroma")
         out[start:stop] = (rgb.permute(1, 2, 0) * peak).round_().to(out_dtype)
     return out
 

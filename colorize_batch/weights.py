@@ -61,6 +61,7 @@ def save_weights(path: str | os.PathLike, generator: UNetGenerator, provenance: 
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,261 @@
+"""The local engine: distributes the stages over one machine.
+
+    discovery -> decoding (DataLoader workers) -> inference (batched, main thread)
+              -> recombination + encoding + writing (thread pool) -> reporting/manifest
+
+It only wires the stage modules together; each stage lives in the module named after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import PipelineConfig
+from .decoding import DecodeDataset, collate_items
+from .discovery import WorkItem, check_roots, find_images, output_path
+from .inference import Colorizer
+from .manifest import Manifest, RunIdentity, fingerprint, state_dir
+from .recombination import colorize_full
+from .reporting import ProgressDisplay, RunStats
+from .writing import PIL_FORMAT, Provenance, WriteError, atomic_write, copy_file, encode, output_format
+
+log = logging.getLogger("colorize_batch")
+
+
+@dataclass
+class Job:
+    item: WorkItem
+    output: Path
+    fingerprint: str
+
+    @property
+    def source_key(self) -> str:
+        return str(self.item.relative)
+
+
+@dataclass
+class Plan:
+    in_path: Path
+    out_path: Path
+    jobs: list[Job] = field(default_factory=list)
+    up_to_date: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): fail before decoding
+
+    @property
+    def single_file(self) -> bool:
+        return self.in_path.is_file()
+
+
+def resolve_out(in_path: Path, out_path: Path) -> tuple[Path, bool]:
+    """For a single input file, OUT may name the output file or a folder to put it in."""
+    if in_path.is_file():
+        if out_path.suffix.lower() in PIL_FORMAT and not out_path.is_dir():
+            return out_path, True
+        return out_path, False
+    return out_path, False
+
+
+def plan_run(
+    in_path: Path,
+    out_path: Path,
+    config: PipelineConfig,
+    manifest: Manifest | None,
+    ident: RunIdentity | None,
+    force: bool = False,
+    checksum: bool = False,
+) -> Plan:
+    """Discover inputs, map outputs, drop what is up to date, flag output collisions."""
+    check_roots(in_path, out_path)
+    out_file_mode = resolve_out(in_path, out_path)[1]
+    inp = config.input
+    items = find_images(
+        in_path, inp.extensions, inp.include, inp.exclude, skip_dirs=[out_path],
+        on_warning=lambda msg: log.warning("%s", msg),
+    )
+    plan = Plan(in_path, out_path)
+    claimed: dict[str, str] = {}
+    for item in items:
+        dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
+        key = str(dest)
+        if key in claimed:
+            plan.problems.append((str(item.source), f"output {dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))
+            continue
+        claimed[key] = str(item.source)
+        try:
+            fp = fingerprint(item.source, checksum)
+        except OSError as exc:
+            plan.problems.append((str(item.source), f"cannot read: {exc.strerror}"))
+            continue
+        if not force and manifest is not None and ident is not None and manifest.is_current(str(item.relative), fp, ident):
+            plan.up_to_date += 1
+            continue
+        plan.jobs.append(Job(item, dest, fp))
+    return plan
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: finish in-flight writes, flush, exit 130."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.event.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        log.warning("%s received: finishing in-flight files, then stopping", signal.Signals(signum).name)
+        self.event.set()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+def render(item: dict, ab: torch.Tensor, job: Job, config: PipelineConfig, prov: Provenance | None) -> tuple[str, dict]:
+    """Recombination + encoding + atomic write of one image; returns (sha256, stage seconds)."""
+    t0 = time.perf_counter()
+    levels = 65536 if item["bits"] == 16 else 256
+    rgb = colorize_full(item["grey"], ab, levels=levels, chroma_gain=config.model.chroma_gain).numpy()
+    t1 = time.perf_counter()
+    data = encode(rgb, output_format(job.output), config.output, item["meta"], prov)
+    t2 = time.perf_counter()
+    sha = atomic_write(job.output, data)
+    t3 = time.perf_counter()
+    return sha, {"recombine": t1 - t0, "encode": t2 - t1, "write": t3 - t2}
+
+
+class LocalEngine:
+    def __init__(self, config: PipelineConfig, colorizer: Colorizer, model_id: str, stats: RunStats,
+                 manifest: Manifest | None, ident: RunIdentity | None, quiet: bool = False):
+        self.config = config
+        self.colorizer = colorizer
+        self.model_id = model_id
+        self.stats = stats
+        self.manifest = manifest
+        self.ident = ident
+        self.quiet = quiet
+
+    def _record(self, job: Job, status: str, out_root: Path, sha: str | None = None, reason: str | None = None) -> None:
+        if self.manifest is None or self.ident is None:
+            return
+        out_rel = str(job.output.relative_to(out_root)) if status in ("done", "copied") else None
+        self.manifest.add(job.source_key, job.fingerprint, self.ident, status, out_rel, sha, reason)
+
+    def run(self, plan: Plan, stop: StopFlag) -> None:
+        cfg, stats = self.config, self.stats
+        jobs = plan.jobs
+        dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels)
+        workers = cfg.loader.workers
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.loader.batch_size,
+            num_workers=workers,
+            collate_fn=collate_items,
+            prefetch_factor=cfg.loader.prefetch_factor if workers else None,
+            worker_init_fn=_ignore_sigint if workers else None,
+            pin_memory=False,
+        )
+        progress = ProgressDisplay(len(jobs), quiet=self.quiet)
+        pending: dict[Future, Job] = {}
+        max_pending = cfg.loader.writer_threads * 2 + cfg.loader.batch_size
+        threshold = cfg.input.color_threshold
+        policy = cfg.input.color_inputs
+        pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer")
+        try:
+            for batch in loader:
+                to_color: list[tuple[dict, Job]] = []
+                for item in batch:
+                    job = jobs[item["index"]]
+                    stats.stage_seconds["decode"] += item.get("decode_s", 0.0)
+                    if item["error"]:
+                        stats.fail(str(job.item.source), item["error"])
+                        self._record(job, "failed", plan.out_path, reason=item["error"])
+                        progress.advance()
+                    elif item["chroma"] is not None and item["chroma"] > threshold and policy != "recolor":
+                        self._colour_input(job, policy, plan.out_path)
+                        progress.advance()
+                    else:
+                        to_color.append((item, job))
+                if to_color:
+                    ab = self.colorizer.predict(torch.stack([it["net"] for it, _ in to_color]))
+                    for (item, job), ab_i in zip(to_color, ab):
+                        prov = Provenance(self.model_id, str(job.item.source)) if cfg.output.metadata else None
+                        pending[pool.submit(render, item, ab_i, job, cfg, prov)] = job
+                while len(pending) > max_pending or (pending and stop):
+                    self._drain(pending, progress, plan.out_path, wait_all=False)
+                if stop or stats.stopped_reason:
+                    break
+            self._drain(pending, progress, plan.out_path, wait_all=True)
+        finally:
+            pool.shutdown(wait=True)
+            progress.close()
+        stats.stage_seconds["forward"] += self.colorizer.forward_seconds
+        if stop:
+            stats.interrupted = True
+
+    def _colour_input(self, job: Job, policy: str, out_root: Path) -> None:
+        if policy == "skip":
+            self.stats.counts["skipped_color"] += 1
+            log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
+            self._record(job, "skipped_color", out_root)
+            return
+        dest = job.output.with_suffix(job.item.source.suffix)
+        try:
+            sha = copy_file(job.item.source, dest)
+        except WriteError as exc:
+            self._write_failed(job, exc, out_root)
+            return
+        job.output = dest
+        self.stats.counts["copied"] += 1
+        self._record(job, "copied", out_root, sha)
+
+    def _write_failed(self, job: Job, exc: WriteError, out_root: Path) -> None:
+        self.stats.fail(str(job.item.source), str(exc))
+        self._record(job, "failed", out_root, reason=str(exc))
+        if exc.disk_full and not self.stats.stopped_reason:
+            self.stats.stopped_reason = "disk full: run stopped"
+            log.error("output disk is full: stopping the run (nothing partial was left)")
+
+    def _drain(self, pending: dict[Future, Job], progress: ProgressDisplay, out_root: Path, wait_all: bool) -> None:
+        done, _ = wait(list(pending), return_when="ALL_COMPLETED" if wait_all else FIRST_COMPLETED)
+        for fut in done:
+            job = pending.pop(fut)
+            try:
+                sha, timings = fut.result()
+            except WriteError as exc:
+                self._write_failed(job, exc, out_root)
+            except Exception as exc:  # noqa: BLE001 - one file must not stop the run
+                self.stats.fail(str(job.item.source), f"{type(exc).__name__}: {exc}")
+                self._record(job, "failed", out_root, reason=str(exc))
+            else:
+                for k, v in timings.items():
+                    self.stats.stage_seconds[k] += v
+                self.stats.counts["done"] += 1
+                self._record(job, "done", out_root, sha)
+            progress.advance()
+
+
+def report_path_default(out_root: Path) -> Path:
+    return state_dir(out_root) / "last-run.json"

@@ -1,0 +1,138 @@
+"""The run's memory under ``OUT/.colorize-batch/``: the manifest of finished work and the lock.
+
+A rerun skips a source whose latest manifest record has the same source fingerprint
+(size + mtime, or sha256 with ``--checksum``), model hash, pixel-config hash and tool
+version, and whose output still exists. Records are appended (and flushed) as files
+finish, so an interrupted run loses nothing it completed; the file is compacted at the end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+
+STATE_DIR = ".colorize-batch"
+
+
+class LockedError(Exception):
+    pass
+
+
+def state_dir(out_root: Path) -> Path:
+    return Path(out_root) / STATE_DIR
+
+
+class RunLock:
+    """Exclusive ``flock`` on ``OUT/.colorize-batch/lock``; released when the process dies."""
+
+    def __init__(self, out_root: Path):
+        self.path = state_dir(out_root) / "lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise LockedError(f"{self.path.parent.parent}: another colorize-batch run holds the lock on this output folder") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def fingerprint(path: Path, checksum: bool = False) -> str:
+    st = path.stat()
+    if not checksum:
+        return f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return f"sha256={digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes an output current besides its source: model, pixel config, tool version."""
+
+    model_sha256: str
+    config_hash: str
+    version: str = __version__
+
+
+class Manifest:
+    def __init__(self, out_root: Path):
+        self.path = state_dir(out_root) / "manifest.jsonl"
+        self.out_root = Path(out_root)
+        self.records: dict[str, dict] = {}
+        self._fh = None
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                        self.records[rec["source"]] = rec
+                    except (ValueError, KeyError):
+                        continue  # a torn last line from a killed run
+
+    def is_current(self, source_rel: str, source_fp: str, ident: RunIdentity) -> bool:
+        rec = self.records.get(source_rel)
+        if rec is None or rec.get("status") not in ("done", "copied", "skipped_color"):
+            return False
+        if (rec.get("source_fp"), rec.get("model"), rec.get("config"), rec.get("version")) != (
+            source_fp, ident.model_sha256, ident.config_hash, ident.version,
+        ):
+            return False
+        if rec["status"] == "skipped_color":
+            return True
+        return (self.out_root / rec["output"]).is_file()
+
+    def add(self, source_rel: str, source_fp: str, ident: RunIdentity, status: str, output_rel: str | None = None, output_sha256: str | None = None, reason: str | None = None) -> None:
+        rec = {
+            "source": source_rel,
+            "source_fp": source_fp,
+            "output": output_rel,
+            "output_sha256": output_sha256,
+            "model": ident.model_sha256,
+            "config": ident.config_hash,
+            "version": ident.version,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": status,
+        }
+        if reason:
+            rec["reason"] = reason
+        self.records[source_rel] = rec
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self, compact: bool = True) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if compact and self.records:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for rec in self.records.values():
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)

@@ -1,0 +1,122 @@
+"""One ``run`` from start to finish: plan, lock, colorize, record, report, exit code.
+
+The CLI calls :func:`run_pipeline`; it turns every foreseeable problem into a message and
+an exit code (0 ok, 1 some files failed, 2 usage/config, 75 locked, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+
+import click
+import torch
+
+from . import __version__
+from .config import PipelineConfig
+from .discovery import DiscoveryError, check_roots
+from .engine import LocalEngine, StopFlag, plan_run, report_path_default, resolve_out
+from .inference import Colorizer, InferenceError, resolve_device
+from .manifest import LockedError, Manifest, RunIdentity, RunLock
+from .reporting import RunStats, build_report, print_summary, write_json_atomic
+from .weights import WeightsError, file_sha256, load_weights
+from .writing import clean_stale_temps
+
+log = logging.getLogger("colorize_batch")
+EXIT_USAGE, EXIT_LOCKED = 2, 75
+
+
+def _usage(message: str) -> int:
+    click.echo(f"Error: {message}", err=True)
+    return EXIT_USAGE
+
+
+def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: bool = False, checksum: bool = False,
+                 dry_run: bool = False, report_path: Path | None = None, quiet: bool = False) -> int:
+    try:
+        check_roots(in_path, out_path)
+    except DiscoveryError as exc:
+        return _usage(str(exc))
+    weights_path = config.model.weights
+    if not weights_path.is_file():
+        return _usage(f"{weights_path}: weights file not found (set model.weights or --weights)")
+    try:
+        device = resolve_device(config.model.device)
+    except InferenceError as exc:
+        return _usage(str(exc))
+    single = in_path.is_file()
+    ident = RunIdentity(file_sha256(weights_path), config.pixel_hash())
+    manifest = None if single else Manifest(out_path)
+    try:
+        plan = plan_run(in_path, out_path, config, manifest, ident, force=force, checksum=checksum)
+    except DiscoveryError as exc:
+        return _usage(str(exc))
+
+    if dry_run:
+        for job in plan.jobs:
+            click.echo(f"would colorize {job.item.source} -> {job.output}")
+        for path, reason in plan.problems:
+            click.echo(f"would fail {path}: {reason}")
+        click.echo(f"dry run: {len(plan.jobs)} to colorize, {plan.up_to_date} up to date, {len(plan.problems)} problems; nothing written")
+        return 0
+
+    stats = RunStats()
+    if single:
+        resolve_out(in_path, out_path)
+        return _execute(plan, config, device, weights_path, stats, None, ident, report_path, quiet)
+    try:
+        with RunLock(out_path):
+            removed = clean_stale_temps(out_path)
+            if removed:
+                log.info("removed %d temporary file(s) left by an interrupted run", removed)
+            return _execute(plan, config, device, weights_path, stats, manifest, ident, report_path, quiet)
+    except LockedError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_LOCKED
+
+
+def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet) -> int:
+    stats.counts["skipped"] = plan.up_to_date
+    for path, reason in plan.problems:  # collisions, unreadable sources: re-examined on every run
+        stats.fail(path, reason)
+    model_id = None
+    with StopFlag() as stop:
+        if plan.jobs:
+            try:
+                generator, info = load_weights(weights_path, device)
+            except WeightsError as exc:
+                return _usage(str(exc))
+            model_id = info.model_id
+            if config.loader.torch_threads:
+                torch.set_num_threads(config.loader.torch_threads)
+            colorizer = Colorizer(generator, device, config.model.precision)
+            log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id, device)
+            engine = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
+            try:
+                engine.run(plan, stop)
+            finally:
+                if manifest is not None:
+                    manifest.close()
+        elif not quiet:
+            log.info("nothing to do: %d file(s) up to date", plan.up_to_date)
+    stats.finished = stats.started + stats.wall_seconds
+    report = build_report(
+        stats,
+        tool=f"colorize-batch {__version__}",
+        model=model_id or weights_path.name,
+        model_sha256=ident.model_sha256,
+        config_hash=ident.config_hash,
+        input=str(plan.in_path),
+        output=str(plan.out_path),
+        device=str(device),
+        host=platform.node(),
+    )
+    if manifest is not None:
+        write_json_atomic(report_path_default(plan.out_path), report)
+    if report_path is not None:
+        write_json_atomic(report_path, report)
+    print_summary(stats, quiet)
+    if stats.interrupted:
+        click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
+    return stats.exit_code()

@@ -1,0 +1,185 @@
+"""Encoding and writing: Pillow encode with metadata, then an atomic replace.
+
+Every output is written to a temporary file in its own folder, fsynced, given normal
+permissions and moved into place with ``os.replace``, so a reader (or a crash) never sees
+a partial file. Outputs carry the source's EXIF (orientation reset), DPI, an sRGB ICC
+profile and provenance marking them as machine-colorized derivatives.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+from PIL import Image, ImageCms, PngImagePlugin
+
+from . import __version__
+from .config import OutputSection
+
+TMP_SUFFIX = ".cb-tmp"
+PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
+DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+TAG_SOFTWARE, TAG_DESCRIPTION, TAG_XMP, TAG_ORIENTATION = 0x0131, 0x010E, 700, 0x0112
+
+
+class WriteError(Exception):
+    """An output could not be written; ``disk_full`` stops the whole run."""
+
+    def __init__(self, message: str, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model_id: str
+    source: str  # path of the source file, as given
+
+    @property
+    def software(self) -> str:
+        return f"colorize-batch {__version__}"
+
+    @property
+    def description(self) -> str:
+        return f"Colorized by colorize-batch {__version__}, model {self.model_id}; colours are machine-generated"
+
+    def xmp(self) -> bytes:
+        packet = (
+            '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+            ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+            '  <rdf:Description rdf:about=""\n'
+            '    xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"\n'
+            '    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"\n'
+            '    xmlns:stRef="http://ns.adobe.com/xap/1.0/sType/ResourceRef#"\n'
+            '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+            '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+            f"    Iptc4xmpExt:DigitalSourceType={quoteattr(DIGITAL_SOURCE_TYPE)}\n"
+            f"    xmp:CreatorTool={quoteattr(self.software)}>\n"
+            f"   <xmpMM:DerivedFrom stRef:filePath={quoteattr(self.source)}/>\n"
+            f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(self.description)}</rdf:li></rdf:Alt></dc:description>\n'
+            "  </rdf:Description>\n"
+            " </rdf:RDF>\n"
+            "</x:xmpmeta>\n"
+            '<?xpacket end="w"?>'
+        )
+        return packet.encode("utf-8")
+
+
+@lru_cache(maxsize=1)
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def output_format(dest: Path) -> str:
+    try:
+        return PIL_FORMAT[dest.suffix.lower()]
+    except KeyError:
+        raise WriteError(f"{dest}: no encoder for suffix {dest.suffix!r}") from None
+
+
+def _exif(meta: dict, prov: Provenance | None) -> Image.Exif:
+    exif = Image.Exif()
+    if meta.get("exif"):
+        exif.load(meta["exif"])
+    if TAG_ORIENTATION in exif:
+        exif[TAG_ORIENTATION] = 1
+    if prov is not None:
+        exif[TAG_SOFTWARE] = prov.software
+        exif[TAG_DESCRIPTION] = prov.description
+    return exif
+
+
+def encode(rgb: np.ndarray, fmt: str, opts: OutputSection, meta: dict | None = None, prov: Provenance | None = None) -> bytes:
+    """Encode an ``(H, W, 3)`` uint8 sRGB array in Pillow format ``fmt`` with metadata."""
+    meta = meta or {}
+    im = Image.fromarray(rgb, "RGB")
+    kwargs: dict = {}
+    if opts.metadata:
+        exif = _exif(meta, prov)
+        if fmt != "BMP":
+            kwargs["icc_profile"] = srgb_icc()
+        if meta.get("dpi"):
+            kwargs["dpi"] = meta["dpi"]
+        if fmt in ("JPEG", "WEBP", "PNG"):
+            kwargs["exif"] = exif.tobytes()
+        if prov is not None and fmt in ("JPEG", "WEBP"):
+            kwargs["xmp"] = prov.xmp()
+        if fmt == "PNG" and prov is not None:
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", prov.xmp().decode("utf-8"), zip=False)
+            kwargs["pnginfo"] = info
+        if fmt == "TIFF":
+            tiffinfo = dict(exif)
+            if prov is not None:
+                tiffinfo[TAG_XMP] = prov.xmp()
+            kwargs["tiffinfo"] = tiffinfo
+    if fmt == "JPEG":
+        kwargs.update(quality=opts.jpeg_quality, subsampling=0 if opts.jpeg_quality >= 95 else 2)
+    elif fmt == "PNG":
+        kwargs["compress_level"] = opts.png_compress_level
+    elif fmt == "TIFF":
+        kwargs["compression"] = {"none": None, "lzw": "tiff_lzw", "deflate": "tiff_adobe_deflate", "jpeg": "jpeg"}[opts.tiff_compression]
+    elif fmt == "WEBP":
+        kwargs["quality"] = opts.jpeg_quality
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> str:
+    """Write ``data`` to ``dest`` atomically; return its sha256. Raises :class:`WriteError`."""
+    dest = Path(dest)
+    tmp: str | None = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TMP_SUFFIX)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, dest)
+        tmp = None
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = "disk full" if full else (exc.strerror or str(exc))
+        raise WriteError(f"cannot write output: {reason}", disk_full=full) from None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def copy_file(src: Path, dest: Path) -> str:
+    """Copy ``src`` to ``dest`` atomically (used for colour inputs with ``color_inputs: copy``)."""
+    return atomic_write(dest, Path(src).read_bytes())
+
+
+def clean_stale_temps(out_root: Path) -> int:
+    """Remove temporary files left by a killed run; returns how many."""
+    removed = 0
+    if not out_root.is_dir():
+        return 0
+    for dirpath, _dirnames, filenames in os.walk(out_root):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed

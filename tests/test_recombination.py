@@ -1,0 +1,40 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage import color as skcolor
+
+from colorize_batch.recombination import colorize_full, upsample_ab_rows
+
+
+def test_strip_upsampling_equals_torch_bilinear():
+    ab = torch.randn(2, 16, 24) * 40
+    full = F.interpolate(ab[None], size=(101, 77), mode="bilinear", align_corners=False)[0]
+    for start, stop in [(0, 101), (0, 7), (50, 63), (100, 101)]:
+        assert torch.allclose(upsample_ab_rows(ab, 101, 77, start, stop), full[:, start:stop], atol=1e-4)
+
+
+def test_zero_ab_returns_the_grey_input_exactly():
+    grey = torch.arange(256, dtype=torch.uint8).repeat(3, 1)
+    out = colorize_full(grey, torch.zeros(2, 4, 4))
+    for c in range(3):
+        assert torch.equal(out[..., c], grey)
+
+
+def test_output_keeps_size_and_lightness_and_strips_do_not_matter():
+    rng = np.random.default_rng(0)
+    grey = torch.from_numpy(rng.integers(0, 256, (123, 77), dtype=np.uint8))
+    ab = torch.randn(2, 32, 32) * 20
+    out = colorize_full(grey, ab)
+    assert out.shape == (123, 77, 3) and out.dtype == torch.uint8
+    assert torch.equal(out, colorize_full(grey, ab, strip_pixels=500))  # many strips
+    L_out = skcolor.rgb2lab(out.numpy() / 255.0)[..., 0]
+    L_in = skcolor.rgb2lab(np.repeat(grey.numpy()[..., None], 3, 2) / 255.0)[..., 0]
+    assert np.abs(L_out - L_in).mean() < 0.5
+    ab_out = skcolor.rgb2lab(out.numpy() / 255.0)[..., 1:]
+    assert np.abs(ab_out).mean() > 5  # really coloured
+
+
+def test_sixteen_bit_levels():
+    grey16 = torch.tensor([[0, 65535, 32768]], dtype=torch.int32)
+    out = colorize_full(grey16, torch.zeros(2, 2, 2), levels=65536)
+    assert out[0, :, 0].tolist() == [0, 255, 128]

@@ -1,0 +1,151 @@
+"""End-to-end runs of ``colorize-batch run`` on real files in temp dirs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from skimage import color as skcolor
+
+from colorize_batch.examples import build_example_tree
+from conftest import grey_image, save
+
+
+def lightness(arr: np.ndarray) -> np.ndarray:
+    rgb = arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, 2)
+    return skcolor.rgb2lab(rgb[..., :3] / 255.0)[..., 0]
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    root = tmp_path / "in"
+    build_example_tree(root)
+    return root
+
+
+def test_nested_tree_is_mirrored_with_sizes_and_lightness_kept(tree, tmp_path, run_cli):
+    out = tmp_path / "out"
+    run_cli("run", tree, out, "--workers", "0", "-q", expect=0)
+    sources = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
+    for rel in sources:
+        with Image.open(tree / rel) as src, Image.open(out / rel) as dst:
+            assert dst.mode == "RGB"
+            src_arr = np.asarray(src)
+            if src_arr.dtype == np.uint16:
+                src_arr = (src_arr / 257).round().astype(np.uint8)
+            assert dst.size == src.size or rel.name == "rotated.jpg"
+            if rel.suffix in (".png", ".tif"):  # lossless: L must match the input's grey levels
+                diff = np.abs(lightness(np.asarray(dst)) - lightness(src_arr))
+                assert diff.mean() < 0.6, rel
+            colourful = skcolor.rgb2lab(np.asarray(dst) / 255.0)[..., 1:]
+            assert np.abs(colourful).mean() > 1.0, rel  # colour was added
+
+
+def test_exif_rotated_jpeg_is_upright(tmp_path, run_cli):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(tmp_path / "in" / "r.jpg", Image.fromarray(grey_image(80, 40)), exif=exif.tobytes())
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)
+    with Image.open(tmp_path / "out" / "r.jpg") as im:
+        assert im.size == (40, 80) and im.getexif().get(0x0112, 1) == 1
+
+
+def test_modes_rgba_palette_cmyk_16bit(tmp_path, run_cli):
+    g = grey_image(64, 48)
+    rgba = np.dstack([g, g, g, np.full_like(g, 200)])
+    save(tmp_path / "in" / "rgba.png", Image.fromarray(rgba, "RGBA"))
+    save(tmp_path / "in" / "pal.png", Image.fromarray(g).convert("P"))
+    save(tmp_path / "in" / "cmyk.jpg", Image.fromarray(g).convert("RGB").convert("CMYK"))
+    save(tmp_path / "in" / "deep.tif", Image.fromarray(g.astype(np.uint16) * 257))
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)
+    for name in ("rgba.png", "pal.png", "cmyk.jpg", "deep.tif"):
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.mode == "RGB" and im.size == (64, 48)
+
+
+def test_bad_files_fail_alone_with_exit_1(tmp_path, run_cli):
+    src = tmp_path / "in"
+    save(src / "good.png", Image.fromarray(grey_image()))
+    save(src / "full.jpg", Image.fromarray(grey_image(300, 200)), quality=95)
+    data = (src / "full.jpg").read_bytes()
+    (src / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (src / "full.jpg").unlink()
+    (src / "notes.jpg").write_text("not a photo")
+    (src / "empty.png").write_bytes(b"")
+    report = tmp_path / "report.json"
+    result = run_cli("run", src, tmp_path / "out", "--workers", "0", "--report", report, expect=1)
+    assert (tmp_path / "out" / "good.png").is_file()
+    assert not (tmp_path / "out" / "truncated.jpg").exists()
+    rep = json.loads(report.read_text())
+    reasons = {Path(f["path"]).name: f["reason"] for f in rep["failures"]}
+    assert set(reasons) == {"truncated.jpg", "notes.jpg", "empty.png"}
+    assert "truncated" in reasons["truncated.jpg"] and "not an image" in reasons["notes.jpg"]
+    assert rep["counts"]["done"] == 1 and rep["counts"]["failed"] == 3 and rep["exit_code"] == 1
+    assert "notes.jpg" in result.output
+    assert not list((tmp_path / "out").rglob("*.cb-tmp"))
+
+
+def test_out_equal_to_in_or_containing_it_is_refused(tmp_path, run_cli):
+    save(tmp_path / "in" / "a.png", Image.fromarray(grey_image()))
+    assert run_cli("run", tmp_path / "in", tmp_path / "in").exit_code == 2
+    assert run_cli("run", tmp_path / "in", tmp_path).exit_code == 2
+    run_cli("run", tmp_path / "in", tmp_path / "in" / "colour", "--workers", "0", "-q", expect=0)
+    assert (tmp_path / "in" / "colour" / "a.png").is_file()
+    # a second run must not pick up its own outputs
+    run_cli("run", tmp_path / "in", tmp_path / "in" / "colour", "--workers", "0", "-q", "--force", expect=0)
+    assert not (tmp_path / "in" / "colour" / "colour").exists()
+
+
+def test_config_errors_are_all_listed(tmp_path, run_cli):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"size": "big", "colour": 1}, "loader": {"batch_size": 0}}))
+    result = run_cli("run", tmp_path, tmp_path / "o", "--config", bad)
+    assert result.exit_code == 2
+    for needle in ("model.size", "model.colour", "loader.batch_size", "3 problem"):
+        assert needle in result.output
+
+
+def test_print_config_shows_overrides_and_dry_run_writes_nothing(tmp_path, run_cli):
+    result = run_cli("run", tmp_path, tmp_path / "o", "--batch-size", "3", "--print-config", expect=0)
+    cfg = yaml.safe_load(result.output)
+    assert cfg["loader"]["batch_size"] == 3 and cfg["model"]["size"] == 256
+    save(tmp_path / "in" / "a.png", Image.fromarray(grey_image()))
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--dry-run", expect=0)
+    assert "would colorize" in result.output and "a.png" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_size_does_not_change_pixels(tmp_path, run_cli, workers):
+    for i in range(9):
+        save(tmp_path / "in" / f"{i}.png", Image.fromarray(grey_image(50 + 7 * i, 40 + 3 * i, seed=i)))
+    run_cli("run", tmp_path / "in", tmp_path / "b1", "--batch-size", "1", "--workers", str(workers), "-q", expect=0)
+    run_cli("run", tmp_path / "in", tmp_path / "b7", "--batch-size", "7", "--workers", str(workers), "-q", expect=0)
+    for i in range(9):
+        a = np.asarray(Image.open(tmp_path / "b1" / f"{i}.png")).astype(int)
+        b = np.asarray(Image.open(tmp_path / "b7" / f"{i}.png")).astype(int)
+        assert np.abs(a - b).max() <= 1
+
+
+def test_single_file_input(tmp_path, run_cli):
+    src = save(tmp_path / "photo.jpg", Image.fromarray(grey_image()))
+    run_cli("run", src, tmp_path / "result.png", "-q", expect=0)
+    assert Image.open(tmp_path / "result.png").mode == "RGB"
+    run_cli("run", src, tmp_path / "dir", "-q", expect=0)
+    assert (tmp_path / "dir" / "photo.jpg").is_file()
+
+
+def test_format_option_and_collisions(tmp_path, run_cli):
+    save(tmp_path / "in" / "a.png", Image.fromarray(grey_image()))
+    save(tmp_path / "in" / "a.tif", Image.fromarray(grey_image(seed=3)))
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--format", "jpg", "--workers", "0")
+    assert result.exit_code == 1
+    assert "also the output of" in result.output
+    assert [p.name for p in (tmp_path / "out").glob("*.jpg")] == ["a.jpg"]
+
+
+def test_help_and_version(run_cli):
+    assert "Exit codes" in run_cli("run", "--help", expect=0).output
+    assert "colorize-batch" in run_cli("--version", expect=0).output
