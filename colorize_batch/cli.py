@@ -246,6 +246,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, repo
         raise click.UsageError(f"{color_dir}: no images found")
     result = evaluate(Colorizer(generator, dev, config.model.precision), photos, config.model.size,
                       batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
+                      method=config.output.recombination,
                       sheet_limit=sheet_images if sheet else 0)
     summary = result.summary()
     summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir))

@@ -76,51 +76,72 @@ def _rgb_from_xyz(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.linalg.inv(torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)).to(dtype=dtype, device=device)
 
 
-def lab_to_rgb(lab: torch.Tensor, gamut: str = "clip", steps: int = 8) -> torch.Tensor:
+def fit_gamut(lin: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bring out-of-gamut linear RGB into [0, 1] by moving it towards the grey of equal luminance.
+
+    ``lin``: linear RGB (channels on dim -3), ``y``: its luminance (Y/Yn, one channel less).
+    Each pixel becomes ``y + s * (lin - y)`` with the largest ``s`` in [0, 1] that fits.
+    Luminance is linear in RGB, so lightness is kept exactly; hue is (nearly) kept; only
+    the chroma of colours that cannot be shown shrinks. No iterations.
+    """
+    y = y.unsqueeze(-3)
+    d = lin - y
+    room_up = torch.where(d > 1e-7, (1 - y) / d.clamp_min(1e-7), torch.ones_like(d))
+    room_down = torch.where(d < -1e-7, y / (-d).clamp_min(1e-7), torch.ones_like(d))
+    s = torch.minimum(room_up, room_down).amin(dim=-3, keepdim=True).clamp_(0, 1)
+    return (y + s * d).clamp_(0, 1)
+
+
+def lab_to_rgb(lab: torch.Tensor, gamut: str = "clip") -> torch.Tensor:
     """Lab -> sRGB in [0, 1].
 
     gamut="clip" clips each channel like ``skimage.color.lab2rgb`` (hue and lightness may
-    shift for out-of-gamut colours). gamut="chroma" instead scales the pixel's (a, b)
-    towards grey until it fits (bisection, ``steps`` halvings), so lightness is kept: what
-    recombination uses, since the output's L must be the input's.
+    shift for out-of-gamut colours). gamut="chroma" uses :func:`fit_gamut` instead, which
+    keeps lightness: what recombination uses, since the output's L must be the input's.
     """
     L, a, b = lab.unbind(-3)
     lin = _lab_to_linear(L, a, b)
     if gamut == "chroma":
-        tol = 1e-5
-        outside = ((lin < -tol) | (lin > 1 + tol)).any(dim=-3)
-        if bool(outside.any()):
-            Lp, ap, bp = L[outside], a[outside], b[outside]
-            lo, hi = torch.zeros_like(Lp), torch.ones_like(Lp)
-            for _ in range(steps):
-                mid = (lo + hi) / 2
-                trial = _lab_to_linear(Lp[:, None, None], (mid * ap)[:, None, None], (mid * bp)[:, None, None])
-                fits = ((trial >= -tol) & (trial <= 1 + tol)).all(dim=-3).view(-1)
-                lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
-            fixed = _lab_to_linear(Lp[:, None, None], (lo * ap)[:, None, None], (lo * bp)[:, None, None])
-            lin = lin.movedim(-3, -1).clone()
-            lin[outside] = fixed.view(-1, 3)
-            lin = lin.movedim(-1, -3)
+        lin = fit_gamut(lin, _f_inv((L + 16) / 116))
     elif gamut != "clip":
         raise ValueError(f"gamut must be clip or chroma, not {gamut!r}")
     return linear_to_srgb(lin)
 
 
-@functools.lru_cache(maxsize=8)
-def grey_to_lightness_lut(levels: int = 256, device: str = "cpu") -> torch.Tensor:
-    """Table of Lab L for every grey level ``0..levels-1`` of an sRGB grey image (R=G=B).
+SRGB8_LUT_SIZE = 16384
 
-    A grey pixel's L depends on its level alone, so full-resolution L costs one lookup.
+
+@functools.lru_cache(maxsize=8)
+def _srgb8_lut(device: torch.device) -> torch.Tensor:
+    lin = torch.linspace(0, 1, SRGB8_LUT_SIZE, dtype=torch.float64)
+    return (linear_to_srgb(lin) * 255).round().to(torch.uint8).to(device)
+
+
+def linear_to_srgb8(lin: torch.Tensor) -> torch.Tensor:
+    """Linear RGB in [0, 1] -> 8-bit sRGB through a 16,384-entry table (within ±1 of exact)."""
+    index = (lin * (SRGB8_LUT_SIZE - 1) + 0.5).to(torch.int64)
+    return _srgb8_lut(lin.device)[index]
+
+
+@functools.lru_cache(maxsize=8)
+def grey_tables(levels: int = 256, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """For every grey level ``0..levels-1`` of an sRGB grey image: (luminance Y/Yn, f(Y)).
+
+    For R=G=B, Y/Yn equals the linear value and Lab L = 116 f(Y) - 16, so full-resolution
+    lightness costs one lookup per pixel.
     """
-    grey = torch.linspace(0, 1, levels, dtype=torch.float64)
-    y = srgb_to_linear(grey)  # for R=G=B, Y/Yn equals the linear value
-    return (116 * _f(y) - 16).to(torch.float32).to(device)
+    y = srgb_to_linear(torch.linspace(0, 1, levels, dtype=torch.float64))
+    return y.to(torch.float32).to(device), _f(y).to(torch.float32).to(device)
+
+
+def grey_to_lightness_lut(levels: int = 256, device: str = "cpu") -> torch.Tensor:
+    return 116 * grey_tables(levels, device)[1] - 16
 
 
 def grey_to_lightness(grey: torch.Tensor, levels: int = 256) -> torch.Tensor:
     """Integer grey levels (uint8, or int for 16-bit) -> Lab L as float32, via a lookup table."""
-    lut = grey_to_lightness_lut(levels, str(grey.device))
-    return lut[grey.long()]
+    _, f_y = grey_tables(levels, str(grey.device))
+    return 116 * f_y[grey.long()] - 16
 
 
 def normalize_l(L: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,7 @@ class OutputSection(_Section):
     png_compress_level: int = Field(3, ge=0, le=9)
     tiff_compression: Literal["none", "lzw", "deflate", "jpeg"] = "lzw"
     bit_depth: Literal[8, 16, "same"] = 8
+    recombination: Literal["fast", "exact"] = "fast"
     metadata: bool = True
 
 

@@ -122,7 +122,7 @@ def network_input(grey: np.ndarray, size: int) -> np.ndarray:
     im = Image.fromarray(grey)
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(im)
+    return np.array(im)
 
 
 # Descriptive TIFF/EXIF tags carried to outputs. Structural tags (strip offsets, bit depth,

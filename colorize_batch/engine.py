@@ -16,7 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from .config import PipelineConfig
@@ -24,9 +26,11 @@ from .decoding import DecodeDataset, collate_items
 from .discovery import WorkItem, check_roots, find_images, output_path
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
-from .recombination import colorize_full
+from .recombination import chroma_planes, recombine
 from .reporting import ProgressDisplay, RunStats
-from .writing import PIL_FORMAT, Provenance, WriteError, atomic_write, copy_file, encode, output_format
+from .writing import (
+    PIL_FORMAT, Provenance, WriteError, atomic_write, copy_file, encode, encode_png16, encode_tiff16, output_format, wants_16_bit,
+)
 
 log = logging.getLogger("colorize_batch")
 
@@ -36,10 +40,21 @@ class Job:
     item: WorkItem
     output: Path
     fingerprint: str
+    page: int = 0  # TIFF page (input.tiff_pages: all)
+    pages: int = 1
 
     @property
     def source_key(self) -> str:
-        return str(self.item.relative)
+        return str(self.item.relative) + (f"#p{self.page + 1}" if self.pages > 1 else "")
+
+
+def tiff_page_count(path: Path) -> int:
+    """Pages of a TIFF (1 if it cannot be read here: decoding will report why)."""
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1)
+    except (OSError, ValueError, SyntaxError):
+        return 1
 
 
 @dataclass
@@ -83,22 +98,27 @@ def plan_run(
     )
     plan = Plan(in_path, out_path)
     claimed: dict[str, str] = {}
+    all_pages = config.input.tiff_pages == "all"
     for item in items:
         dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
-        key = str(dest)
-        if key in claimed:
-            plan.problems.append((str(item.source), f"output {dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))
-            continue
-        claimed[key] = str(item.source)
+        pages = tiff_page_count(item.source) if all_pages and item.source.suffix.lower() in (".tif", ".tiff") else 1
         try:
             fp = fingerprint(item.source, checksum)
         except OSError as exc:
             plan.problems.append((str(item.source), f"cannot read: {exc.strerror}"))
             continue
-        if not force and manifest is not None and ident is not None and manifest.is_current(str(item.relative), fp, ident):
-            plan.up_to_date += 1
-            continue
-        plan.jobs.append(Job(item, dest, fp))
+        for page in range(pages):
+            page_dest = dest.with_name(f"{dest.stem}_p{page + 1}{dest.suffix}") if pages > 1 else dest
+            key = str(page_dest)
+            if key in claimed:
+                plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))
+                continue
+            claimed[key] = str(item.source)
+            job = Job(item, page_dest, fp, page, pages)
+            if not force and manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident):
+                plan.up_to_date += 1
+                continue
+            plan.jobs.append(job)
     return plan
 
 
@@ -133,13 +153,20 @@ class StopFlag:
         return self.event.is_set()
 
 
-def render(item: dict, ab: torch.Tensor, job: Job, config: PipelineConfig, prov: Provenance | None) -> tuple[str, dict]:
+def render(item: dict, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], job: Job, config: PipelineConfig,
+           prov: Provenance | None) -> tuple[str, dict]:
     """Recombination + encoding + atomic write of one image; returns (sha256, stage seconds)."""
     t0 = time.perf_counter()
-    levels = 65536 if item["bits"] == 16 else 256
-    rgb = colorize_full(item["grey"], ab, levels=levels, chroma_gain=config.model.chroma_gain).numpy()
+    fmt = output_format(job.output)
+    deep = wants_16_bit(fmt, config.output, item["bits"])
+    rgb = recombine(item["grey"], ab, planes, bits=item["bits"], method=config.output.recombination,
+                    sixteen_bit_out=deep, chroma_gain=config.model.chroma_gain)
     t1 = time.perf_counter()
-    data = encode(rgb, output_format(job.output), config.output, item["meta"], prov)
+    if deep:
+        rgb16 = rgb.numpy().astype(np.uint16)
+        data = (encode_png16 if fmt == "PNG" else encode_tiff16)(rgb16, config.output, item["meta"], prov)
+    else:
+        data = encode(rgb, fmt, config.output, item["meta"], prov)
     t2 = time.perf_counter()
     sha = atomic_write(job.output, data)
     t3 = time.perf_counter()
@@ -166,7 +193,7 @@ class LocalEngine:
     def run(self, plan: Plan, stop: StopFlag) -> None:
         cfg, stats = self.config, self.stats
         jobs = plan.jobs
-        dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels)
+        dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels, [j.page for j in jobs])
         workers = cfg.loader.workers
         loader = DataLoader(
             dataset,
@@ -199,10 +226,15 @@ class LocalEngine:
                     else:
                         to_color.append((item, job))
                 if to_color:
-                    ab = self.colorizer.predict(torch.stack([it["net"] for it, _ in to_color]))
-                    for (item, job), ab_i in zip(to_color, ab):
+                    grey_small = torch.stack([it["net"] for it, _ in to_color])
+                    ab = self.colorizer.predict(grey_small, on_device=True)
+                    t0 = time.perf_counter()
+                    cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, cfg.model.chroma_gain)
+                    ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()
+                    stats.stage_seconds["recombine"] += time.perf_counter() - t0
+                    for i, (item, job) in enumerate(to_color):
                         prov = Provenance(self.model_id, str(job.item.source)) if cfg.output.metadata else None
-                        pending[pool.submit(render, item, ab_i, job, cfg, prov)] = job
+                        pending[pool.submit(render, item, ab[i], (cb[i], cr[i]), job, cfg, prov)] = job
                 while len(pending) > max_pending or (pending and stop):
                     self._drain(pending, progress, plan.out_path, wait_all=False)
                 if stop or stats.stopped_reason:

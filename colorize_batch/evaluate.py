@@ -29,7 +29,7 @@ from .color import XYZ_FROM_RGB, linear_to_srgb, rgb_to_lab, srgb_to_linear
 from .decoding import network_input
 from .discovery import find_images
 from .inference import Colorizer
-from .recombination import colorize_full
+from .recombination import chroma_planes, recombine
 
 AUC_THRESHOLDS = torch.arange(0, 151, dtype=torch.float32)
 
@@ -105,6 +105,7 @@ def evaluate(
     batch_size: int = 8,
     chroma_gain: float = 1.0,
     sheet_limit: int = 0,
+    method: str = "fast",
 ) -> EvalResult:
     """Score ``colorizer`` on colour photos ``paths`` (see the module docstring)."""
     result = EvalResult()
@@ -114,8 +115,9 @@ def evaluate(
         greys = [grey_from_rgb(t) for t in truths]
         net = torch.stack([torch.from_numpy(network_input(g, size)) for g in greys]).unsqueeze(1)
         abs_pred = colorizer.predict(net)
-        for path, truth, grey, ab in zip(chunk, truths, greys, abs_pred):
-            out = colorize_full(torch.from_numpy(grey), ab, chroma_gain=chroma_gain).numpy()
+        cbs, crs = chroma_planes(net[:, 0], abs_pred, chroma_gain)
+        for path, truth, grey, ab, cb, cr in zip(chunk, truths, greys, abs_pred, cbs, crs):
+            out = np.asarray(recombine(torch.from_numpy(grey), ab, (cb, cr), method=method, chroma_gain=chroma_gain))
             grey_rgb = np.repeat(grey[..., None], 3, axis=2)
             true_ab = ab_of(truth)
             result.files.append(str(path))

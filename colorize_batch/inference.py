@@ -53,8 +53,11 @@ class Colorizer:
         self.images = 0
 
     @torch.inference_mode()
-    def predict(self, grey_batch: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, S, S)`` uint8 grey levels -> ``(B, 2, S, S)`` ab in Lab units, on the CPU."""
+    def predict(self, grey_batch: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+        """``(B, 1, S, S)`` uint8 grey levels -> ``(B, 2, S, S)`` float32 ab in Lab units.
+
+        The result is on the CPU, or left on the run's device with ``on_device=True``.
+        """
         side = grey_batch.shape[-1]
         if side % self.multiple or grey_batch.shape[-2] % self.multiple:
             raise InferenceError(f"input size {tuple(grey_batch.shape[-2:])} is not a multiple of {self.multiple}")
@@ -65,7 +68,7 @@ class Colorizer:
             l_norm = l_norm.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
                 ab = self.generator(l_norm)
-            ab = ab.float().cpu()
+            ab = ab.float() if on_device else ab.float().cpu()
         else:
             ab = self.generator(l_norm)
         ab = denormalize_ab(ab)

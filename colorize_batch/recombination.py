@@ -1,21 +1,33 @@
-"""Recombination: predicted low-resolution ab + the ORIGINAL full-resolution L -> sRGB.
+"""Recombination: predicted low-resolution ab + the ORIGINAL full-resolution grey -> sRGB.
 
-The network sees a small square; its ab prediction is upsampled bilinearly to the image's
-own size and joined with the lightness of the input's own grey levels, so the output keeps
-every detail and grey level of the scan. The work is done in horizontal strips so a
-100-megapixel scan needs only a few strips' worth of float32 memory.
+The network sees a small square; its colour is upsampled to the image's own size and
+joined with the input's own grey levels, so the output keeps every detail of the scan.
+Two methods, chosen by ``output.recombination``:
+
+- ``fast`` (default): the colour is turned into YCbCr chroma at the network's resolution
+  (exact Lab maths on the small square), the Cb/Cr planes are upsampled, and the scan's own
+  grey levels are the luma Y. This is how JPEG itself stores colour; it costs a few ms per
+  megapixel in Pillow's C code, and converting the output back to grey (luma) returns the
+  input's grey levels exactly. Lab L differs from the exact method by a fraction of a unit
+  on average (tested).
+- ``exact``: per-pixel Lab -> sRGB at full resolution with the predicted ab bilinearly
+  upsampled and L taken from the input's grey levels; out-of-gamut colours are desaturated
+  towards their own grey so Lab L is kept. Used for 16-bit outputs. Done in strips, so a
+  100-megapixel scan needs only a strip's worth of float32 memory.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from PIL import Image
 import torch.nn.functional as F
 
-from .color import grey_to_lightness, lab_to_rgb
+from .color import WHITE_D65, _f_inv, _rgb_from_xyz, fit_gamut, grey_tables, linear_to_srgb, linear_to_srgb8
 
-DEFAULT_STRIP_PIXELS = 4_000_000
+DEFAULT_STRIP_PIXELS = 1_000_000
 
 
 def _vertical_taps(out_rows: int, in_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,6 +52,24 @@ def upsample_ab_rows(ab: torch.Tensor, height: int, width: int, row_start: int, 
     return torch.lerp(wide[:, i0, :], wide[:, i1, :], t)
 
 
+def grey_ab_to_linear(grey: torch.Tensor, ab: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Grey levels ``(..., h, w)`` + ab ``(..., 2, h, w)`` -> linear RGB ``(..., 3, h, w)`` in gamut.
+
+    Lightness comes from the grey level through lookup tables; out-of-gamut colours are
+    desaturated towards their own grey (:func:`~colorize_batch.color.fit_gamut`).
+    """
+    y_lut, f_lut = grey_tables(levels, str(grey.device))
+    index = grey.long()
+    y, fy = y_lut[index], f_lut[index]
+    fx = fy + ab.select(-3, 0) / 500
+    fz = (fy - ab.select(-3, 1) / 200).clamp_min(0)
+    x = WHITE_D65[0] * _f_inv(fx)
+    z = WHITE_D65[2] * _f_inv(fz)
+    m = _rgb_from_xyz(torch.float32, grey.device).tolist()
+    lin = torch.stack([m[i][0] * x + m[i][1] * y + m[i][2] * z for i in range(3)], dim=-3)
+    return fit_gamut(lin, y)
+
+
 def colorize_full(
     grey: torch.Tensor,
     ab: torch.Tensor,
@@ -52,11 +82,11 @@ def colorize_full(
 
     grey: ``(H, W)`` integer levels (uint8, or int32 holding 16-bit values with ``levels=65536``).
     ab: ``(2, h, w)`` float, in Lab units (not normalised), any small size.
-    out_dtype: ``torch.uint8`` (0..255) or ``torch.int32`` holding 16-bit values (0..65535).
+    out_dtype: ``torch.uint8`` (0..255, via a lookup table) or ``torch.int32`` holding
+    16-bit values (0..65535, exact formula).
     """
     height, width = grey.shape
     ab = ab.float() * chroma_gain if chroma_gain != 1.0 else ab.float()
-    peak = 255.0 if out_dtype == torch.uint8 else 65535.0
     out = torch.empty((height, width, 3), dtype=out_dtype, device=grey.device)
     rows_per_strip = max(1, strip_pixels // max(width, 1))
     wide = F.interpolate(ab.unsqueeze(0), size=(ab.shape[1], width), mode="bilinear", align_corners=False)[0]
@@ -64,10 +94,50 @@ def colorize_full(
     for start in range(0, height, rows_per_strip):
         stop = min(height, start + rows_per_strip)
         ab_rows = torch.lerp(wide[:, i0[start:stop], :], wide[:, i1[start:stop], :], t[start:stop])
-        L = grey_to_lightness(grey[start:stop], levels).unsqueeze(0)
-        rgb = lab_to_rgb(torch.cat([L, ab_rows], dim=0), gamut="chroma")
-        out[start:stop] = (rgb.permute(1, 2, 0) * peak).round_().to(out_dtype)
+        lin = grey_ab_to_linear(grey[start:stop], ab_rows, levels)
+        if out_dtype == torch.uint8:
+            out[start:stop] = linear_to_srgb8(lin).permute(1, 2, 0)
+        else:
+            out[start:stop] = (linear_to_srgb(lin) * 65535).round_().to(out_dtype).permute(1, 2, 0)
     return out
+
+
+def chroma_planes(grey_small: torch.Tensor, ab: torch.Tensor, chroma_gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact colour of the network's squares as 8-bit JFIF Cb, Cr planes (batched, on ab's device).
+
+    grey_small: ``(..., h, w)`` uint8 levels the network saw; ab: ``(..., 2, h, w)`` Lab units.
+    """
+    ab = ab.float() * chroma_gain if chroma_gain != 1.0 else ab.float()
+    rgb = linear_to_srgb(grey_ab_to_linear(grey_small, ab)) * 255
+    r, g, b = rgb.unbind(-3)
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return cb.round().clamp(0, 255).to(torch.uint8), cr.round().clamp(0, 255).to(torch.uint8)
+
+
+def colorize_fast(grey: Image.Image, cb: torch.Tensor, cr: torch.Tensor) -> Image.Image:
+    """Full-resolution grey (Pillow mode L) as luma + small Cb/Cr planes upsampled -> RGB image."""
+    size = grey.size
+    planes = [Image.fromarray(p.cpu().numpy()).resize(size, Image.Resampling.BILINEAR) for p in (cb, cr)]
+    return Image.merge("YCbCr", (grey, *planes)).convert("RGB")
+
+
+def recombine(grey: torch.Tensor, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor] | None = None,
+              bits: int = 8, method: str = "fast", sixteen_bit_out: bool = False,
+              chroma_gain: float = 1.0) -> Image.Image | torch.Tensor:
+    """One image's output: a Pillow RGB image, or an ``(H, W, 3)`` int32 tensor of 16-bit values.
+
+    ``planes`` are the image's (Cb, Cr) from :func:`chroma_planes`, needed by the fast method.
+    """
+    levels = 65536 if bits == 16 else 256
+    if sixteen_bit_out:
+        return colorize_full(grey, ab, levels=levels, out_dtype=torch.int32, chroma_gain=chroma_gain)
+    if method == "exact":
+        return Image.fromarray(colorize_full(grey, ab, levels=levels, chroma_gain=chroma_gain).numpy(), "RGB")
+    if planes is None:
+        raise ValueError("the fast recombination needs the chroma planes")
+    grey8 = grey.numpy() if bits == 8 else ((grey.numpy().astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return colorize_fast(Image.fromarray(grey8, "L"), *planes)
 
 
 def strips(height: int, width: int, strip_pixels: int = DEFAULT_STRIP_PIXELS) -> int:

@@ -245,6 +245,7 @@ class Trainer:
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG (dropout) untouched
         )
         self.generator.train()
         self.discriminator.train()

@@ -12,7 +12,9 @@ import errno
 import hashlib
 import io
 import os
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -98,10 +100,10 @@ def _exif(meta: dict, prov: Provenance | None) -> Image.Exif:
     return exif
 
 
-def encode(rgb: np.ndarray, fmt: str, opts: OutputSection, meta: dict | None = None, prov: Provenance | None = None) -> bytes:
-    """Encode an ``(H, W, 3)`` uint8 sRGB array in Pillow format ``fmt`` with metadata."""
+def encode(rgb: Image.Image | np.ndarray, fmt: str, opts: OutputSection, meta: dict | None = None, prov: Provenance | None = None) -> bytes:
+    """Encode an RGB image (Pillow, or an ``(H, W, 3)`` uint8 array) in format ``fmt`` with metadata."""
     meta = meta or {}
-    im = Image.fromarray(rgb, "RGB")
+    im = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb, "RGB")
     kwargs: dict = {}
     if opts.metadata:
         exif = _exif(meta, prov)
@@ -132,6 +134,61 @@ def encode(rgb: np.ndarray, fmt: str, opts: OutputSection, meta: dict | None = N
         kwargs["quality"] = opts.jpeg_quality
     buf = io.BytesIO()
     im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def wants_16_bit(fmt: str, opts: OutputSection, source_bits: int) -> bool:
+    """16-bit output only for PNG/TIFF, when asked (16) or when the source was 16-bit (same)."""
+    if fmt not in ("PNG", "TIFF"):
+        return False
+    return opts.bit_depth == 16 or (opts.bit_depth == "same" and source_bits == 16)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def encode_png16(rgb16: np.ndarray, opts: OutputSection, meta: dict | None = None, prov: Provenance | None = None) -> bytes:
+    """48-bit RGB PNG (Pillow cannot write one), with ICC, DPI, EXIF and XMP chunks."""
+    meta = meta or {}
+    height, width, _ = rgb16.shape
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))]
+    if opts.metadata:
+        chunks.append(_png_chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(srgb_icc())))
+        if meta.get("dpi"):
+            ppm = [round(d / 0.0254) for d in meta["dpi"][:2]]
+            chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+        exif = _exif(meta, prov).tobytes()
+        chunks.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
+        if prov is not None:
+            chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + prov.xmp()))
+    rows = np.zeros((height, 1 + width * 6), dtype=np.uint8)  # filter byte 0 + big-endian samples
+    rows[:, 1:] = rgb16.astype(">u2").reshape(height, width * 3).view(np.uint8)
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), opts.png_compress_level)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def encode_tiff16(rgb16: np.ndarray, opts: OutputSection, meta: dict | None = None, prov: Provenance | None = None) -> bytes:
+    """48-bit RGB TIFF through tifffile (Pillow cannot write one), with ICC, DPI and XMP."""
+    import tifffile
+
+    meta = meta or {}
+    # tifffile writes LZW and JPEG only with the optional imagecodecs package: 16-bit TIFFs
+    # use lossless deflate instead (readable by every TIFF reader).
+    compression = None if opts.tiff_compression == "none" else "zlib"
+    kwargs: dict = {"photometric": "rgb", "compression": compression, "metadata": None}
+    if opts.metadata:
+        extratags = [(34675, "B", len(srgb_icc()), srgb_icc(), True)]
+        if prov is not None:
+            kwargs.update(software=prov.software, description=prov.description)
+            xmp = prov.xmp()
+            extratags.append((TAG_XMP, "B", len(xmp), xmp, True))
+        kwargs["extratags"] = extratags
+        if meta.get("dpi"):
+            kwargs.update(resolution=tuple(meta["dpi"][:2]), resolutionunit="INCH")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rgb16, **kwargs)
     return buf.getvalue()
 
 

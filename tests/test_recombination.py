@@ -38,3 +38,30 @@ def test_sixteen_bit_levels():
     grey16 = torch.tensor([[0, 65535, 32768]], dtype=torch.int32)
     out = colorize_full(grey16, torch.zeros(2, 2, 2), levels=65536)
     assert out[0, :, 0].tolist() == [0, 255, 128]
+
+
+def test_fast_method_is_close_to_exact_and_keeps_luma():
+    from PIL import Image
+
+    from colorize_batch.decoding import network_input
+    from colorize_batch.evaluate import ab_of, grey_from_rgb
+    from colorize_batch.examples import colour_photo
+    from colorize_batch.recombination import chroma_planes, recombine
+
+    truth = colour_photo("astronaut")
+    grey = grey_from_rgb(truth)
+    small = torch.from_numpy(network_input(grey, 128))
+    ab = ab_of(np.asarray(Image.fromarray(truth).resize((128, 128), Image.Resampling.BILINEAR)))
+    planes = chroma_planes(small, ab)
+    fast = np.asarray(recombine(torch.from_numpy(grey), ab, planes, method="fast"))
+    exact = np.asarray(recombine(torch.from_numpy(grey), ab, planes, method="exact"))
+    lab_fast, lab_exact = skcolor.rgb2lab(fast / 255.0), skcolor.rgb2lab(exact / 255.0)
+    lab_grey = skcolor.rgb2lab(np.repeat(grey[..., None], 3, 2) / 255.0)
+    assert np.sqrt(((lab_fast - lab_exact) ** 2).sum(-1)).mean() < 2.0  # ΔE fast vs exact
+    assert np.abs(lab_exact[..., 0] - lab_grey[..., 0]).mean() < 0.1  # exact keeps Lab L
+    assert np.abs(lab_fast[..., 0] - lab_grey[..., 0]).mean() < 1.0
+    luma = np.asarray(Image.fromarray(fast).convert("L")).astype(int)
+    assert np.abs(luma - grey).mean() < 0.6  # fast: back to grey gives the scan's grey levels
+    # batched planes equal one-by-one planes
+    cb2, cr2 = chroma_planes(torch.stack([small, small]), torch.stack([ab, ab]))
+    assert torch.equal(cb2[1], planes[0]) and torch.equal(cr2[0], planes[1])

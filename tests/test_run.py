@@ -25,20 +25,30 @@ def tree(tmp_path) -> Path:
     return root
 
 
-def test_nested_tree_is_mirrored_with_sizes_and_lightness_kept(tree, tmp_path, run_cli):
+@pytest.mark.parametrize("method", ["fast", "exact"])
+def test_nested_tree_is_mirrored_with_sizes_and_grey_levels_kept(tree, tmp_path, run_cli, method):
     out = tmp_path / "out"
-    run_cli("run", tree, out, "--workers", "0", "-q", expect=0)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"output": {"recombination": method}}))
+    run_cli("run", tree, out, "--workers", "0", "-q", "--config", cfg, expect=0)
     sources = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and ".colorize-batch" not in p.parts) == sources
     for rel in sources:
         with Image.open(tree / rel) as src, Image.open(out / rel) as dst:
             assert dst.mode == "RGB"
             src_arr = np.asarray(src)
             if src_arr.dtype == np.uint16:
                 src_arr = (src_arr / 257).round().astype(np.uint8)
-            assert dst.size == src.size or rel.name == "rotated.jpg"
-            if rel.suffix in (".png", ".tif"):  # lossless: L must match the input's grey levels
-                diff = np.abs(lightness(np.asarray(dst)) - lightness(src_arr))
-                assert diff.mean() < 0.6, rel
+            if rel.name != "rotated.jpg":
+                assert dst.size == src.size
+            if rel.suffix in (".png", ".tif"):  # lossless outputs
+                if method == "exact":  # Lab L of the output is the input's
+                    assert np.abs(lightness(np.asarray(dst)) - lightness(src_arr)).mean() < 0.3, rel
+                else:  # luma of the output (its grey version) is the input's grey level
+                    luma = np.asarray(dst.convert("L")).astype(int)
+                    assert np.abs(luma - src_arr.astype(int)).mean() < 1.0, rel
+                    # the test net paints one strong colour everywhere; realistic colours: see test_recombination
+                    assert np.abs(lightness(np.asarray(dst)) - lightness(src_arr)).mean() < 2.5, rel
             colourful = skcolor.rgb2lab(np.asarray(dst) / 255.0)[..., 1:]
             assert np.abs(colourful).mean() > 1.0, rel  # colour was added
 

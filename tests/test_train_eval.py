@@ -1,0 +1,102 @@
+"""train: a few steps on tiny generated photos, resumed exactly; eval metrics; shipped weights."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage import data
+
+from colorize_batch.evaluate import ab_auc, colourfulness, grey_from_rgb, psnr
+from colorize_batch.examples import colour_photo
+from colorize_batch.inference import Colorizer
+from colorize_batch.recombination import chroma_planes, recombine
+from colorize_batch.decoding import network_input
+from colorize_batch.weights import load_weights
+from conftest import SHIPPED_WEIGHTS, save
+
+
+@pytest.fixture
+def colour_dirs(tmp_path):
+    rng = np.random.default_rng(0)
+    train, val = tmp_path / "train", tmp_path / "val"
+    base = colour_photo("astronaut")
+    for i in range(12):
+        y, x = rng.integers(0, 512 - 96, 2)
+        save(train / f"{i}.jpg", Image.fromarray(np.ascontiguousarray(base[y : y + 96, x : x + 96])))
+    save(train / "grey.png", Image.fromarray(data.camera()[:96, :96]))  # near-grey: dropped from batches
+    save(val / "coffee.png", Image.fromarray(colour_photo("coffee")[::8, ::8].copy()))
+    return train, val
+
+
+def _config(tmp_path, val, **train):
+    cfg = {
+        "model": {"size": 32},
+        "train": {"preset": "tiny", "crop": 32, "batch_size": 4, "steps": 6, "l1_steps": 3, "checkpoint_every": 3,
+                  "val_every": 6, "log_every": 1, "workers": 0, "val_dir": str(val), "min_chroma": 1.0, **train},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_runs_resumes_exactly_and_writes_files(tmp_path, colour_dirs, run_cli):
+    train, val = colour_dirs
+    cfg = _config(tmp_path, val)
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "a", expect=0)
+    for name in ("checkpoint.pt", "generator.pt", "train_log.jsonl", "val_log.jsonl", "sheet_000006.png"):
+        assert (tmp_path / "a" / name).is_file(), name
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert "d" not in log[2] and "d" in log[3]  # the GAN starts after the L1 warm-up
+    assert len({r["l1"] for r in log}) > 1  # the loss moves
+    # the same run in two halves: 3 steps, then --resume to 6, gives the same weights
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "b", "--steps", "3", expect=0)
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "b", "--resume", expect=0)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["generator"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["generator"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    run_cli("export", tmp_path / "a", tmp_path / "w.pt", expect=0)
+    gen, info = load_weights(tmp_path / "w.pt")
+    assert info.provenance["steps"] == 6 and gen.config.base_channels == 8
+
+
+def test_eval_reports_model_gray_truth(tmp_path, colour_dirs, run_cli, tiny_weights):
+    _, val = colour_dirs
+    report = tmp_path / "eval.json"
+    result = run_cli("eval", val, "--weights", tiny_weights, "--size", "32", "--report", report,
+                     "--sheet", tmp_path / "sheet.png", expect=0)
+    scores = json.loads(report.read_text())
+    assert set(scores) >= {"model", "gray", "truth"}
+    assert scores["gray"]["cf"] == 0 and scores["truth"]["cf"] > 10
+    assert scores["gray"]["delta_cf"] == pytest.approx(scores["truth"]["cf"])
+    assert "PSNR" in result.output and (tmp_path / "sheet.png").is_file()
+
+
+def test_metrics_on_known_cases():
+    rgb = colour_photo("astronaut")
+    assert psnr(rgb, rgb) == float("inf")
+    assert colourfulness(np.repeat(grey_from_rgb(rgb)[..., None], 3, 2)) == 0
+    assert colourfulness(rgb) > 20
+    ab = torch.randn(2, 8, 8) * 30
+    assert ab_auc(ab, ab) == pytest.approx(1.0)
+    assert ab_auc(ab + 200, ab) == pytest.approx(0.0)
+    # error of exactly 75 everywhere: within t for t = 75..150 -> 76/151
+    assert ab_auc(ab + torch.tensor([75.0, 0.0]).view(2, 1, 1), ab) == pytest.approx(76 / 151, abs=1e-3)
+
+
+@pytest.mark.skipif(not SHIPPED_WEIGHTS.is_file(), reason="no shipped weights")
+def test_shipped_weights_colour_astronaut_better_than_grey():
+    gen, info = load_weights(SHIPPED_WEIGHTS)
+    truth = colour_photo("astronaut")
+    grey = grey_from_rgb(truth)
+    colorizer = Colorizer(gen, torch.device("cpu"))
+    small = torch.from_numpy(network_input(grey, 256))[None, None]
+    ab = colorizer.predict(small)
+    cb, cr = chroma_planes(small[:, 0], ab)
+    out = np.asarray(recombine(torch.from_numpy(grey), ab[0], (cb[0], cr[0])))
+    grey_rgb = np.repeat(grey[..., None], 3, 2)
+    assert colourfulness(out) > 10 + colourfulness(grey_rgb)
+    assert psnr(out, truth) > psnr(grey_rgb, truth)
