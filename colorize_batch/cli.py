@@ -93,11 +93,12 @@ RUN_FLAGS = {
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as YAML and exit.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
+@click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.pass_context
 def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, size, fmt, color_inputs,
-        force, checksum, dry_run, print_config, report_path, log_file, quiet, verbose):
+        force, checksum, dry_run, print_config, report_path, log_file, gallery, quiet, verbose):
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
 
     IN may also be a single image; OUT is then a file name or a folder. Outputs keep each
@@ -118,6 +119,12 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
 
     code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
                         report_path=report_path, quiet=quiet)
+    if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
+        from .gallery import build_gallery
+
+        index = build_gallery(out_path, in_path, workers=config.loader.writer_threads)
+        if not quiet:
+            click.echo(f"review gallery: {index}", err=True)
     ctx.exit(code)
 
 
@@ -256,6 +263,14 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, repo
     if sheet:
         contact_sheet(result.sheet_rows, sheet)
 
+
+def _register_gallery() -> None:
+    from .gallery import gallery_command
+
+    main.add_command(gallery_command)
+
+
+_register_gallery()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
