@@ -158,9 +158,47 @@ def _metadata(im: Image.Image) -> dict:
     return meta
 
 
-def decode(path: str | os.PathLike, size: int, page: int = 0) -> Decoded:
-    """Open and decode one input file. Raises :class:`DecodeError` with the reason."""
+def decode(path: str | os.PathLike, size: int, page: int = 0, max_pixels: int | None = None) -> Decoded:
+    """Open and decode one input file. Raises :class:`DecodeError` with the reason.
+
+    ``max_pixels`` (default: Pillow's ``Image.MAX_IMAGE_PIXELS``) refuses larger images as
+    decompression bombs; the guard is never switched off.
+    """
     path = Path(path)
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        return _decode(path, size, page)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
+
+
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _tiff_upright(path: Path, page: int, orientation: int) -> Image.Image:
+    """An uncompressed TIFF whose Orientation swaps the axes, read raw with tifffile, turned here.
+
+    Pillow 13 scrambles exactly these files (it decodes the strips with swapped sizes);
+    compressed ones go through libtiff and come out upright.
+    """
+    import tifffile
+
+    arr = tifffile.imread(path, key=page)
+    if arr.ndim == 3 and arr.shape[2] > 3:
+        arr = arr[..., :3]
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise DecodeError(f"unsupported TIFF sample type {arr.dtype}")
+    im = Image.fromarray(arr)
+    return im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE else im
+
+
+def _decode(path: Path, size: int, page: int) -> Decoded:
     try:
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
@@ -176,9 +214,17 @@ def decode(path: str | os.PathLike, size: int, page: int = 0) -> Decoded:
                     if im.mode == "RGB":
                         chroma = _jpeg_chroma(path)
                     im.draft("L", im.size)  # luma-only decode: no colour conversion work
-                im.load()
-                meta = _metadata(im)
-                im = ImageOps.exif_transpose(im)
+                orientation = im.getexif().get(0x0112, 1)
+                uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
+                if uncompressed and orientation in (5, 6, 7, 8):
+                    meta = _metadata(im)
+                    im = _tiff_upright(path, page, orientation)
+                else:
+                    im.load()
+                    meta = _metadata(im)
+                    # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
+                    if not (fmt == "TIFF" and 0x0112 not in im.tag_v2):
+                        im = ImageOps.exif_transpose(im)
                 grey, bits, spread = _to_grey(im)
                 chroma = spread if chroma is None else chroma
                 mode = im.mode
@@ -221,12 +267,10 @@ class DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        if self.max_pixels is not None:
-            Image.MAX_IMAGE_PIXELS = self.max_pixels  # per worker process
         page = self.pages[index] if self.pages else 0
         start = time.perf_counter()
         try:
-            d = decode(self.paths[index], self.size, page)
+            d = decode(self.paths[index], self.size, page, self.max_pixels)
         except DecodeError as exc:
             return {"index": index, "error": str(exc)}
         except MemoryError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from . import __version__
 
 STATE_DIR = ".colorize-batch"
+log = logging.getLogger("colorize_batch")
 
 
 class LockedError(Exception):
@@ -130,9 +132,13 @@ class Manifest:
             self._fh = None
         if compact and self.records:
             tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for rec in self.records.values():
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            try:
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    for rec in self.records.values():
+                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:  # e.g. disk full: the appended records are still valid
+                tmp.unlink(missing_ok=True)
+                log.warning("%s: not compacted (%s); the appended records are kept", self.path, exc.strerror or exc)

@@ -112,10 +112,11 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
         device=str(device),
         host=platform.node(),
     )
-    if manifest is not None:
-        write_json_atomic(report_path_default(plan.out_path), report)
-    if report_path is not None:
-        write_json_atomic(report_path, report)
+    for path in ([report_path_default(plan.out_path)] if manifest is not None else []) + ([report_path] if report_path else []):
+        try:
+            write_json_atomic(path, report)
+        except OSError as exc:
+            log.error("%s: cannot write the run report (%s)", path, exc.strerror or exc)
     print_summary(stats, quiet)
     if stats.interrupted:
         click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)

@@ -119,11 +119,13 @@ def encode(rgb: Image.Image | np.ndarray, fmt: str, opts: OutputSection, meta: d
             info = PngImagePlugin.PngInfo()
             info.add_itxt("XML:com.adobe.xmp", prov.xmp().decode("utf-8"), zip=False)
             kwargs["pnginfo"] = info
-        if fmt == "TIFF":
-            tiffinfo = dict(exif)
+        if fmt == "TIFF":  # Pillow writes top-level tags only: the Exif/GPS sub-IFDs are dropped
+            for sub_ifd in (0x8769, 0x8825):
+                if sub_ifd in exif:
+                    del exif[sub_ifd]
             if prov is not None:
-                tiffinfo[TAG_XMP] = prov.xmp()
-            kwargs["tiffinfo"] = tiffinfo
+                exif[TAG_XMP] = prov.xmp()
+            kwargs["exif"] = exif
     if fmt == "JPEG":
         kwargs.update(quality=opts.jpeg_quality, subsampling=0 if opts.jpeg_quality >= 95 else 2)
     elif fmt == "PNG":

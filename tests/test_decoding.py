@@ -108,3 +108,15 @@ def test_unsupported_mode_is_an_error(tmp_path):
     path = save(tmp_path / "f.tif", Image.fromarray(np.zeros((4, 4), np.float32), "F"))
     with pytest.raises(DecodeError, match="unsupported image mode F"):
         decode(path, 32)
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_tiff_orientation_is_applied_once(tmp_path, compression):
+    arr = np.zeros((40, 60), np.uint8)
+    arr[0, 0], arr[0, 1], arr[1, 0] = 255, 128, 50
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(tmp_path / "o.tif", Image.fromarray(arr), exif=exif.tobytes(), compression=compression)
+    upright = np.asarray(Image.fromarray(arr).transpose(Image.Transpose.ROTATE_270))
+    d = decode(path, 32)
+    assert np.array_equal(d.grey, upright)

@@ -1,0 +1,5 @@
+"""python -m colorize_batch"""
+
+from .cli import main
+
+main()

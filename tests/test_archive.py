@@ -1,0 +1,301 @@
+"""Archive-grade behaviour: reruns, locking, interruption, faults, colour inputs, metadata."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from colorize_batch import runner, writing
+from colorize_batch.manifest import RunLock
+from colorize_batch.model import build_generator
+from colorize_batch.weights import save_weights
+from conftest import grey_image, save
+
+
+def make_tree(root: Path, n: int = 5, size=(64, 48)) -> list[Path]:
+    return [save(root / f"d{i % 2}" / f"img{i}.png", Image.fromarray(grey_image(*size, seed=i))) for i in range(n)]
+
+
+def report(out: Path) -> dict:
+    return json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+
+
+def outputs(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file() and ".colorize-batch" not in p.parts)
+
+
+def test_rerun_skips_up_to_date_files_without_loading_the_model(tmp_path, run_cli, monkeypatch):
+    make_tree(tmp_path / "in")
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)
+    assert report(tmp_path / "out")["counts"]["done"] == 5
+    mtimes = [p.stat().st_mtime_ns for p in outputs(tmp_path / "out")]
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded when nothing is to be done")
+
+    monkeypatch.setattr(runner, "load_weights", no_model)
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "2", "-q", expect=0)  # workers do not matter
+    rep = report(tmp_path / "out")
+    assert rep["counts"]["done"] == 0 and rep["counts"]["skipped_up_to_date"] == 5
+    assert [p.stat().st_mtime_ns for p in outputs(tmp_path / "out")] == mtimes
+
+
+def test_changed_source_weights_or_pixel_config_make_outputs_stale(tmp_path, run_cli, tiny_weights):
+    files = make_tree(tmp_path / "in", n=3)
+    out = tmp_path / "out"
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", expect=0)
+    save(files[0], Image.fromarray(grey_image(64, 48, seed=99)))  # edited source
+    os.utime(files[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", expect=0)
+    assert report(out)["counts"]["done"] == 1
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", "--size", "64", expect=0)
+    assert report(out)["counts"]["done"] == 3  # inference size changes pixels
+    other = save_weights(tmp_path / "other.pt", build_generator("tiny"), {"name": "other"})
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", "--size", "64", "--weights", other, expect=0)
+    assert report(out)["counts"]["done"] == 3  # new weights
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", "--size", "64", "--weights", other, "--force", expect=0)
+    assert report(out)["counts"]["done"] == 3  # --force redoes everything
+
+
+def test_checksum_mode_ignores_touched_but_unchanged_files(tmp_path, run_cli):
+    files = make_tree(tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", "--checksum", expect=0)
+    os.utime(files[0], ns=(time.time_ns(), time.time_ns() + 10**9))
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", "--checksum", expect=0)
+    assert report(out)["counts"]["done"] == 0
+    run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", expect=0)  # size+mtime mode sees the touch
+    assert report(out)["counts"]["done"] == 2
+
+
+def test_second_concurrent_run_exits_75(tmp_path, run_cli):
+    make_tree(tmp_path / "in", n=1)
+    (tmp_path / "out").mkdir()
+    with RunLock(tmp_path / "out"):
+        result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0")
+    assert result.exit_code == 75 and "lock" in result.output
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)  # released
+
+
+def test_sigint_mid_run_then_rerun_completes(tmp_path, tiny_weights):
+    src, out = tmp_path / "in", tmp_path / "out"
+    files = make_tree(src, n=40, size=(1200, 900))
+    cmd = [sys.executable, "-m", "colorize_batch", "run", str(src), str(out), "--weights", str(tiny_weights),
+           "--batch-size", "1", "--workers", "0", "--size", "32", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (manifest.is_file() and manifest.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    first = json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    assert first["interrupted"] and 2 <= first["counts"]["done"] < 40
+    assert not list(out.rglob("*.cb-tmp"))
+    for p in outputs(out):  # everything written is complete
+        with Image.open(p) as im:
+            im.load()
+    rerun = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    second = json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    assert second["counts"]["done"] == 40 - first["counts"]["done"]
+    assert second["counts"]["skipped_up_to_date"] == first["counts"]["done"]
+    assert len(outputs(out)) == len(files)
+
+
+def test_sigterm_is_handled_like_sigint(tmp_path, tiny_weights):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=30, size=(1200, 900))
+    cmd = [sys.executable, "-m", "colorize_batch", "run", str(src), str(out), "--weights", str(tiny_weights),
+           "--batch-size", "1", "--workers", "1", "--size", "32", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not manifest.is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert not list(out.rglob("*.cb-tmp"))
+
+
+def test_stale_temp_files_are_cleaned(tmp_path, run_cli):
+    make_tree(tmp_path / "in", n=1)
+    stale = tmp_path / "out" / "d0" / ".img0.png.abc123.cb-tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)
+    assert not stale.exists()
+
+
+def test_thousand_files_with_one_percent_bad(tmp_path, run_cli):
+    src = tmp_path / "in"
+    for i in range(1000):
+        path = src / f"roll{i // 100}" / f"frame{i:04d}.png"
+        if i % 100 == 7:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        else:
+            save(path, Image.fromarray(grey_image(32, 24, seed=i % 17)))
+    out = tmp_path / "out"
+    result = run_cli("run", src, out, "--workers", "2", "--batch-size", "64", "--size", "32")
+    assert result.exit_code == 1
+    rep = report(out)
+    assert rep["counts"]["done"] == 990 and rep["counts"]["failed"] == 10
+    assert len(outputs(out)) == 990
+    assert all("frame" in f["path"] and f["path"].endswith("07.png") for f in rep["failures"])
+    result = run_cli("run", src, out, "--workers", "2", "--batch-size", "64", "--size", "32")
+    rep = report(out)
+    assert rep["counts"]["done"] == 0 and rep["counts"]["skipped_up_to_date"] == 990 and rep["counts"]["failed"] == 10
+
+
+def test_disk_full_stops_the_run_without_partial_files(tmp_path, run_cli, monkeypatch):
+    make_tree(tmp_path / "in", n=30)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writing.os, "fsync", full)
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--batch-size", "2")
+    assert result.exit_code == 1
+    rep = report(tmp_path / "out")
+    assert rep["stopped_reason"] and "disk full" in rep["stopped_reason"]
+    assert rep["counts"]["failed"] < 30  # stopped, not failing every remaining file
+    assert outputs(tmp_path / "out") == [] and not list((tmp_path / "out").rglob("*.cb-tmp"))
+
+
+def test_read_only_output_reports_each_file(tmp_path, run_cli, monkeypatch):
+    make_tree(tmp_path / "in", n=3)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(writing, "tempfile", SimpleNamespace(mkstemp=read_only))  # only image writes fail
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0")
+    assert result.exit_code == 1
+    rep = report(tmp_path / "out")
+    assert rep["counts"]["failed"] == 3 and not rep["stopped_reason"]
+    assert all("Read-only file system" in f["reason"] for f in rep["failures"])
+
+
+def test_output_folder_blocked_by_a_file(tmp_path, run_cli):
+    make_tree(tmp_path / "in", n=2)  # d0/img0.png, d1/img1.png
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "d0").write_text("a file where a folder should be")
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0")
+    assert result.exit_code == 1
+    assert (tmp_path / "out" / "d1" / "img1.png").is_file()
+    assert "img0.png" in result.output
+
+
+def test_unreadable_input_is_reported(tmp_path, run_cli, monkeypatch):
+    files = make_tree(tmp_path / "in", n=2)
+    from colorize_batch import decoding
+
+    real_open = decoding.Image.open
+
+    def guarded(path, *a, **k):
+        if Path(path) == files[0]:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(decoding.Image, "open", guarded)
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0")
+    assert result.exit_code == 1 and "permission denied" in result.output
+
+
+def test_decompression_bomb_limit_is_configurable(tmp_path, run_cli):
+    save(tmp_path / "in" / "big.png", Image.fromarray(grey_image(200, 150)))
+    save(tmp_path / "in" / "small.png", Image.fromarray(grey_image(20, 15)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"input": {"max_pixels": 10000}}))
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--config", cfg)
+    assert result.exit_code == 1 and "decompression bomb" in result.output
+    assert (tmp_path / "out" / "small.png").is_file()
+
+
+@pytest.mark.parametrize("policy", ["skip", "copy", "recolor"])
+def test_colour_inputs_policy(tmp_path, run_cli, policy):
+    from skimage import data
+
+    colour = save(tmp_path / "in" / "colour.jpg", Image.fromarray(data.astronaut()).resize((128, 128)))
+    save(tmp_path / "in" / "grey.jpg", Image.fromarray(grey_image()))
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", "--color-inputs", policy, expect=0)
+    rep = report(tmp_path / "out")
+    assert (tmp_path / "out" / "grey.jpg").is_file() and rep["counts"]["done"] == (2 if policy == "recolor" else 1)
+    out = tmp_path / "out" / "colour.jpg"
+    if policy == "skip":
+        assert not out.exists() and rep["counts"]["skipped_color"] == 1
+    elif policy == "copy":
+        assert out.read_bytes() == colour.read_bytes() and rep["counts"]["copied"] == 1
+    else:
+        assert out.is_file() and out.read_bytes() != colour.read_bytes()
+
+
+def test_multipage_tiff_first_or_all_pages(tmp_path, run_cli):
+    pages = [Image.fromarray(grey_image(40, 30, seed=s)) for s in range(3)]
+    pages[0].save(save_dir := tmp_path / "in" / "book.tif", save_all=True, append_images=pages[1:]) if (tmp_path / "in").mkdir() is None else None
+    run_cli("run", tmp_path / "in", tmp_path / "first", "--workers", "0", "-q", expect=0)
+    assert [p.name for p in outputs(tmp_path / "first")] == ["book.tif"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"input": {"tiff_pages": "all"}}))
+    run_cli("run", tmp_path / "in", tmp_path / "all", "--workers", "0", "-q", "--config", cfg, expect=0)
+    assert [p.name for p in outputs(tmp_path / "all")] == ["book_p1.tif", "book_p2.tif", "book_p3.tif"]
+    assert save_dir.is_file()
+
+
+def test_sixteen_bit_outputs(tmp_path, run_cli):
+    import tifffile
+
+    arr = (grey_image(48, 32).astype(np.uint16) * 257) + 100
+    save(tmp_path / "in" / "deep.tif", Image.fromarray(arr))
+    save(tmp_path / "in" / "deep.png", Image.fromarray(arr))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"output": {"bit_depth": "same"}}))
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", "--config", cfg, expect=0)
+    rgb16 = tifffile.imread(tmp_path / "out" / "deep.tif")
+    assert rgb16.dtype == np.uint16 and rgb16.shape == (32, 48, 3)
+    assert len(np.unique(rgb16)) > 256  # real 16-bit precision, not 8-bit scaled
+    png = (tmp_path / "out" / "deep.png").read_bytes()
+    assert png[24] == 16 and png[25] == 2  # IHDR: bit depth 16, colour type RGB
+    with Image.open(tmp_path / "out" / "deep.png") as im:
+        assert im.size == (48, 32) and im.getexif().get(0x0131, "").startswith("colorize-batch")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_metadata_and_provenance_survive_round_trip(tmp_path, run_cli, suffix):
+    exif = Image.Exif()
+    exif[0x013B] = "A. Photographer"  # Artist
+    exif[0x0112] = 6  # rotated
+    exif.get_ifd(0x8769)[0x9003] = "1931:05:02 10:00:00"  # DateTimeOriginal
+    src = save(tmp_path / "in" / f"scan{suffix}", Image.fromarray(grey_image(60, 40)), exif=exif.tobytes(), dpi=(600, 600))
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)
+    with Image.open(tmp_path / "out" / f"scan{suffix}") as im:
+        assert im.size == (40, 60)  # orientation applied
+        out_exif = im.getexif()
+        assert out_exif.get(0x0112, 1) == 1
+        assert out_exif[0x0131].startswith("colorize-batch ")
+        assert "machine-generated" in out_exif[0x010E]
+        assert out_exif[0x013B] == "A. Photographer"
+        if suffix != ".tif":  # Pillow's TIFF writer drops the Exif sub-IFD (known limitation)
+            assert out_exif.get_ifd(0x8769).get(0x9003) == "1931:05:02 10:00:00"
+        assert im.info["dpi"][0] == pytest.approx(600, abs=0.1)
+        from PIL import ImageCms
+
+        icc = ImageCms.ImageCmsProfile(__import__("io").BytesIO(im.info["icc_profile"]))
+        assert "sRGB" in ImageCms.getProfileDescription(icc)
+        xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp") or out_exif.get(700)
+        xmp = xmp.decode() if isinstance(xmp, bytes) else xmp
+        assert "compositeWithTrainedAlgorithmicMedia" in xmp and str(src) in xmp
