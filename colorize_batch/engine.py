@@ -153,6 +153,18 @@ class StopFlag:
         return self.event.is_set()
 
 
+@dataclass
+class FileResult:
+    """What happened to one job; engines produce these, :class:`ResultSink` records them."""
+
+    job: Job
+    status: str  # done | copied | skipped_color | failed
+    sha256: str | None = None
+    reason: str | None = None
+    stage_seconds: dict = field(default_factory=dict)
+    disk_full: bool = False
+
+
 def render(item: dict, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], job: Job, config: PipelineConfig,
            prov: Provenance | None) -> tuple[str, dict]:
     """Recombination + encoding + atomic write of one image; returns (sha256, stage seconds)."""
@@ -173,7 +185,81 @@ def render(item: dict, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tenso
     return sha, {"recombine": t1 - t0, "encode": t2 - t1, "write": t3 - t2}
 
 
+def render_result(item: dict, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], job: Job,
+                  config: PipelineConfig, model_id: str) -> FileResult:
+    """:func:`render` that never raises: a failure becomes a ``failed`` result with its reason."""
+    prov = Provenance(model_id, str(job.item.source)) if config.output.metadata else None
+    try:
+        sha, timings = render(item, ab, planes, job, config, prov)
+    except WriteError as exc:
+        return FileResult(job, "failed", reason=str(exc), disk_full=exc.disk_full)
+    except Exception as exc:  # noqa: BLE001 - one file must not stop the run
+        return FileResult(job, "failed", reason=f"{type(exc).__name__}: {exc}")
+    return FileResult(job, "done", sha, stage_seconds=timings)
+
+
+def triage(item: dict, job: Job, config: PipelineConfig) -> FileResult | None:
+    """Decode failures and colour inputs are settled here; ``None`` means: colorize it."""
+    if item["error"]:
+        return FileResult(job, "failed", reason=item["error"])
+    chroma = item["chroma"]
+    policy = config.input.color_inputs
+    if chroma is None or chroma <= config.input.color_threshold or policy == "recolor":
+        return None
+    if policy == "skip":
+        log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
+        return FileResult(job, "skipped_color")
+    dest = job.output.with_suffix(job.item.source.suffix)
+    try:
+        sha = copy_file(job.item.source, dest)
+    except WriteError as exc:
+        return FileResult(job, "failed", reason=str(exc), disk_full=exc.disk_full)
+    job.output = dest
+    return FileResult(job, "copied", sha)
+
+
+def predict_planes(colorizer: Colorizer, items: list[dict], config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One batched forward pass + chroma planes on the device; returns CPU (ab, cb, cr, plane seconds)."""
+    grey_small = torch.stack([it["net"] for it in items])
+    ab = colorizer.predict(grey_small, on_device=True)
+    t0 = time.perf_counter()
+    cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, config.model.chroma_gain)
+    ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()
+    return ab, cb, cr, time.perf_counter() - t0
+
+
+class ResultSink:
+    """Folds :class:`FileResult` rows into the run's counters, manifest and progress display."""
+
+    def __init__(self, stats: RunStats, manifest: Manifest | None, ident: RunIdentity | None, out_root: Path,
+                 progress: ProgressDisplay | None = None):
+        self.stats = stats
+        self.manifest = manifest
+        self.ident = ident
+        self.out_root = out_root
+        self.progress = progress
+
+    def add(self, result: FileResult) -> None:
+        stats, job = self.stats, result.job
+        if result.status == "failed":
+            stats.fail(str(job.item.source), result.reason or "failed")
+            if result.disk_full and not stats.stopped_reason:
+                stats.stopped_reason = "disk full: run stopped"
+                log.error("output disk is full: stopping the run (nothing partial was left)")
+        else:
+            stats.counts[result.status] += 1
+        for stage, seconds in result.stage_seconds.items():
+            stats.stage_seconds[stage] += seconds
+        if self.manifest is not None and self.ident is not None:
+            out_rel = str(job.output.relative_to(self.out_root)) if result.status in ("done", "copied") else None
+            self.manifest.add(job.source_key, job.fingerprint, self.ident, result.status, out_rel, result.sha256, result.reason)
+        if self.progress is not None:
+            self.progress.advance()
+
+
 class LocalEngine:
+    """Decoding in DataLoader worker processes, forward passes in the main thread, rendering in a thread pool."""
+
     def __init__(self, config: PipelineConfig, colorizer: Colorizer, model_id: str, stats: RunStats,
                  manifest: Manifest | None, ident: RunIdentity | None, quiet: bool = False):
         self.config = config
@@ -183,12 +269,6 @@ class LocalEngine:
         self.manifest = manifest
         self.ident = ident
         self.quiet = quiet
-
-    def _record(self, job: Job, status: str, out_root: Path, sha: str | None = None, reason: str | None = None) -> None:
-        if self.manifest is None or self.ident is None:
-            return
-        out_rel = str(job.output.relative_to(out_root)) if status in ("done", "copied") else None
-        self.manifest.add(job.source_key, job.fingerprint, self.ident, status, out_rel, sha, reason)
 
     def run(self, plan: Plan, stop: StopFlag) -> None:
         cfg, stats = self.config, self.stats
@@ -205,88 +285,44 @@ class LocalEngine:
             pin_memory=False,
         )
         progress = ProgressDisplay(len(jobs), quiet=self.quiet)
-        pending: dict[Future, Job] = {}
+        sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
+        pending: set[Future] = set()
         max_pending = cfg.loader.writer_threads * 2 + cfg.loader.batch_size
-        threshold = cfg.input.color_threshold
-        policy = cfg.input.color_inputs
         pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer")
+
+        def drain(wait_all: bool) -> None:
+            done, _ = wait(pending, return_when="ALL_COMPLETED" if wait_all else FIRST_COMPLETED)
+            for fut in done:
+                pending.discard(fut)
+                sink.add(fut.result())
+
         try:
             for batch in loader:
                 to_color: list[tuple[dict, Job]] = []
                 for item in batch:
                     job = jobs[item["index"]]
                     stats.stage_seconds["decode"] += item.get("decode_s", 0.0)
-                    if item["error"]:
-                        stats.fail(str(job.item.source), item["error"])
-                        self._record(job, "failed", plan.out_path, reason=item["error"])
-                        progress.advance()
-                    elif item["chroma"] is not None and item["chroma"] > threshold and policy != "recolor":
-                        self._colour_input(job, policy, plan.out_path)
-                        progress.advance()
+                    settled = triage(item, job, cfg)
+                    if settled is not None:
+                        sink.add(settled)
                     else:
                         to_color.append((item, job))
                 if to_color:
-                    grey_small = torch.stack([it["net"] for it, _ in to_color])
-                    ab = self.colorizer.predict(grey_small, on_device=True)
-                    t0 = time.perf_counter()
-                    cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, cfg.model.chroma_gain)
-                    ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()
-                    stats.stage_seconds["recombine"] += time.perf_counter() - t0
+                    ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg)
+                    stats.stage_seconds["recombine"] += plane_seconds
                     for i, (item, job) in enumerate(to_color):
-                        prov = Provenance(self.model_id, str(job.item.source)) if cfg.output.metadata else None
-                        pending[pool.submit(render, item, ab[i], (cb[i], cr[i]), job, cfg, prov)] = job
+                        pending.add(pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id))
                 while len(pending) > max_pending or (pending and stop):
-                    self._drain(pending, progress, plan.out_path, wait_all=False)
+                    drain(wait_all=False)
                 if stop or stats.stopped_reason:
                     break
-            self._drain(pending, progress, plan.out_path, wait_all=True)
+            drain(wait_all=True)
         finally:
             pool.shutdown(wait=True)
             progress.close()
         stats.stage_seconds["forward"] += self.colorizer.forward_seconds
         if stop:
             stats.interrupted = True
-
-    def _colour_input(self, job: Job, policy: str, out_root: Path) -> None:
-        if policy == "skip":
-            self.stats.counts["skipped_color"] += 1
-            log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
-            self._record(job, "skipped_color", out_root)
-            return
-        dest = job.output.with_suffix(job.item.source.suffix)
-        try:
-            sha = copy_file(job.item.source, dest)
-        except WriteError as exc:
-            self._write_failed(job, exc, out_root)
-            return
-        job.output = dest
-        self.stats.counts["copied"] += 1
-        self._record(job, "copied", out_root, sha)
-
-    def _write_failed(self, job: Job, exc: WriteError, out_root: Path) -> None:
-        self.stats.fail(str(job.item.source), str(exc))
-        self._record(job, "failed", out_root, reason=str(exc))
-        if exc.disk_full and not self.stats.stopped_reason:
-            self.stats.stopped_reason = "disk full: run stopped"
-            log.error("output disk is full: stopping the run (nothing partial was left)")
-
-    def _drain(self, pending: dict[Future, Job], progress: ProgressDisplay, out_root: Path, wait_all: bool) -> None:
-        done, _ = wait(list(pending), return_when="ALL_COMPLETED" if wait_all else FIRST_COMPLETED)
-        for fut in done:
-            job = pending.pop(fut)
-            try:
-                sha, timings = fut.result()
-            except WriteError as exc:
-                self._write_failed(job, exc, out_root)
-            except Exception as exc:  # noqa: BLE001 - one file must not stop the run
-                self.stats.fail(str(job.item.source), f"{type(exc).__name__}: {exc}")
-                self._record(job, "failed", out_root, reason=str(exc))
-            else:
-                for k, v in timings.items():
-                    self.stats.stage_seconds[k] += v
-                self.stats.counts["done"] += 1
-                self._record(job, "done", out_root, sha)
-            progress.advance()
 
 
 def report_path_default(out_root: Path) -> Path:
