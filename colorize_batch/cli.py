@@ -93,12 +93,15 @@ RUN_FLAGS = {
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as YAML and exit.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
+@click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; stable hash of each relative path). "
+              "Defaults from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX.")
+@click.option("--shard-count", type=click.IntRange(1), help="Number of shards when JOB_COMPLETION_INDEX gives the index.")
 @click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.pass_context
 def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, size, fmt, color_inputs,
-        force, checksum, dry_run, print_config, report_path, log_file, gallery, quiet, verbose):
+        force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, gallery, quiet, verbose):
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
 
     IN may also be a single image; OUT is then a file name or a folder. Outputs keep each
@@ -116,9 +119,14 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
         ctx.exit(EXIT_OK)
     _setup_logging(-1 if quiet else verbose, log_file)
     from .runner import run_pipeline
+    from .sharding import ShardError, resolve_shard
 
+    try:
+        shard_spec = resolve_shard(shard, shard_count)
+    except ShardError as exc:
+        raise click.UsageError(str(exc)) from None
     code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
-                        report_path=report_path, quiet=quiet)
+                        report_path=report_path, quiet=quiet, shard=shard_spec)
     if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
         from .gallery import build_gallery
 
@@ -262,6 +270,34 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, repo
         write_json_atomic(report_path, summary)
     if sheet:
         contact_sheet(result.sheet_rows, sheet)
+
+
+# ----------------------------------------------------------------------------- report
+@main.group()
+def report() -> None:
+    """Work with run reports."""
+
+
+@report.command("merge")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", "dest", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
+def report_merge(out_dir, dest):
+    """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
+    from .reporting import write_json_atomic
+    from .sharding import ShardError, merge_reports
+
+    try:
+        merged = merge_reports(out_dir)
+    except ShardError as exc:
+        raise click.UsageError(str(exc)) from None
+    dest = dest or out_dir / ".colorize-batch" / "last-run.json"
+    write_json_atomic(dest, merged)
+    c = merged["counts"]
+    click.echo(f"{len(merged['shards'])} shard report(s): done {c.get('done', 0)}, up to date {c.get('skipped_up_to_date', 0)}, "
+               f"colour {c.get('skipped_color', 0)}, failed {c.get('failed', 0)} -> {dest}")
+    for failure in merged["failures"]:
+        click.echo(f"failed {failure['path']}: {failure['reason']}")
+    raise SystemExit(merged["exit_code"])
 
 
 def _register_gallery() -> None:

@@ -28,6 +28,7 @@ from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
 from .recombination import chroma_planes, recombine
 from .reporting import ProgressDisplay, RunStats
+from .sharding import Shard
 from .writing import (
     PIL_FORMAT, Provenance, WriteError, atomic_write, copy_file, encode, encode_png16, encode_tiff16, output_format, wants_16_bit,
 )
@@ -87,8 +88,13 @@ def plan_run(
     ident: RunIdentity | None,
     force: bool = False,
     checksum: bool = False,
+    shard: Shard | None = None,
 ) -> Plan:
-    """Discover inputs, map outputs, drop what is up to date, flag output collisions."""
+    """Discover inputs, map outputs, drop what is up to date, flag output collisions.
+
+    With a ``shard``, outputs are still claimed over the whole tree (so collisions are seen
+    the same way by every shard) but only the shard's own files become jobs.
+    """
     check_roots(in_path, out_path)
     out_file_mode = resolve_out(in_path, out_path)[1]
     inp = config.input
@@ -101,6 +107,9 @@ def plan_run(
     all_pages = config.input.tiff_pages == "all"
     for item in items:
         dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
+        if shard is not None and not shard.owns(str(item.relative)):
+            claimed.setdefault(str(dest), str(item.source))
+            continue
         pages = tiff_page_count(item.source) if all_pages and item.source.suffix.lower() in (".tif", ".tiff") else 1
         try:
             fp = fingerprint(item.source, checksum)
@@ -325,5 +334,5 @@ class LocalEngine:
             stats.interrupted = True
 
 
-def report_path_default(out_root: Path) -> Path:
-    return state_dir(out_root) / "last-run.json"
+def report_path_default(out_root: Path, tag: str = "") -> Path:
+    return state_dir(out_root) / f"last-run{tag}.json"

@@ -34,8 +34,8 @@ def state_dir(out_root: Path) -> Path:
 class RunLock:
     """Exclusive ``flock`` on ``OUT/.colorize-batch/lock``; released when the process dies."""
 
-    def __init__(self, out_root: Path):
-        self.path = state_dir(out_root) / "lock"
+    def __init__(self, out_root: Path, tag: str = ""):
+        self.path = state_dir(out_root) / f"lock{tag}"
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -78,23 +78,38 @@ class RunIdentity:
     version: str = __version__
 
 
+def _read_records(path: Path) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+                records[rec["source"]] = rec
+            except (ValueError, KeyError):
+                continue  # a torn last line from a killed run
+    return records
+
+
 class Manifest:
-    def __init__(self, out_root: Path):
-        self.path = state_dir(out_root) / "manifest.jsonl"
+    """``manifest<tag>.jsonl``: this run's records. Shards of one run each keep their own file
+    (``tag`` = ``.shard-I-of-N``) and read all the others' to know what is already done."""
+
+    def __init__(self, out_root: Path, tag: str = ""):
+        self.path = state_dir(out_root) / f"manifest{tag}.jsonl"
         self.out_root = Path(out_root)
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, dict] = {}  # this file's records (compacted on close)
+        self.known: dict[str, dict] = {}  # every manifest's records, this file's last
         self._fh = None
+        folder = state_dir(out_root)
+        others = sorted(p for p in folder.glob("manifest*.jsonl") if p != self.path) if folder.is_dir() else []
+        for other in others:
+            self.known.update(_read_records(other))
         if self.path.is_file():
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                        self.records[rec["source"]] = rec
-                    except (ValueError, KeyError):
-                        continue  # a torn last line from a killed run
+            self.records = _read_records(self.path)
+            self.known.update(self.records)
 
     def is_current(self, source_rel: str, source_fp: str, ident: RunIdentity) -> bool:
-        rec = self.records.get(source_rel)
+        rec = self.known.get(source_rel)
         if rec is None or rec.get("status") not in ("done", "copied", "skipped_color"):
             return False
         if (rec.get("source_fp"), rec.get("model"), rec.get("config"), rec.get("version")) != (
@@ -120,6 +135,7 @@ class Manifest:
         if reason:
             rec["reason"] = reason
         self.records[source_rel] = rec
+        self.known[source_rel] = rec
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")

@@ -20,6 +20,7 @@ from .engine import LocalEngine, StopFlag, plan_run, report_path_default, resolv
 from .inference import Colorizer, InferenceError, resolve_device
 from .manifest import LockedError, Manifest, RunIdentity, RunLock
 from .reporting import RunStats, build_report, print_summary, write_json_atomic
+from .sharding import Shard
 from .weights import WeightsError, file_sha256, load_weights
 from .writing import clean_stale_temps
 
@@ -33,7 +34,8 @@ def _usage(message: str) -> int:
 
 
 def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: bool = False, checksum: bool = False,
-                 dry_run: bool = False, report_path: Path | None = None, quiet: bool = False) -> int:
+                 dry_run: bool = False, report_path: Path | None = None, quiet: bool = False,
+                 shard: Shard | None = None) -> int:
     try:
         check_roots(in_path, out_path)
     except DiscoveryError as exc:
@@ -47,9 +49,12 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         return _usage(str(exc))
     single = in_path.is_file()
     ident = RunIdentity(file_sha256(weights_path), config.pixel_hash())
-    manifest = None if single else Manifest(out_path)
+    tag = shard.tag if shard else ""
+    if shard is not None:
+        log.info("shard %d of %d (0-based, from %s)", shard.index, shard.count, shard.source)
+    manifest = None if single else Manifest(out_path, tag)
     try:
-        plan = plan_run(in_path, out_path, config, manifest, ident, force=force, checksum=checksum)
+        plan = plan_run(in_path, out_path, config, manifest, ident, force=force, checksum=checksum, shard=shard)
     except DiscoveryError as exc:
         return _usage(str(exc))
 
@@ -66,17 +71,17 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         resolve_out(in_path, out_path)
         return _execute(plan, config, device, weights_path, stats, None, ident, report_path, quiet)
     try:
-        with RunLock(out_path):
+        with RunLock(out_path, tag):
             removed = clean_stale_temps(out_path)
             if removed:
                 log.info("removed %d temporary file(s) left by an interrupted run", removed)
-            return _execute(plan, config, device, weights_path, stats, manifest, ident, report_path, quiet)
+            return _execute(plan, config, device, weights_path, stats, manifest, ident, report_path, quiet, tag)
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_LOCKED
 
 
-def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet) -> int:
+def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet, tag: str = "") -> int:
     stats.counts["skipped"] = plan.up_to_date
     for path, reason in plan.problems:  # collisions, unreadable sources: re-examined on every run
         stats.fail(path, reason)
@@ -112,7 +117,7 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
         device=str(device),
         host=platform.node(),
     )
-    for path in ([report_path_default(plan.out_path)] if manifest is not None else []) + ([report_path] if report_path else []):
+    for path in ([report_path_default(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
         try:
             write_json_atomic(path, report)
         except OSError as exc:
