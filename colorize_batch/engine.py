@@ -30,7 +30,16 @@ from .recombination import chroma_planes, recombine
 from .reporting import ProgressDisplay, RunStats
 from .sharding import Shard
 from .writing import (
-    PIL_FORMAT, Provenance, WriteError, atomic_write, copy_file, encode, encode_png16, encode_tiff16, output_format, wants_16_bit,
+    PIL_FORMAT,
+    Provenance,
+    WriteError,
+    atomic_write,
+    copy_file,
+    encode,
+    encode_png16,
+    encode_tiff16,
+    output_format,
+    wants_16_bit,
 )
 
 log = logging.getLogger("colorize_batch")
@@ -142,7 +151,7 @@ class StopFlag:
         self.event = threading.Event()
         self._previous: dict = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -38,7 +38,7 @@ class RunLock:
         self.path = state_dir(out_root) / f"lock{tag}"
         self.fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -150,8 +150,7 @@ class Manifest:
             tmp = self.path.with_suffix(".tmp")
             try:
                 with open(tmp, "w", encoding="utf-8") as fh:
-                    for rec in self.records.values():
-                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    fh.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in self.records.values())
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.path)

@@ -8,8 +8,8 @@ lives in :class:`UNetConfig`; :data:`PRESETS` names the useful ones.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class UNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UNetConfig":
+    def from_dict(cls, data: dict) -> UNetConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         unknown = set(data) - set(known)
         if unknown:

@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 
 from .color import WHITE_D65, _f_inv, _rgb_from_xyz, fit_gamut, grey_tables, linear_to_srgb, linear_to_srgb8
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch import runner, writing
 from colorize_batch.manifest import RunLock
 from colorize_batch.model import build_generator
 from colorize_batch.weights import save_weights
-from conftest import grey_image, save
 
 
 def make_tree(root: Path, n: int = 5, size=(64, 48)) -> list[Path]:

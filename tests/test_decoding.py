@@ -2,10 +2,10 @@ import io
 
 import numpy as np
 import pytest
+from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch.decoding import DecodeError, decode, network_input
-from conftest import grey_image, save
 
 
 def test_grey_jpeg_gives_full_res_grey_and_square_network_input(tmp_path):

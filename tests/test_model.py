@@ -3,7 +3,13 @@ import torch
 from torch import nn
 
 from colorize_batch.model import (
-    PRESETS, GANLoss, UNetConfig, build_discriminator, build_generator, count_parameters, init_weights,
+    PRESETS,
+    GANLoss,
+    UNetConfig,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    init_weights,
 )
 from colorize_batch.weights import WeightsError, load_weights, save_weights
 

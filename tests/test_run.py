@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import grey_image, save
 from PIL import Image
 from skimage import color as skcolor
 
 from colorize_batch.examples import build_example_tree
-from conftest import grey_image, save
 
 
 def lightness(arr: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
 import json
 
 import pytest
+from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch.sharding import Shard, ShardError, resolve_shard, shard_of
-from conftest import grey_image, save
 
 
 def test_shard_assignment_is_stable_and_covers_everything():

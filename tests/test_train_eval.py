@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import SHIPPED_WEIGHTS, save
 from PIL import Image
 from skimage import data
 
+from colorize_batch.decoding import network_input
 from colorize_batch.evaluate import ab_auc, colourfulness, grey_from_rgb, psnr
 from colorize_batch.examples import colour_photo
 from colorize_batch.inference import Colorizer
 from colorize_batch.recombination import chroma_planes, recombine
-from colorize_batch.decoding import network_input
 from colorize_batch.weights import load_weights
-from conftest import SHIPPED_WEIGHTS, save
 
 
 @pytest.fixture
