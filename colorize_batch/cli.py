@@ -220,7 +220,6 @@ def export(run_dir, dest, step):
         generator.load_state_dict(state["generator"])
         provenance = {"steps": int(state["step"]), "preset": state["config"]["preset"], "crop": state["config"]["crop"],
                       "parameters": count_parameters(generator)}
-    provenance.setdefault("name", dest.stem)
     provenance["name"] = dest.stem
     path = save_weights(dest, generator, provenance)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -159,3 +159,12 @@ def test_format_option_and_collisions(tmp_path, run_cli):
 def test_help_and_version(run_cli):
     assert "Exit codes" in run_cli("run", "--help", expect=0).output
     assert "colorize-batch" in run_cli("--version", expect=0).output
+
+
+def test_log_file_gets_failures_for_cron(tmp_path, run_cli):
+    save(tmp_path / "in" / "good.png", Image.fromarray(grey_image()))
+    (tmp_path / "in" / "bad.png").write_text("nope")
+    log = tmp_path / "colorize.log"
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", "--log-file", log, expect=1)
+    text = log.read_text()
+    assert "bad.png" in text and "not an image" in text
