@@ -86,10 +86,10 @@ def fit_gamut(lin: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     y = y.unsqueeze(-3)
     d = lin - y
-    room_up = torch.where(d > 1e-7, (1 - y) / d.clamp_min(1e-7), torch.ones_like(d))
-    room_down = torch.where(d < -1e-7, y / (-d).clamp_min(1e-7), torch.ones_like(d))
-    s = torch.minimum(room_up, room_down).amin(dim=-3, keepdim=True).clamp_(0, 1)
-    return (y + s * d).clamp_(0, 1)
+    # distance to the nearer wall of [0, 1] along d, as a multiple of d (inf where d == 0)
+    room = torch.where(d > 0, 1 - y, -y).div_(d).nan_to_num_(nan=float("inf"))
+    s = room.amin(dim=-3, keepdim=True).clamp_(0, 1)
+    return d.mul_(s).add_(y).clamp_(0, 1)
 
 
 def lab_to_rgb(lab: torch.Tensor, gamut: str = "clip") -> torch.Tensor:

@@ -108,7 +108,7 @@ def chroma_planes(grey_small: torch.Tensor, ab: torch.Tensor, chroma_gain: float
     grey_small: ``(..., h, w)`` uint8 levels the network saw; ab: ``(..., 2, h, w)`` Lab units.
     """
     ab = ab.float() * chroma_gain if chroma_gain != 1.0 else ab.float()
-    rgb = linear_to_srgb(grey_ab_to_linear(grey_small, ab)) * 255
+    rgb = linear_to_srgb8(grey_ab_to_linear(grey_small, ab)).float()
     r, g, b = rgb.unbind(-3)
     cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
     cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
