@@ -36,6 +36,8 @@ stage_seconds
 rss_20_mb, rss_2000_mb (``--memory-check``)
     Peak RSS of a fresh Python process running the pipeline on 20 and on 2,000 small grey
     PNGs (it reports its own ``ru_maxrss`` when done): should not grow with the file count.
+    The table also shows a 200-file run (allocator caches fill during the first batches,
+    so growth from 20 to 200 followed by a plateau is not a per-file leak).
 
 A readable table goes to stdout, progress notes to stderr, and the LAST stdout line is one
 JSON object with the numbers. Nothing here asserts a timing; it only measures.
@@ -77,7 +79,7 @@ SMALL_SIZE = (1024, 768)  # every 4th small file is portrait (768 x 1024)
 BIG_SIZE = (4000, 3000)  # every 3rd big file is portrait
 TIFF_SIZE = (2048, 1536)  # one 16-bit grey TIFF (LZW), as a flatbed scan would give
 MEMORY_PNG_SIZE = (64, 48)
-MEMORY_COUNTS = (20, 2000)
+MEMORY_COUNTS = (20, 200, 2000)  # JSON: the first and last; 200 shows where a plateau starts
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,10 @@ def measure_naive(files: dict[str, list[Path]], plan: Plan, config: PipelineConf
     return result
 
 
+# The child reports its own peak. On Linux it reads VmHWM (the peak of its own address space):
+# ru_maxrss would not do, because exec() carries over the high-water mark of the process it
+# replaces, and a subprocess starts as a copy of (or shares) this one, whose peak includes
+# the naive loop's full-resolution float64 arrays.
 _CHILD = """
 import json, resource, sys
 from pathlib import Path
@@ -284,7 +290,12 @@ from colorize_batch.config import load_config
 from colorize_batch.runner import run_pipeline
 config = load_config(sys.argv[1] or None, json.loads(sys.argv[2]))
 code = run_pipeline(Path(sys.argv[3]), Path(sys.argv[4]), config, force=True, quiet=True)
-print(json.dumps({"exit_code": code, "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+try:
+    with open("/proc/self/status") as fh:
+        self_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"exit_code": code, "self_kb": self_kb,
                   "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
 
@@ -320,7 +331,8 @@ def memory_check(root: Path, config_path: str | None, overrides: dict[str, Any])
 
 
 def render_tables(console: Console, summary: dict[str, Any], pipe: PipelineResult, naive: NaiveResult, plan: Plan,
-                  files: dict[str, list[Path]], forward_batches: int, memory: dict[int, dict[str, float]] | None) -> None:
+                  files: dict[str, list[Path]], forward_batches: int, memory: dict[int, dict[str, float]] | None,
+                  rss_imports_mb: float) -> None:
     sizes = f"{plan.small} x ~{SMALL_SIZE[0]}x{SMALL_SIZE[1]} JPEG, {plan.big} x ~{BIG_SIZE[0]}x{BIG_SIZE[1]} JPEG, 1 x {TIFF_SIZE[0]}x{TIFF_SIZE[1]} 16-bit TIFF"
     head = Table(title=f"colorize-batch benchmark: {summary['device']}, batch {summary['batch_size']}, size {summary['size']}, "
                        f"workers {summary['workers']}, torch threads {torch.get_num_threads()}")
@@ -358,6 +370,7 @@ def render_tables(console: Console, summary: dict[str, Any], pipe: PipelineResul
     mem = Table(title="memory (peak RSS, MB)")
     mem.add_column("process")
     mem.add_column("MB", justify="right")
+    mem.add_row("bench process after imports (torch, colorize_batch)", f"{rss_imports_mb:.0f}")
     mem.add_row("bench process before the pipeline runs (tree, forward)", f"{pipe.rss_before_mb:.0f}")
     mem.add_row("bench process after the pipeline runs: peak_rss_mb", f"{pipe.rss_mb:.0f}")
     mem.add_row("largest DataLoader worker: peak_rss_workers_mb", f"{pipe.rss_workers_mb:.0f}")
@@ -380,16 +393,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="loader.batch_size")
     p.add_argument("--workers", type=int, help="loader.workers")
     p.add_argument("--size", type=int, help="model.size (the network's square side)")
+    p.add_argument("--torch-threads", type=int, help="loader.torch_threads (0: all cores)")
     p.add_argument("--config", help="pipeline.yaml to use (default: the repo's)")
     p.add_argument("--keep", metavar="DIR", type=Path, help="build the tree and outputs in DIR and keep them")
-    p.add_argument("--memory-check", action="store_true", help=f"peak RSS of fresh runs on {MEMORY_COUNTS[0]} and {MEMORY_COUNTS[1]} small PNGs")
+    p.add_argument("--memory-check", action="store_true", help="peak RSS of fresh runs on " + ", ".join(map(str, MEMORY_COUNTS)) + " small PNGs")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    rss_imports_mb = maxrss_mb(resource.RUSAGE_SELF)
     overrides: dict[str, Any] = {}
-    for flag, dotted in (("device", "model.device"), ("batch_size", "loader.batch_size"), ("workers", "loader.workers"), ("size", "model.size")):
+    for flag, dotted in (
+        ("device", "model.device"), ("batch_size", "loader.batch_size"), ("workers", "loader.workers"),
+        ("size", "model.size"), ("torch_threads", "loader.torch_threads"),
+    ):
         if getattr(args, flag) is not None:
             overrides[dotted] = getattr(args, flag)
     try:
@@ -452,11 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         "files": n_files,
     }
     if memory is not None:
-        summary["rss_20_mb"] = round(memory[MEMORY_COUNTS[0]]["main_mb"], 1)
-        summary["rss_2000_mb"] = round(memory[MEMORY_COUNTS[1]]["main_mb"], 1)
+        for count in (MEMORY_COUNTS[0], MEMORY_COUNTS[-1]):  # rss_20_mb, rss_2000_mb
+            summary[f"rss_{count}_mb"] = round(memory[count]["main_mb"], 1)
 
     console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120)
-    render_tables(console, summary, pipe, naive, plan, files, forward_batches, memory)
+    render_tables(console, summary, pipe, naive, plan, files, forward_batches, memory, rss_imports_mb)
     if args.keep:
         console.print(f"tree and outputs kept in {root}")
     sys.stdout.flush()

@@ -39,7 +39,7 @@ def _resolve_config(ctx: click.Context, config_path: Path | None, mapping: dict[
         value = ctx.params.get(param)
         source = ctx.get_parameter_source(param)
         if value is not None and source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
-            overrides[dotted] = str(value) if isinstance(value, Path) else value
+            overrides[dotted] = str(value.absolute()) if isinstance(value, Path) else value  # relative to cwd, not the YAML
     try:
         return load_config(config_path, overrides)
     except ConfigError as exc:

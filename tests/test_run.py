@@ -168,3 +168,15 @@ def test_log_file_gets_failures_for_cron(tmp_path, run_cli):
     run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", "--log-file", log, expect=1)
     text = log.read_text()
     assert "bad.png" in text and "not an image" in text
+
+
+def test_relative_weights_flag_is_relative_to_the_working_directory(tmp_path, run_cli, tiny_weights, monkeypatch):
+    import shutil
+
+    save(tmp_path / "in" / "a.png", Image.fromarray(grey_image()))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "p.yaml").write_text("model: {size: 64}\n")
+    shutil.copy(tiny_weights, tmp_path / "w.pt")
+    monkeypatch.chdir(tmp_path)
+    run_cli("run", "in", "out", "--config", "cfg/p.yaml", "--weights", "w.pt", "--workers", "0", "-q", weights=None, expect=0)
+    assert (tmp_path / "out" / "a.png").is_file()
