@@ -255,6 +255,8 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, repo
         generator, info = load_weights(config.model.weights, dev)
     except (InferenceError, WeightsError) as exc:
         raise click.UsageError(str(exc)) from None
+    if config.model.size % info.architecture.multiple:
+        raise click.UsageError(f"--size {config.model.size} must be a multiple of {info.architecture.multiple} for this model")
     photos = colour_photos(color_dir, limit)
     if not photos:
         raise click.UsageError(f"{color_dir}: no images found")

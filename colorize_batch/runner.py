@@ -93,6 +93,8 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
             except WeightsError as exc:
                 return _usage(str(exc))
             model_id = info.model_id
+            if config.model.size % info.architecture.multiple:
+                return _usage(f"model.size {config.model.size} must be a multiple of {info.architecture.multiple} for {weights_path.name}")
             if config.loader.torch_threads:
                 torch.set_num_threads(config.loader.torch_threads)
             colorizer = Colorizer(generator, device, config.model.precision)

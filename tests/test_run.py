@@ -180,3 +180,9 @@ def test_relative_weights_flag_is_relative_to_the_working_directory(tmp_path, ru
     monkeypatch.chdir(tmp_path)
     run_cli("run", "in", "out", "--config", "cfg/p.yaml", "--weights", "w.pt", "--workers", "0", "-q", weights=None, expect=0)
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_size_not_fitting_the_network_is_a_usage_error(tmp_path, run_cli):
+    save(tmp_path / "in" / "a.png", Image.fromarray(grey_image()))
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--size", "40", "--workers", "0")
+    assert result.exit_code == 2 and "multiple of 16" in result.output
