@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .config import PipelineConfig
 from .discovery import DiscoveryError, check_roots
-from .engine import LocalEngine, StopFlag, plan_run, report_path_default, resolve_out
+from .engine import LocalEngine, StopFlag, plan_run, report_path_default
 from .inference import Colorizer, InferenceError, resolve_device
 from .manifest import LockedError, Manifest, RunIdentity, RunLock
 from .reporting import RunStats, build_report, print_summary, write_json_atomic
@@ -52,13 +52,16 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     tag = shard.tag if shard else ""
     if shard is not None:
         log.info("shard %d of %d (0-based, from %s)", shard.index, shard.count, shard.source)
-    manifest = None if single else Manifest(out_path, tag)
-    try:
-        plan = plan_run(in_path, out_path, config, manifest, ident, force=force, checksum=checksum, shard=shard)
-    except DiscoveryError as exc:
-        return _usage(str(exc))
 
-    if dry_run:
+    def make_plan():
+        manifest = None if single else Manifest(out_path, tag)
+        return plan_run(in_path, out_path, config, manifest, ident, force=force, checksum=checksum, shard=shard), manifest
+
+    if dry_run:  # no lock, no folders: nothing is written
+        try:
+            plan, _ = make_plan()
+        except DiscoveryError as exc:
+            return _usage(str(exc))
         for job in plan.jobs:
             click.echo(f"would colorize {job.item.source} -> {job.output}")
         for path, reason in plan.problems:
@@ -68,17 +71,20 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
 
     stats = RunStats()
     if single:
-        resolve_out(in_path, out_path)
+        plan, _ = make_plan()
         return _execute(plan, config, device, weights_path, stats, None, ident, report_path, quiet)
     try:
-        with RunLock(out_path, tag):
+        with RunLock(out_path, tag):  # plan under the lock: the manifest cannot change under us
             removed = clean_stale_temps(out_path)
             if removed:
                 log.info("removed %d temporary file(s) left by an interrupted run", removed)
+            plan, manifest = make_plan()
             return _execute(plan, config, device, weights_path, stats, manifest, ident, report_path, quiet, tag)
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_LOCKED
+    except DiscoveryError as exc:
+        return _usage(str(exc))
 
 
 def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet, tag: str = "") -> int:
