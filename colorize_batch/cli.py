@@ -96,12 +96,20 @@ RUN_FLAGS = {
 @click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; stable hash of each relative path). "
               "Defaults from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX.")
 @click.option("--shard-count", type=click.IntRange(1), help="Number of shards when JOB_COMPLETION_INDEX gives the index.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine; ray: a Ray cluster's actors (needs pip install 'colorize-batch[ray]').")
+@click.option("--ray-address", metavar="ADDRESS", help="With --engine ray: auto or ray://HOST:PORT (default: start Ray locally).")
+@click.option("--actors", type=click.IntRange(1), help="With --engine ray: actors, each loads the model once "
+              "(default: one per GPU, else the cluster's CPUs - 1).")
+@click.option("--gpus-per-actor", type=click.FloatRange(0), help="With --engine ray: GPUs per actor, fractions share a GPU "
+              "(default: the cluster's GPUs shared out; 0 with --device cpu).")
 @click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.pass_context
 def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, size, fmt, color_inputs,
-        force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, gallery, quiet, verbose):
+        force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
+        gpus_per_actor, gallery, quiet, verbose):
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
 
     IN may also be a single image; OUT is then a file name or a folder. Outputs keep each
@@ -125,8 +133,12 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
         shard_spec = resolve_shard(shard, shard_count)
     except ShardError as exc:
         raise click.UsageError(str(exc)) from None
+    ray_options = {"address": ray_address, "actors": actors, "gpus_per_actor": gpus_per_actor}
+    if engine != "ray" and any(v is not None for v in ray_options.values()):
+        raise click.UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
     code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
-                        report_path=report_path, quiet=quiet, shard=shard_spec)
+                        report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
+                        engine_options=ray_options if engine == "ray" else None)
     if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
         from .gallery import build_gallery
 

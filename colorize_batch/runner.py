@@ -19,6 +19,7 @@ from .discovery import DiscoveryError, check_roots
 from .engine import LocalEngine, StopFlag, plan_run, report_path_default
 from .inference import Colorizer, InferenceError, resolve_device
 from .manifest import LockedError, Manifest, RunIdentity, RunLock
+from .ray_engine import RayEngineError
 from .reporting import RunStats, build_report, print_summary, write_json_atomic
 from .sharding import Shard
 from .weights import WeightsError, file_sha256, load_weights
@@ -35,7 +36,8 @@ def _usage(message: str) -> int:
 
 def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: bool = False, checksum: bool = False,
                  dry_run: bool = False, report_path: Path | None = None, quiet: bool = False,
-                 shard: Shard | None = None) -> int:
+                 shard: Shard | None = None, engine: str = "local", engine_options: dict | None = None) -> int:
+    """``engine``: ``local`` (this machine) or ``ray`` (``engine_options``: address, actors, gpus_per_actor)."""
     try:
         check_roots(in_path, out_path)
     except DiscoveryError as exc:
@@ -43,8 +45,15 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     weights_path = config.model.weights
     if not weights_path.is_file():
         return _usage(f"{weights_path}: weights file not found (set model.weights or --weights)")
-    try:
-        device = resolve_device(config.model.device)
+    if engine == "ray" and not dry_run:
+        from .ray_engine import import_ray
+
+        try:
+            import_ray()
+        except RayEngineError as exc:
+            return _usage(str(exc))
+    try:  # with ray the driver loads the weights only to check them; the actors pick their device
+        device = resolve_device("cpu" if engine == "ray" else config.model.device)
     except InferenceError as exc:
         return _usage(str(exc))
     single = in_path.is_file()
@@ -72,14 +81,16 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     stats = RunStats()
     if single:
         plan, _ = make_plan()
-        return _execute(plan, config, device, weights_path, stats, None, ident, report_path, quiet)
+        return _execute(plan, config, device, weights_path, stats, None, ident, report_path, quiet,
+                        engine=engine, engine_options=engine_options)
     try:
         with RunLock(out_path, tag):  # plan under the lock: the manifest cannot change under us
             removed = clean_stale_temps(out_path)
             if removed:
                 log.info("removed %d temporary file(s) left by an interrupted run", removed)
             plan, manifest = make_plan()
-            return _execute(plan, config, device, weights_path, stats, manifest, ident, report_path, quiet, tag)
+            return _execute(plan, config, device, weights_path, stats, manifest, ident, report_path, quiet, tag,
+                            engine=engine, engine_options=engine_options)
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_LOCKED
@@ -87,11 +98,13 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         return _usage(str(exc))
 
 
-def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet, tag: str = "") -> int:
+def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet, tag: str = "",
+             engine: str = "local", engine_options: dict | None = None) -> int:
     stats.counts["skipped"] = plan.up_to_date
     for path, reason in plan.problems:  # collisions, unreadable sources: re-examined on every run
         stats.fail(path, reason)
     model_id = None
+    device_label = str(device)
     with StopFlag() as stop:
         if plan.jobs:
             try:
@@ -101,13 +114,22 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
             model_id = info.model_id
             if config.model.size % info.architecture.multiple:
                 return _usage(f"model.size {config.model.size} must be a multiple of {info.architecture.multiple} for {weights_path.name}")
-            if config.loader.torch_threads:
-                torch.set_num_threads(config.loader.torch_threads)
-            colorizer = Colorizer(generator, device, config.model.precision)
-            log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id, device)
-            engine = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
+            if engine == "ray":
+                from .ray_engine import RayEngine
+
+                runner = RayEngine(config, model_id, stats, manifest, ident, quiet=quiet, **(engine_options or {}))
+                device_label = "ray"
+            else:
+                if config.loader.torch_threads:
+                    torch.set_num_threads(config.loader.torch_threads)
+                colorizer = Colorizer(generator, device, config.model.precision)
+                runner = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
+            log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id, device_label)
             try:
-                engine.run(plan, stop)
+                runner.run(plan, stop)
+                device_label = getattr(runner, "description", device_label)
+            except RayEngineError as exc:
+                return _usage(str(exc))
             finally:
                 if manifest is not None:
                     manifest.close()
@@ -122,7 +144,7 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
         config_hash=ident.config_hash,
         input=str(plan.in_path),
         output=str(plan.out_path),
-        device=str(device),
+        device=device_label,
         host=platform.node(),
     )
     for path in ([report_path_default(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):

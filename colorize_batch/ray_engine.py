@@ -1,0 +1,317 @@
+"""The Ray engine: the same stages as the local engine, spread over a Ray cluster's actors.
+
+    driver: plan_run (discovery, manifest skips, collisions) -> ray.data.from_items(rows)
+    actors: decode -> triage -> predict_planes (batched) -> render_result    (model loaded once)
+    driver: one status row per file -> FileResult -> ResultSink (manifest, counts, report)
+
+Rows are plain values (index into ``plan.jobs``, source, output, page), so the file list,
+tree mirroring, manifest and lock stay exactly the local engine's; images never travel
+through Ray's object store: actors read sources, weights and write outputs by path, so on a
+cluster IN, OUT and the weights file must be on storage every node sees at the same paths
+(an actor whose weights differ from the driver's refuses to start), and every node needs
+colorize-batch installed.
+
+Ray is optional: ``pip install 'colorize-batch[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .config import PipelineConfig
+from .decoding import DecodeDataset
+from .discovery import WorkItem
+from .engine import FileResult, Job, Plan, ResultSink, StopFlag, predict_planes, render_result, triage
+from .manifest import Manifest, RunIdentity
+from .reporting import ProgressDisplay, RunStats
+
+log = logging.getLogger("colorize_batch")
+
+INSTALL_HINT = "--engine ray needs the ray extra: pip install 'colorize-batch[ray]'"
+LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # status rows and the weights only: images never go through it
+STAGE_COLUMNS = ("decode", "forward", "recombine", "encode", "write")
+
+
+class RayEngineError(Exception):
+    """Ray is missing, unreachable, or cannot give the resources asked for (a usage error, exit 2)."""
+
+
+def import_ray():
+    """``ray`` (with Ray Data), or :class:`RayEngineError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the [data] extra: pandas/pyarrow
+    except ImportError as exc:
+        raise RayEngineError(f"{INSTALL_HINT} ({exc})") from None
+    return ray
+
+
+def _job_for(source: str, relative: str, output: str, page: int) -> Job:
+    """The stages' view of one row (the fingerprint stays with the driver's job)."""
+    return Job(WorkItem(Path(source), PurePosixPath(relative)), Path(output), "", page)
+
+
+class ColorizeActor:
+    """Ray Data callable class: one per actor, model loaded once; a batch of rows in, status rows out."""
+
+    def __init__(self, config_json: str, model_id: str, device: str, threads: int = 1):
+        import torch
+
+        from .inference import Colorizer
+        from .weights import load_weights
+
+        torch.set_num_threads(threads)
+        self.config = PipelineConfig.model_validate_json(config_json)
+        self.model_id = model_id
+        generator, info = load_weights(self.config.model.weights, device)
+        if info.model_id != model_id:  # another file at that path on this node: outputs would lie about their model
+            raise RayEngineError(f"{self.config.model.weights} on this node is {info.model_id}, the driver's is {model_id}")
+        self.colorizer = Colorizer(generator, torch.device(device), self.config.model.precision)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cfg = self.config
+        rows = len(batch["index"])
+        results: list[FileResult | None] = [None] * rows
+        decode_s = [0.0] * rows
+        shares = [dict.fromkeys(STAGE_COLUMNS, 0.0) for _ in range(rows)]
+        to_color: list[tuple[int, dict, Job]] = []
+        for r in range(rows):
+            job = _job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]))
+            item = DecodeDataset([job.item.source], cfg.model.size, cfg.input.max_pixels, [job.page])[0]
+            decode_s[r] = item.get("decode_s", 0.0)
+            settled = triage(item, job, cfg)
+            if settled is not None:
+                results[r] = settled
+            else:
+                to_color.append((r, item, job))
+        if to_color:
+            forward_before = self.colorizer.forward_seconds
+            try:
+                ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for _, it, _ in to_color], cfg)
+            except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this batch, not the whole run
+                for r, _, job in to_color:
+                    results[r] = FileResult(job, "failed", reason=f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0])
+                to_color = []
+            else:
+                forward = (self.colorizer.forward_seconds - forward_before) / len(to_color)
+                planes = plane_seconds / len(to_color)
+            for i, (r, item, job) in enumerate(to_color):
+                results[r] = render_result(item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id)
+                shares[r]["forward"] += forward
+                shares[r]["recombine"] += planes
+        for r, result in enumerate(results):
+            shares[r]["decode"] += decode_s[r]
+            for stage, seconds in result.stage_seconds.items():
+                shares[r][stage] = shares[r].get(stage, 0.0) + seconds
+        out: dict[str, np.ndarray] = {
+            "index": np.asarray(batch["index"], dtype=np.int64),
+            "status": np.array([res.status for res in results], dtype=object),
+            "sha256": np.array([res.sha256 or "" for res in results], dtype=object),
+            "reason": np.array([res.reason or "" for res in results], dtype=object),
+            "output": np.array([str(res.job.output) for res in results], dtype=object),
+            "disk_full": np.array([res.disk_full for res in results], dtype=bool),
+        }
+        for stage in STAGE_COLUMNS:
+            out[f"{stage}_s"] = np.array([s[stage] for s in shares], dtype=np.float64)
+        return out
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost error of a Ray failure, one line (Ray wraps it in tracebacks of its own)."""
+    found, seen = type(exc).__name__, set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(current).splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            found = lines[-1]
+        current = current.__cause__
+    return found
+
+
+def result_from_row(row: dict, job: Job) -> tuple[FileResult, float]:
+    """A status row back into the driver's :class:`FileResult` (+ its decode seconds)."""
+    status = str(row["status"])
+    if status in ("done", "copied"):
+        job.output = Path(str(row["output"]))  # copy mode keeps the source's suffix
+    stages = {stage: float(row[f"{stage}_s"]) for stage in STAGE_COLUMNS if stage != "decode"}
+    result = FileResult(job, status, sha256=str(row["sha256"]) or None, reason=str(row["reason"]) or None,
+                        stage_seconds={k: v for k, v in stages.items() if v}, disk_full=bool(row["disk_full"]))
+    return result, float(row["decode_s"])
+
+
+class RayEngine:
+    """Same interface as :class:`~colorize_batch.engine.LocalEngine`; the stages run in Ray actors.
+
+    ``address``: None starts a local Ray (``num_cpus`` = actors + 1), or ``auto`` / ``ray://host:port``
+    joins a cluster. ``actors``: size of the actor pool (default: one per GPU, else cluster CPUs - 1).
+    ``gpus_per_actor``: None = 0 with ``--device cpu``, else a share of the cluster's GPUs if it has
+    any (several actors may share one GPU); a GPU request the cluster cannot meet fails before any
+    actor starts (Ray would wait for it forever).
+    """
+
+    def __init__(self, config: PipelineConfig, model_id: str, stats: RunStats, manifest: Manifest | None,
+                 ident: RunIdentity | None, quiet: bool = False, address: str | None = None,
+                 actors: int | None = None, gpus_per_actor: float | None = None):
+        self.ray = import_ray()
+        if actors is not None and actors < 1:
+            raise RayEngineError(f"--actors {actors}: must be at least 1")
+        if gpus_per_actor is not None and gpus_per_actor < 0:
+            raise RayEngineError(f"--gpus-per-actor {gpus_per_actor}: must not be negative")
+        self.config = config
+        self.model_id = model_id
+        self.stats = stats
+        self.manifest = manifest
+        self.ident = ident
+        self.quiet = quiet
+        self.address = address
+        self.actors = actors
+        self.gpus_per_actor = gpus_per_actor
+        self.description = "ray"
+
+    # --------------------------------------------------------------------- cluster
+    def _connect(self) -> bool:
+        """Start or join Ray; True when this call started it (and so shuts it down)."""
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        common = dict(ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR if self.quiet else logging.WARNING)
+        try:
+            if self.address:
+                ray.init(address=self.address, **common)
+            else:
+                ray.init(num_cpus=self.actors + 1 if self.actors else None, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                         include_dashboard=False, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = self.address or "a local Ray instance"
+            raise RayEngineError(f"cannot start or reach {where}: {exc}".splitlines()[0]) from None
+        return True
+
+    def _resources(self) -> tuple[int, float, str]:
+        """(actors, GPUs per actor, actor device), checked against the cluster before anything starts."""
+        resources = self.ray.cluster_resources()
+        cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+        device = self.config.model.device
+        want = self.gpus_per_actor
+        if want is None:
+            if device == "cpu":
+                want = 0.0
+            elif gpus:
+                per = self.actors or int(gpus)
+                want = 1.0 if gpus >= per else round(gpus / per, 3)  # actors share the GPUs
+            elif device.startswith("cuda"):
+                raise RayEngineError(f"--device {device}: the Ray cluster has no GPUs (cluster resources: {cpus:g} CPUs, 0 GPUs)")
+            else:
+                want = 0.0
+        elif want and device == "cpu":
+            raise RayEngineError(f"--gpus-per-actor {want:g} with --device cpu: choose one")
+        if want and not gpus:
+            raise RayEngineError(f"--gpus-per-actor {want:g}: the Ray cluster has no GPUs (cluster resources: {cpus:g} CPUs, 0 GPUs)")
+        actors = self.actors or (max(1, int(gpus / want)) if want else max(1, int(cpus) - 1))
+        if want and actors * want > gpus + 1e-9:
+            raise RayEngineError(f"{actors} actor(s) x {want:g} GPU need {actors * want:g} GPUs; the Ray cluster has {gpus:g} "
+                                 "(lower --actors or --gpus-per-actor)")
+        if actors > cpus:
+            raise RayEngineError(f"{actors} actor(s) need {actors} CPUs; the Ray cluster has {cpus:g} (lower --actors)")
+        return actors, want, "cuda" if want else "cpu"
+
+    # --------------------------------------------------------------------- run
+    def run(self, plan: Plan, stop: StopFlag) -> None:
+        ray, cfg, stats = self.ray, self.config, self.stats
+        jobs = plan.jobs
+        started = self._connect()
+        progress = None
+        try:
+            actors, gpus, device = self._resources()
+            self.description = f"ray: {actors} actor(s) on {device}" + (f" ({gpus:g} GPU each)" if gpus else "")
+            log.info("%s", self.description)
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # the run's own progress display counts the files
+            context.print_on_execution_start = False
+            ray_data_log = logging.getLogger("ray.data")
+            ray_data_level = ray_data_log.level
+            ray_data_log.setLevel(logging.ERROR)  # its per-dataset INFO lines and the "progress bars disabled" note
+            rows = [{"index": i, "source": str(j.item.source), "relative": str(j.item.relative), "output": str(j.output),
+                     "page": j.page} for i, j in enumerate(jobs)]
+            remote = {"num_gpus": gpus} if gpus else {}
+            dataset = ray.data.from_items(rows).map_batches(
+                ColorizeActor,
+                fn_constructor_kwargs={"config_json": cfg.model_dump_json(), "model_id": self.model_id, "device": device},
+                batch_size=cfg.loader.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=1,
+                **remote,
+            )
+            progress = ProgressDisplay(len(jobs), quiet=self.quiet)
+            sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
+            batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+            try:
+                for batch in batches:
+                    for r in range(len(batch["index"])):
+                        row = {key: values[r] for key, values in batch.items()}
+                        job = jobs[int(row["index"])]
+                        result, decode_s = result_from_row(row, job)
+                        stats.stage_seconds["decode"] += decode_s
+                        if result.status == "skipped_color":
+                            log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
+                        sink.add(result)
+                    if stop or stats.stopped_reason:
+                        break  # results already back are recorded; files still in the actors are redone next run
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
+        except ray.exceptions.RayError as exc:
+            raise RayEngineError(f"the Ray run failed: {root_cause(exc)}") from exc
+        finally:
+            if progress is not None:
+                progress.close()
+                ray_data_log.setLevel(ray_data_level)
+            if started:
+                ray.shutdown()
+        if stop:
+            stats.interrupted = True
+
+
+def run_with_ray(in_path: Path, out_path: Path, config: PipelineConfig, *, address: str | None = None,
+                 actors: int | None = None, gpus_per_actor: float | None = None, force: bool = False,
+                 checksum: bool = False, report_path: Path | None = None, quiet: bool = True, shard=None) -> int:
+    """``run_pipeline(..., engine="ray")``: the whole run (lock, plan, manifest, report, exit code).
+
+    Uses :func:`colorize_batch.runner.run_pipeline` with ``engine="ray"`` when the runner has
+    that parameter; until then it runs the runner's own flow with the engine swapped in.
+    """
+    import inspect
+
+    import click
+
+    from . import runner
+
+    options = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor}
+    kwargs = dict(force=force, checksum=checksum, report_path=report_path, quiet=quiet, shard=shard)
+    if "engine" in inspect.signature(runner.run_pipeline).parameters:
+        return runner.run_pipeline(in_path, out_path, config, engine="ray", engine_options=options, **kwargs)
+    try:
+        import_ray()
+    except RayEngineError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return runner.EXIT_USAGE
+
+    def make_engine(config, _colorizer, model_id, stats, manifest, ident, quiet=False):
+        return RayEngine(config, model_id, stats, manifest, ident, quiet, **options)
+
+    saved = runner.LocalEngine
+    runner.LocalEngine = make_engine  # bridge until runner.run_pipeline takes engine=
+    try:
+        return runner.run_pipeline(in_path, out_path, config, **kwargs)
+    except RayEngineError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return runner.EXIT_USAGE
+    finally:
+        runner.LocalEngine = saved
