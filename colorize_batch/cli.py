@@ -154,13 +154,14 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
 @config_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"), show_default=True, help="Run folder: checkpoints, logs, sheets, weights.")
 @click.option("--resume", is_flag=True, help="Continue exactly from the run folder's checkpoint.")
+@click.option("--init", "init_weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start the generator from this weights file (fine-tuning).")
 @click.option("--max-minutes", type=float, help="Stop cleanly (checkpoint + weights) after this many minutes.")
 @click.option("--steps", type=int, help="Total training steps (train.steps).")
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("-v", "--verbose", count=True)
 @click.pass_context
-def train(ctx, data_dirs, config_path, out_dir, resume, max_minutes, steps, device, print_config, verbose):
+def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minutes, steps, device, print_config, verbose):
     """Train the generator (U-Net + PatchGAN, GAN loss + L1) on folders of colour photos.
 
     DATA_DIRS override train.data from the config (each with weight 1).
@@ -183,7 +184,7 @@ def train(ctx, data_dirs, config_path, out_dir, resume, max_minutes, steps, devi
     if threads:
         torch.set_num_threads(threads)
     try:
-        trainer = Trainer(config, out_dir, list(data_dirs), dev)
+        trainer = Trainer(config, out_dir, list(data_dirs), dev, init_weights)
         if resume:
             trainer.load_checkpoint()
         result = trainer.fit(max_minutes=max_minutes, progress=_train_progress())

@@ -93,6 +93,7 @@ class TrainSection(_Section):
     lambda_l1: float = Field(100.0, ge=0)
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lr: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     gan_lr: float = Field(1e-4, gt=0)
     beta1: float = 0.5
     beta2: float = 0.999

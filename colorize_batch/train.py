@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -33,7 +34,7 @@ from .discovery import find_images
 from .evaluate import colour_photos, contact_sheet, evaluate
 from .inference import Colorizer
 from .model import PRESETS, GANLoss, build_discriminator, build_generator, count_parameters
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 log = logging.getLogger("colorize_batch.train")
 CHECKPOINT = "checkpoint.pt"
@@ -117,6 +118,7 @@ class Trainer:
     out_dir: Path
     data_roots: list[Path]
     device: torch.device
+    init_weights: Path | None = None  # start the generator from a weights file (fine-tuning)
 
     def __post_init__(self) -> None:
         cfg = self.config.train
@@ -124,6 +126,12 @@ class Trainer:
             raise TrainingError(f"train.preset {cfg.preset!r} is not one of {sorted(PRESETS)}")
         torch.manual_seed(cfg.seed)
         self.generator = build_generator(cfg.preset).to(self.device)
+        if self.init_weights is not None:
+            start, info = load_weights(self.init_weights, self.device)
+            if info.architecture != self.generator.config:
+                raise TrainingError(f"{self.init_weights}: architecture differs from train.preset {cfg.preset!r}")
+            self.generator.load_state_dict(start.state_dict())
+            self.generator.train()
         self.discriminator = build_discriminator(cfg.disc_layers, cfg.disc_channels).to(self.device)
         self.gan_loss = GANLoss(cfg.gan_mode).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
@@ -175,9 +183,18 @@ class Trainer:
             "crop": cfg.crop,
             "data": [str(p) for p in (self.data_roots or [r.path for r in cfg.data])],
             "parameters": count_parameters(self.generator),
+            "init": str(self.init_weights) if self.init_weights else None,
             **(extra or {}),
         }
         return save_weights(path or self.out_dir / "generator.pt", self.generator, provenance)
+
+    def learning_rate(self, gan_phase: bool) -> float:
+        """``lr`` (``gan_lr`` once the GAN runs), times a cosine decay to 0 over the run if asked."""
+        cfg = self.config.train
+        base = cfg.gan_lr if gan_phase else cfg.lr
+        if cfg.lr_schedule == "cosine":
+            base *= 0.5 * (1 + math.cos(math.pi * min(self.step, cfg.steps) / cfg.steps))
+        return base
 
     # -- one step ----------------------------------------------------------------------
     def train_step(self, rgb_u8: torch.Tensor) -> dict[str, float] | None:
@@ -191,9 +208,8 @@ class Trainer:
         lab = lab[keep]
         real_l, real_ab = normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:])
         gan_phase = self.step >= cfg.l1_steps
-        if gan_phase:
-            for group in self.opt_g.param_groups:
-                group["lr"] = cfg.gan_lr
+        for group in self.opt_g.param_groups:
+            group["lr"] = self.learning_rate(gan_phase)
         losses: dict[str, float] = {}
         with torch.autocast(self.device.type, enabled=self.use_amp):
             fake_ab = self.generator(real_l)

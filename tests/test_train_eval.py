@@ -63,6 +63,17 @@ def test_train_runs_resumes_exactly_and_writes_files(tmp_path, colour_dirs, run_
     assert info.provenance["steps"] == 6 and gen.config.base_channels == 8
 
 
+def test_fine_tune_from_weights_with_cosine_schedule(tmp_path, colour_dirs, run_cli, tiny_weights):
+    train, val = colour_dirs
+    cfg = _config(tmp_path, val, steps=4, l1_steps=4, lr_schedule="cosine", val_every=100)
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "ft", "--init", tiny_weights, expect=0)
+    tuned, info = load_weights(tmp_path / "ft" / "generator.pt")
+    start, _ = load_weights(tiny_weights)
+    assert info.provenance["init"] == str(tiny_weights)
+    assert not torch.equal(tuned.outermost[1].weight, start.outermost[1].weight)  # it trained from there
+    assert (tuned.outermost[1].weight - start.outermost[1].weight).abs().max() < 0.05  # ...and started there
+
+
 def test_eval_reports_model_gray_truth(tmp_path, colour_dirs, run_cli, tiny_weights):
     _, val = colour_dirs
     report = tmp_path / "eval.json"
