@@ -18,8 +18,6 @@ Two methods, chosen by ``output.recombination``:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,19 +35,6 @@ def _vertical_taps(out_rows: int, in_rows: int, device: torch.device) -> tuple[t
     i0 = src.floor().long().clamp_max(in_rows - 1)
     i1 = (i0 + 1).clamp_max(in_rows - 1)
     return i0, i1, (src - i0).unsqueeze(-1)
-
-
-def upsample_ab_rows(ab: torch.Tensor, height: int, width: int, row_start: int, row_stop: int) -> torch.Tensor:
-    """Rows ``row_start:row_stop`` of ``F.interpolate(ab, (height, width), mode='bilinear')``.
-
-    ``ab`` is ``(2, h, w)``. Separable: horizontal pass on the few source rows, then a lerp
-    between two source rows per output row, so memory is proportional to the strip only.
-    """
-    _, h, w = ab.shape
-    wide = F.interpolate(ab.unsqueeze(0), size=(h, width), mode="bilinear", align_corners=False)[0]
-    i0, i1, t = _vertical_taps(height, h, ab.device)
-    i0, i1, t = i0[row_start:row_stop], i1[row_start:row_stop], t[row_start:row_stop]
-    return torch.lerp(wide[:, i0, :], wide[:, i1, :], t)
 
 
 def grey_ab_to_linear(grey: torch.Tensor, ab: torch.Tensor, levels: int = 256) -> torch.Tensor:
@@ -138,8 +123,3 @@ def recombine(grey: torch.Tensor, ab: torch.Tensor, planes: tuple[torch.Tensor, 
         raise ValueError("the fast recombination needs the chroma planes")
     grey8 = grey.numpy() if bits == 8 else ((grey.numpy().astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return colorize_fast(Image.fromarray(grey8, "L"), *planes)
-
-
-def strips(height: int, width: int, strip_pixels: int = DEFAULT_STRIP_PIXELS) -> int:
-    """Number of strips :func:`colorize_full` will use for an image."""
-    return math.ceil(height / max(1, strip_pixels // max(width, 1)))

@@ -46,10 +46,6 @@ class RunStats:
     def wall_seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
 
-    @property
-    def processed(self) -> int:
-        return self.counts["done"] + self.counts["copied"]
-
     def images_per_second(self) -> float:
         return self.counts["done"] / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
