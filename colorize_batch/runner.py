@@ -108,7 +108,7 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
     with StopFlag() as stop:
         if plan.jobs:
             try:
-                generator, info = load_weights(weights_path, device)
+                generator, info = load_weights(weights_path, device, ident.model_sha256)
             except WeightsError as exc:
                 return _usage(str(exc))
             model_id = info.model_id

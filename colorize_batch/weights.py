@@ -69,8 +69,11 @@ def save_weights(path: str | os.PathLike, generator: UNetGenerator, provenance: 
     return path
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNetGenerator, WeightsInfo]:
-    """Build the generator described by a weights file, in eval mode, in float32 on ``device``."""
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> tuple[UNetGenerator, WeightsInfo]:
+    """Build the generator described by a weights file, in eval mode, in float32 on ``device``.
+
+    ``sha256``: the file's hash when the caller has it already (it is not read twice).
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
@@ -92,5 +95,5 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{path}: weights do not match the model code ({first})") from None
     generator.to(device).eval()
-    info = WeightsInfo(path=path, sha256=file_sha256(path), architecture=config, provenance=payload.get("provenance", {}))
+    info = WeightsInfo(path=path, sha256=sha256 or file_sha256(path), architecture=config, provenance=payload.get("provenance", {}))
     return generator, info
