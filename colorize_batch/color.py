@@ -62,13 +62,20 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
 
 
+def linear_from_f(fy: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per pixel f(Y/Yn), Y/Yn and a, b -> linear RGB (not clipped), channels stacked on dim -3.
+
+    Callers that know Y from a lookup table (grey levels) pass it; :func:`lab_to_rgb` derives it from L.
+    """
+    x = WHITE_D65[0] * _f_inv(fy + a / 500)
+    z = WHITE_D65[2] * _f_inv((fy - b / 200).clamp_min(0))
+    m = _rgb_from_xyz(fy.dtype, fy.device).tolist()
+    return torch.stack([m[i][0] * x + m[i][1] * y + m[i][2] * z for i in range(3)], dim=-3)
+
+
 def _lab_to_linear(L: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Lab channels -> linear RGB (not clipped), channels stacked on dim -3."""
     fy = (L + 16) / 116
-    f = torch.stack((fy + a / 500, fy, (fy - b / 200).clamp_min(0)), dim=-3)
-    white = torch.tensor(WHITE_D65, dtype=L.dtype, device=L.device).view(3, 1, 1)
-    xyz = _f_inv(f) * white
-    return _apply_matrix(_rgb_from_xyz(L.dtype, L.device), xyz)
+    return linear_from_f(fy, _f_inv(fy), a, b)
 
 
 @functools.lru_cache(maxsize=8)

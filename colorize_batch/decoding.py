@@ -115,10 +115,15 @@ def _jpeg_chroma(path: Path) -> float:
         return chroma_spread(np.asarray(im))
 
 
+def to_8bit(grey16: np.ndarray) -> np.ndarray:
+    """16-bit levels scaled (rounded, never clipped) to 8-bit."""
+    return ((grey16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def network_input(grey: np.ndarray, size: int) -> np.ndarray:
     """Square ``size x size`` uint8 view of the image for the network (aspect is not kept)."""
     if grey.dtype == np.uint16:
-        grey = ((grey.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # scale, never clip
+        grey = to_8bit(grey)
     im = Image.fromarray(grey)
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)

@@ -18,12 +18,12 @@ Two methods, chosen by ``output.recombination``:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .color import WHITE_D65, _f_inv, _rgb_from_xyz, fit_gamut, grey_tables, linear_to_srgb, linear_to_srgb8
+from .color import fit_gamut, grey_tables, linear_from_f, linear_to_srgb, linear_to_srgb8
+from .decoding import to_8bit
 
 DEFAULT_STRIP_PIXELS = 1_000_000
 
@@ -46,13 +46,7 @@ def grey_ab_to_linear(grey: torch.Tensor, ab: torch.Tensor, levels: int = 256) -
     y_lut, f_lut = grey_tables(levels, str(grey.device))
     index = grey.long()
     y, fy = y_lut[index], f_lut[index]
-    fx = fy + ab.select(-3, 0) / 500
-    fz = (fy - ab.select(-3, 1) / 200).clamp_min(0)
-    x = WHITE_D65[0] * _f_inv(fx)
-    z = WHITE_D65[2] * _f_inv(fz)
-    m = _rgb_from_xyz(torch.float32, grey.device).tolist()
-    lin = torch.stack([m[i][0] * x + m[i][1] * y + m[i][2] * z for i in range(3)], dim=-3)
-    return fit_gamut(lin, y)
+    return fit_gamut(linear_from_f(fy, y, ab.select(-3, 0), ab.select(-3, 1)), y)
 
 
 def colorize_full(
@@ -121,5 +115,5 @@ def recombine(grey: torch.Tensor, ab: torch.Tensor, planes: tuple[torch.Tensor, 
         return Image.fromarray(colorize_full(grey, ab, levels=levels, chroma_gain=chroma_gain).numpy(), "RGB")
     if planes is None:
         raise ValueError("the fast recombination needs the chroma planes")
-    grey8 = grey.numpy() if bits == 8 else ((grey.numpy().astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    grey8 = grey.numpy() if bits == 8 else to_8bit(grey.numpy())
     return colorize_fast(Image.fromarray(grey8, "L"), *planes)
