@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import colorize_batch  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads OpenMP, as the CLI does)
 import numpy as np
 import torch
 from PIL import Image

@@ -46,7 +46,12 @@ def _f(t: torch.Tensor) -> torch.Tensor:
 
 
 def _f_inv(f: torch.Tensor) -> torch.Tensor:
-    return torch.where(f > _F_EPS, f * f * f, (f - 16 / 116) / _KAPPA)
+    """Inverse of :func:`_f`: cube above the knee, linear below it.
+
+    Written as ``max(f, knee)^3 + min(f - knee, 0) / kappa`` (the two pieces meet at the knee),
+    which is two clamps instead of a ``torch.where`` over both branches: cheaper on the CPU.
+    """
+    return f.clamp_min(_F_EPS).pow_(3).add_((f - _F_EPS).clamp_max_(0).div_(_KAPPA))
 
 
 def _apply_matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +98,10 @@ def fit_gamut(lin: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     y = y.unsqueeze(-3)
     d = lin - y
-    # distance to the nearer wall of [0, 1] along d, as a multiple of d (inf where d == 0)
-    room = torch.where(d > 0, 1 - y, -y).div_(d).nan_to_num_(nan=float("inf"))
+    # how far each channel may move before it leaves [0, 1]: up to 1 when d > 0, down to 0 when
+    # d < 0, as a multiple of d (huge where d is ~0, so that channel never limits s)
+    tiny = 1e-12
+    room = torch.minimum((1 - y) / d.clamp_min(tiny), y / d.neg().clamp_min_(tiny))
     s = room.amin(dim=-3, keepdim=True).clamp_(0, 1)
     return d.mul_(s).add_(y).clamp_(0, 1)
 
@@ -118,16 +125,20 @@ def lab_to_rgb(lab: torch.Tensor, gamut: str = "clip") -> torch.Tensor:
 SRGB8_LUT_SIZE = 16384
 
 
-@functools.lru_cache(maxsize=8)
-def _srgb8_lut(device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _srgb8_lut(device: torch.device, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     lin = torch.linspace(0, 1, SRGB8_LUT_SIZE, dtype=torch.float64)
-    return (linear_to_srgb(lin) * 255).round().to(torch.uint8).to(device)
+    return (linear_to_srgb(lin) * 255).round().to(dtype).to(device)
 
 
-def linear_to_srgb8(lin: torch.Tensor) -> torch.Tensor:
-    """Linear RGB in [0, 1] -> 8-bit sRGB through a 16,384-entry table (within ±1 of exact)."""
-    index = (lin * (SRGB8_LUT_SIZE - 1) + 0.5).to(torch.int64)
-    return _srgb8_lut(lin.device)[index]
+def linear_to_srgb8(lin: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Linear RGB in [0, 1] -> 8-bit sRGB levels through a 16,384-entry table (within ±1 of exact).
+
+    ``dtype=torch.float32`` returns the same levels as floats (saves a conversion when more
+    arithmetic follows).
+    """
+    index = (lin * (SRGB8_LUT_SIZE - 1)).add_(0.5).long()
+    return _srgb8_lut(lin.device, dtype).take(index)
 
 
 @functools.lru_cache(maxsize=8)

@@ -115,6 +115,25 @@ def _jpeg_chroma(path: Path) -> float:
         return chroma_spread(np.asarray(im))
 
 
+def _jpeg_luma(path: Path, orientation: int) -> np.ndarray:
+    """The luma (grey levels) of a grey or YCbCr JPEG, turned upright.
+
+    Decoded by simplejpeg (libjpeg-turbo's TurboJPEG API): the same pixels as Pillow's
+    luma-only decode, in about half the time, since Pillow copies the image through its own
+    line buffers. ``strict`` makes a truncated or corrupt file an error, never a grey fill.
+    """
+    import simplejpeg
+
+    try:
+        grey = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True)[..., 0]
+    except ValueError as exc:
+        reason = str(exc) or "corrupt JPEG data"
+        raise DecodeError(f"truncated file: {reason}" if "Premature end" in reason else f"cannot decode: {reason}") from None
+    if orientation in ORIENTATION_TRANSPOSE:
+        grey = np.asarray(Image.fromarray(grey).transpose(ORIENTATION_TRANSPOSE[orientation]))
+    return grey
+
+
 def to_8bit(grey16: np.ndarray) -> np.ndarray:
     """16-bit levels scaled (rounded, never clipped) to 8-bit."""
     return ((grey16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
@@ -214,25 +233,22 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
                 if page:
                     im.seek(page)
                 pages = getattr(im, "n_frames", 1)
-                chroma = None
-                if fmt == "JPEG" and im.mode in ("L", "RGB"):
-                    if im.mode == "RGB":
-                        chroma = _jpeg_chroma(path)
-                    im.draft("L", im.size)  # luma-only decode: no colour conversion work
                 orientation = im.getexif().get(0x0112, 1)
-                uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
-                if uncompressed and orientation in (5, 6, 7, 8):
-                    meta = _metadata(im)
-                    im = _tiff_upright(path, page, orientation)
+                meta = _metadata(im)
+                if fmt == "JPEG" and im.mode in ("L", "RGB"):
+                    chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
+                    grey, bits, mode = _jpeg_luma(path, orientation), 8, "L"
                 else:
-                    im.load()
-                    meta = _metadata(im)
-                    # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
-                    if not (fmt == "TIFF" and 0x0112 not in im.tag_v2):
-                        im = ImageOps.exif_transpose(im)
-                grey, bits, spread = _to_grey(im)
-                chroma = spread if chroma is None else chroma
-                mode = im.mode
+                    uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
+                    if uncompressed and orientation in (5, 6, 7, 8):
+                        im = _tiff_upright(path, page, orientation)
+                    else:
+                        im.load()
+                        # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
+                        if not (fmt == "TIFF" and 0x0112 not in im.tag_v2):
+                            im = ImageOps.exif_transpose(im)
+                    grey, bits, chroma = _to_grey(im)
+                    mode = im.mode
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

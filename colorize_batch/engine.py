@@ -26,7 +26,7 @@ from .decoding import DecodeDataset, collate_items
 from .discovery import WorkItem, check_roots, find_images, output_path
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
-from .recombination import chroma_planes, recombine
+from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
 from .sharding import Shard
 from .writing import (
@@ -36,8 +36,10 @@ from .writing import (
     atomic_write,
     copy_file,
     encode,
+    encode_jpeg_ycbcr,
     encode_png16,
     encode_tiff16,
+    jpeg_half_chroma,
     output_format,
     wants_16_bit,
 )
@@ -187,16 +189,21 @@ def render(item: dict, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tenso
            prov: Provenance | None) -> tuple[str, dict]:
     """Recombination + encoding + atomic write of one image; returns (sha256, stage seconds)."""
     t0 = time.perf_counter()
-    fmt = output_format(job.output)
-    deep = wants_16_bit(fmt, config.output, item["bits"])
-    rgb = recombine(item["grey"], ab, planes, bits=item["bits"], method=config.output.recombination,
-                    sixteen_bit_out=deep, chroma_gain=config.model.chroma_gain)
-    t1 = time.perf_counter()
-    if deep:
-        rgb16 = rgb.numpy().astype(np.uint16)
-        data = (encode_png16 if fmt == "PNG" else encode_tiff16)(rgb16, config.output, item["meta"], prov)
+    fmt, opts = output_format(job.output), config.output
+    deep = wants_16_bit(fmt, opts, item["bits"])
+    if fmt == "JPEG" and opts.recombination == "fast":  # JFIF planes straight to the encoder
+        ycc = recombine_ycbcr(item["grey"], planes, bits=item["bits"], half_chroma=jpeg_half_chroma(opts))
+        t1 = time.perf_counter()
+        data = encode_jpeg_ycbcr(ycc, opts, item["meta"], prov)
     else:
-        data = encode(rgb, fmt, config.output, item["meta"], prov)
+        rgb = recombine(item["grey"], ab, planes, bits=item["bits"], method=opts.recombination,
+                        sixteen_bit_out=deep, chroma_gain=config.model.chroma_gain)
+        t1 = time.perf_counter()
+        if deep:
+            rgb16 = rgb.numpy().astype(np.uint16)
+            data = (encode_png16 if fmt == "PNG" else encode_tiff16)(rgb16, opts, item["meta"], prov)
+        else:
+            data = encode(rgb, fmt, opts, item["meta"], prov)
     t2 = time.perf_counter()
     sha = atomic_write(job.output, data)
     t3 = time.perf_counter()

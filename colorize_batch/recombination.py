@@ -6,10 +6,11 @@ Two methods, chosen by ``output.recombination``:
 
 - ``fast`` (default): the colour is turned into YCbCr chroma at the network's resolution
   (exact Lab maths on the small square), the Cb/Cr planes are upsampled, and the scan's own
-  grey levels are the luma Y. This is how JPEG itself stores colour; it costs a few ms per
-  megapixel in Pillow's C code, and converting the output back to grey (luma) returns the
-  input's grey levels exactly. Lab L differs from the exact method by a fraction of a unit
-  on average (tested).
+  grey levels are the luma Y. This is how JPEG itself stores colour: JPEG outputs are
+  encoded straight from these planes (:class:`YCbCrPlanes`, chroma at the JPEG's own
+  half or full size), other formats get an RGB image merged by Pillow. Converting the output
+  back to grey (luma) returns the input's grey levels. Lab L differs from the exact method
+  by a fraction of a unit on average (tested).
 - ``exact``: per-pixel Lab -> sRGB at full resolution with the predicted ab bilinearly
   upsampled and L taken from the input's grey levels; out-of-gamut colours are desaturated
   towards their own grey so Lab L is kept. Used for 16-bit outputs. Done in strips, so a
@@ -18,6 +19,9 @@ Two methods, chosen by ``output.recombination``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -45,7 +49,7 @@ def grey_ab_to_linear(grey: torch.Tensor, ab: torch.Tensor, levels: int = 256) -
     """
     y_lut, f_lut = grey_tables(levels, str(grey.device))
     index = grey.long()
-    y, fy = y_lut[index], f_lut[index]
+    y, fy = y_lut.take(index), f_lut.take(index)
     return fit_gamut(linear_from_f(fy, y, ab.select(-3, 0), ab.select(-3, 1)), y)
 
 
@@ -87,18 +91,55 @@ def chroma_planes(grey_small: torch.Tensor, ab: torch.Tensor, chroma_gain: float
     grey_small: ``(..., h, w)`` uint8 levels the network saw; ab: ``(..., 2, h, w)`` Lab units.
     """
     ab = ab.float() * chroma_gain if chroma_gain != 1.0 else ab.float()
-    rgb = linear_to_srgb8(grey_ab_to_linear(grey_small, ab)).float()
-    r, g, b = rgb.unbind(-3)
-    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
-    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
-    return cb.round().clamp(0, 255).to(torch.uint8), cr.round().clamp(0, 255).to(torch.uint8)
+    r, g, b = linear_to_srgb8(grey_ab_to_linear(grey_small, ab), torch.float32).unbind(-3)
+    # JFIF: Cb = 128 - 0.168736 R - 0.331264 G + 0.5 B, Cr = 128 + 0.5 R - 0.418688 G - 0.081312 B;
+    # +0.5 then truncation rounds (the values are positive)
+    cb = (b * 0.5).sub_(r * 0.168736).sub_(g * 0.331264).add_(128.5).clamp_(0, 255)
+    cr = (r * 0.5).sub_(g * 0.418688).sub_(b * 0.081312).add_(128.5).clamp_(0, 255)
+    return cb.to(torch.uint8), cr.to(torch.uint8)
 
 
-def colorize_fast(grey: Image.Image, cb: torch.Tensor, cr: torch.Tensor) -> Image.Image:
-    """Full-resolution grey (Pillow mode L) as luma + small Cb/Cr planes upsampled -> RGB image."""
-    size = grey.size
-    planes = [Image.fromarray(p.cpu().numpy()).resize(size, Image.Resampling.BILINEAR) for p in (cb, cr)]
-    return Image.merge("YCbCr", (grey, *planes)).convert("RGB")
+@dataclass
+class YCbCrPlanes:
+    """An output image as JFIF planes: full-size luma ``y`` and chroma at full or half size."""
+
+    y: np.ndarray  # (H, W) uint8: the scan's own grey levels
+    cb: np.ndarray  # (H, W), or (ceil(H/2), ceil(W/2)) for half-size chroma
+    cr: np.ndarray
+
+    def to_rgb_image(self) -> Image.Image:
+        size = self.y.shape[::-1]
+        chroma = [Image.fromarray(p) for p in (self.cb, self.cr)]
+        if chroma[0].size != size:
+            chroma = [p.resize(size, Image.Resampling.BILINEAR) for p in chroma]
+        return Image.merge("YCbCr", (Image.fromarray(self.y, "L"), *chroma)).convert("RGB")
+
+
+def ycbcr_planes(grey8: np.ndarray, cb: torch.Tensor, cr: torch.Tensor, half_chroma: bool = False) -> YCbCrPlanes:
+    """The scan's grey levels as luma + the network's Cb/Cr planes upsampled (bilinear, Pillow).
+
+    ``half_chroma`` makes chroma planes of ``ceil(H/2) x ceil(W/2)``, the size a 4:2:0 JPEG
+    stores (4x fewer pixels to upsample and none to downsample again).
+    """
+    height, width = grey8.shape
+    size = ((width + 1) // 2, (height + 1) // 2) if half_chroma else (width, height)
+    up = [np.asarray(Image.fromarray(p.cpu().numpy()).resize(size, Image.Resampling.BILINEAR)) for p in (cb, cr)]
+    return YCbCrPlanes(grey8, *up)
+
+
+def colorize_fast(grey8: np.ndarray, cb: torch.Tensor, cr: torch.Tensor) -> Image.Image:
+    """Full-resolution grey levels as luma + small Cb/Cr planes upsampled -> RGB image."""
+    return ycbcr_planes(grey8, cb, cr).to_rgb_image()
+
+
+def _grey8(grey: torch.Tensor, bits: int) -> np.ndarray:
+    return grey.numpy() if bits == 8 else to_8bit(grey.numpy())
+
+
+def recombine_ycbcr(grey: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], bits: int = 8,
+                    half_chroma: bool = False) -> YCbCrPlanes:
+    """The fast method's output as planes, for JPEG outputs (see :func:`ycbcr_planes`)."""
+    return ycbcr_planes(_grey8(grey, bits), *planes, half_chroma=half_chroma)
 
 
 def recombine(grey: torch.Tensor, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -115,5 +156,4 @@ def recombine(grey: torch.Tensor, ab: torch.Tensor, planes: tuple[torch.Tensor, 
         return Image.fromarray(colorize_full(grey, ab, levels=levels, chroma_gain=chroma_gain).numpy(), "RGB")
     if planes is None:
         raise ValueError("the fast recombination needs the chroma planes")
-    grey8 = grey.numpy() if bits == 8 else to_8bit(grey.numpy())
-    return colorize_fast(Image.fromarray(grey8, "L"), *planes)
+    return colorize_fast(_grey8(grey, bits), *planes)
