@@ -309,6 +309,40 @@ class DecodeDataset(Dataset):
         }
 
 
-def collate_items(items: list[dict]) -> list[dict]:
-    """Keep items as a list: images differ in size; the network batch is stacked later."""
-    return items
+def collate_items(items: list[dict]) -> dict:
+    """Pack a batch for the trip from a DataLoader worker to the main process.
+
+    Images differ in size, so they cannot be stacked; but every tensor crossing the process
+    boundary costs a file-descriptor handshake (~1 ms). All grey levels of the batch go into
+    one flat byte buffer and the network squares into one stacked tensor: two handshakes per
+    batch instead of two per image. :func:`unpack_batch` makes the items again (as views).
+    """
+    ok = [it for it in items if not it["error"]]
+    if not ok:
+        return {"items": items, "pixels": None, "net": None}
+    greys = [it.pop("grey") for it in ok]
+    offsets, end = [], 0
+    for grey in greys:
+        offsets.append(end)
+        end += -(-grey.numel() * grey.element_size() // 8) * 8  # 8-byte aligned: int32 views need it
+    pixels = torch.empty(end, dtype=torch.uint8)
+    for it, grey, offset in zip(ok, greys, offsets):
+        raw = grey.reshape(-1).view(torch.uint8)
+        pixels[offset:offset + raw.numel()] = raw
+        it["grey_layout"] = (offset, tuple(grey.shape), grey.dtype)
+    net = torch.stack([it.pop("net") for it in ok])
+    for i, it in enumerate(ok):
+        it["net_index"] = i
+    return {"items": items, "pixels": pixels, "net": net}
+
+
+def unpack_batch(batch: dict) -> list[dict]:
+    """The items of a :func:`collate_items` batch, with ``grey`` and ``net`` views restored."""
+    for it in batch["items"]:
+        if it["error"]:
+            continue
+        offset, shape, dtype = it.pop("grey_layout")
+        nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        it["grey"] = batch["pixels"][offset:offset + nbytes].view(dtype).view(shape)
+        it["net"] = batch["net"][it.pop("net_index")]
+    return batch["items"]

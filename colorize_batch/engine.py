@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from .config import PipelineConfig
-from .decoding import DecodeDataset, collate_items
+from .decoding import DecodeDataset, collate_items, unpack_batch
 from .discovery import WorkItem, check_roots, find_images, output_path
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
@@ -324,7 +324,7 @@ class LocalEngine:
         try:
             for batch in loader:
                 to_color: list[tuple[dict, Job]] = []
-                for item in batch:
+                for item in unpack_batch(batch):
                     job = jobs[item["index"]]
                     stats.stage_seconds["decode"] += item.get("decode_s", 0.0)
                     settled = triage(item, job, cfg)

@@ -2,6 +2,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from conftest import grey_image, save
 from PIL import Image
 
@@ -120,3 +121,22 @@ def test_tiff_orientation_is_applied_once(tmp_path, compression):
     upright = np.asarray(Image.fromarray(arr).transpose(Image.Transpose.ROTATE_270))
     d = decode(path, 32)
     assert np.array_equal(d.grey, upright)
+
+
+def test_batches_are_packed_for_the_trip_and_unpacked_unchanged(tmp_path):
+    from colorize_batch.decoding import DecodeDataset, collate_items, unpack_batch
+
+    save(tmp_path / "a.png", Image.fromarray(grey_image(33, 17)))  # odd byte count before a 16-bit image
+    save(tmp_path / "b.png", Image.fromarray(grey_image(20, 10).astype(np.uint16) * 257))
+    (tmp_path / "c.jpg").write_bytes(b"not a jpeg")
+    save(tmp_path / "d.jpg", Image.fromarray(grey_image(40, 30)))
+    dataset = DecodeDataset(sorted(tmp_path.iterdir()), 16)
+    items = [dataset[i] for i in range(len(dataset))]
+    expected = [(it["grey"].clone(), it["net"].clone()) if not it["error"] else None for it in items]
+    batch = collate_items([dict(it) for it in items])
+    assert sum(isinstance(v, torch.Tensor) for v in batch.values()) == 2  # two tensors cross, not six
+    unpacked = unpack_batch(batch)
+    assert [it["index"] for it in unpacked] == [0, 1, 2, 3] and unpacked[2]["error"]
+    for it, exp in zip(unpacked, expected):
+        if exp is not None:
+            assert it["grey"].dtype == exp[0].dtype and torch.equal(it["grey"], exp[0]) and torch.equal(it["net"], exp[1])
