@@ -7,12 +7,13 @@ default the shipped ``weights/colorize-lite.pt``) on the chosen device:
 forward_ips
     Images/s of the generator alone (:meth:`Colorizer.predict`) on ready-made uint8 batches
     ``(batch_size, 1, size, size)``, after warm-up: no decoding, no recombination, no disk.
-    The ceiling the pipeline can approach, never exceed.
+    The ceiling the pipeline can approach, never exceed. Timed before and after the pipeline
+    runs (a shared VM's speed drifts by 10-20% over minutes); the mean is used.
 pipeline_ips
     Images/s of the real run end to end (:func:`run_pipeline`: discovery, plan, lock, weights
     load, decode, forward, recombine, encode, atomic write, manifest, report) on the tree,
-    warm (a small run on other files went first, in the same process): files done / wall
-    seconds around the call.
+    warm (a small run on other files went first, in the same process): files done / mean
+    wall seconds around the call, over 3 runs (1 with ``--quick``).
 naive_ips
     Images/s of the seed prototype's way, one image at a time with the model loaded once:
     Pillow open + ``convert("L")``, ``skimage.color.rgb2lab`` on the float64 RGB, L resized
@@ -93,10 +94,11 @@ class Plan:
     naive_big: int
     forward_min_batches: int
     forward_min_seconds: float
+    pipeline_runs: int  # timed runs of the tree; the forward pass is timed before and after them
 
 
-FULL = Plan(small=200, big=10, naive_small=20, naive_big=2, forward_min_batches=8, forward_min_seconds=10.0)
-QUICK = Plan(small=24, big=1, naive_small=4, naive_big=1, forward_min_batches=3, forward_min_seconds=2.0)
+FULL = Plan(small=200, big=10, naive_small=20, naive_big=2, forward_min_batches=8, forward_min_seconds=8.0, pipeline_runs=3)
+QUICK = Plan(small=24, big=1, naive_small=4, naive_big=1, forward_min_batches=3, forward_min_seconds=2.0, pipeline_runs=1)
 
 
 def note(message: str) -> None:
@@ -202,8 +204,8 @@ def measure_forward(config: PipelineConfig, device: torch.device, plan: Plan) ->
 @dataclass
 class PipelineResult:
     exit_code: int
-    wall: float
-    report: dict[str, Any]
+    walls: list[float]  # one per measured run
+    report: dict[str, Any]  # of the last run
     rss_mb: float
     rss_workers_mb: float
     rss_before_mb: float
@@ -213,23 +215,31 @@ class PipelineResult:
         return int(self.report.get("counts", {}).get("done", 0))
 
     @property
+    def wall(self) -> float:
+        return sum(self.walls) / len(self.walls)
+
+    @property
     def ips(self) -> float:
         return self.done / self.wall if self.wall > 0 else 0.0
 
 
-def measure_pipeline(in_dir: Path, out_dir: Path, warm_in: Path, warm_out: Path, config: PipelineConfig) -> PipelineResult:
+def measure_pipeline(in_dir: Path, out_dir: Path, warm_in: Path, warm_out: Path, config: PipelineConfig,
+                     runs: int = 1) -> PipelineResult:
+    """A warm-up run on other files, then ``runs`` timed runs of the whole tree (``--force``)."""
     rss_before = maxrss_mb(resource.RUSAGE_SELF)
     code = run_pipeline(warm_in, warm_out, config, force=True, quiet=True)
     if code != 0:
         raise SystemExit(f"bench: the warm-up run exited {code}; see the messages above")
-    start = time.perf_counter()
-    code = run_pipeline(in_dir, out_dir, config, force=True, quiet=True)
-    wall = time.perf_counter() - start
-    report_file = out_dir / ".colorize-batch" / "last-run.json"
-    if code not in (0, 1) or not report_file.is_file():
-        raise SystemExit(f"bench: the measured run exited {code}; see the messages above")
+    walls = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        code = run_pipeline(in_dir, out_dir, config, force=True, quiet=True)
+        walls.append(time.perf_counter() - start)
+        report_file = out_dir / ".colorize-batch" / "last-run.json"
+        if code not in (0, 1) or not report_file.is_file():
+            raise SystemExit(f"bench: the measured run exited {code}; see the messages above")
     report = json.loads(report_file.read_text(encoding="utf-8"))
-    return PipelineResult(code, wall, report, maxrss_mb(resource.RUSAGE_SELF), maxrss_mb(resource.RUSAGE_CHILDREN), rss_before)
+    return PipelineResult(code, walls, report, maxrss_mb(resource.RUSAGE_SELF), maxrss_mb(resource.RUSAGE_CHILDREN), rss_before)
 
 
 def naive_colorize(src: Path, dest: Path, generator: torch.nn.Module, device: torch.device, size: int, quality: int) -> None:
@@ -342,9 +352,11 @@ def render_tables(console: Console, summary: dict[str, Any], pipe: PipelineResul
     head.add_column("vs pipeline", justify="right")
     head.add_column("how")
     head.add_row("forward (ceiling)", f"{summary['forward_ips']:.2f}", f"{summary['pipeline_vs_forward']:.2f}",
-                 f"Colorizer.predict, {forward_batches} warm batches")
+                 "Colorizer.predict, {} warm batches; mean of before/after the runs: {:.2f} / {:.2f}".format(
+                     forward_batches, *summary["forward_ips_before_after"]))
     head.add_row("pipeline (run)", f"{summary['pipeline_ips']:.2f}", "1.00",
-                 f"{pipe.done} files done / {pipe.wall:.1f} s wall ({sizes})")
+                 f"{pipe.done} files done / {pipe.wall:.2f} s mean wall of {len(pipe.walls)} runs "
+                 f"({', '.join(f'{w:.2f}' for w in pipe.walls)}; {sizes})")
     timed = ", ".join(f"{n} {cls}" for cls, n in naive.timed.items())
     head.add_row("naive (seed way)", f"{summary['naive_ips']:.2f}", f"{summary['pipeline_vs_naive']:.2f}",
                  f"timed on {timed}; whole-tree mix")
@@ -442,9 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         n_files = sum(len(v) for v in files.values())
 
         note(f"forward ceiling on {device} (batch {config.loader.batch_size}, {config.model.size}x{config.model.size})")
-        forward_ips, forward_batches = measure_forward(config, device, plan)
-        note(f"pipeline: warm-up, then {n_files} files")
-        pipe = measure_pipeline(in_dir, root / "out", warm_in, root / "warmup_out", config)
+        forward_before, forward_batches = measure_forward(config, device, plan)
+        note(f"pipeline: warm-up, then {plan.pipeline_runs} x {n_files} files")
+        pipe = measure_pipeline(in_dir, root / "out", warm_in, root / "warmup_out", config, plan.pipeline_runs)
+        note("forward ceiling again (the machine's speed drifts: the ratio uses the mean)")
+        forward_after, more_batches = measure_forward(config, device, plan)
+        forward_ips, forward_batches = (forward_before + forward_after) / 2, forward_batches + more_batches
         note(f"naive loop on {plan.naive_small} small + {plan.naive_big} big + 1 TIFF")
         naive = measure_naive(files, plan, config, device, root / "naive_out")
         memory = memory_check(root, args.config, overrides) if args.memory_check else None
@@ -468,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         "size": config.model.size,
         "workers": config.loader.workers,
         "peak_rss_workers_mb": round(pipe.rss_workers_mb, 1),
+        "forward_ips_before_after": [round(forward_before, 3), round(forward_after, 3)],
+        "pipeline_walls": [round(w, 3) for w in pipe.walls],
         "files": n_files,
     }
     if memory is not None:
