@@ -115,20 +115,23 @@ def _jpeg_chroma(path: Path) -> float:
         return chroma_spread(np.asarray(im))
 
 
-def _jpeg_luma(path: Path, orientation: int) -> np.ndarray:
+def _jpeg_luma(path: Path, orientation: int) -> np.ndarray | None:
     """The luma (grey levels) of a grey or YCbCr JPEG, turned upright.
 
     Decoded by simplejpeg (libjpeg-turbo's TurboJPEG API): the same pixels as Pillow's
     luma-only decode, in about half the time, since Pillow copies the image through its own
-    line buffers. ``strict`` makes a truncated or corrupt file an error, never a grey fill.
+    line buffers. In strict mode libjpeg's warnings are errors: a truncated file is refused
+    (never grey-filled); for any other complaint (old scanners often leave harmless
+    "extraneous bytes before marker") ``None`` is returned and Pillow decodes the file.
     """
     import simplejpeg
 
     try:
         grey = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True)[..., 0]
     except ValueError as exc:
-        reason = str(exc) or "corrupt JPEG data"
-        raise DecodeError(f"truncated file: {reason}" if "Premature end" in reason else f"cannot decode: {reason}") from None
+        if "Premature end" in str(exc):
+            raise DecodeError(f"truncated file: {exc}") from None
+        return None
     if orientation in ORIENTATION_TRANSPOSE:
         grey = np.asarray(Image.fromarray(grey).transpose(ORIENTATION_TRANSPOSE[orientation]))
     return grey
@@ -235,10 +238,13 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
                 pages = getattr(im, "n_frames", 1)
                 orientation = im.getexif().get(0x0112, 1)
                 meta = _metadata(im)
+                grey, jpeg_chroma = None, None
                 if fmt == "JPEG" and im.mode in ("L", "RGB"):
-                    chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
-                    grey, bits, mode = _jpeg_luma(path, orientation), 8, "L"
-                else:
+                    jpeg_chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
+                    grey, bits, mode, chroma = _jpeg_luma(path, orientation), 8, "L", jpeg_chroma
+                    if grey is None:
+                        im.draft("L", im.size)  # Pillow's luma-only decode instead
+                if grey is None:
                     uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
                     if uncompressed and orientation in (5, 6, 7, 8):
                         im = _tiff_upright(path, page, orientation)
@@ -248,6 +254,7 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
                         if not (fmt == "TIFF" and 0x0112 not in im.tag_v2):
                             im = ImageOps.exif_transpose(im)
                     grey, bits, chroma = _to_grey(im)
+                    chroma = jpeg_chroma if jpeg_chroma is not None else chroma
                     mode = im.mode
     except DecodeError:
         raise

@@ -140,3 +140,17 @@ def test_batches_are_packed_for_the_trip_and_unpacked_unchanged(tmp_path):
     for it, exp in zip(unpacked, expected):
         if exp is not None:
             assert it["grey"].dtype == exp[0].dtype and torch.equal(it["grey"], exp[0]) and torch.equal(it["net"], exp[1])
+
+
+def test_jpeg_with_harmless_junk_decodes_like_pillow(tmp_path):
+    """libjpeg warns about bytes between the scan and the end marker; Pillow decodes such files."""
+    buf = io.BytesIO()
+    Image.fromarray(grey_image(64, 48)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert data.endswith(b"\xff\xd9")
+    path = tmp_path / "junk.jpg"
+    path.write_bytes(data[:-2] + b"\x00\x17\x2a" + data[-2:])
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("L"))
+    d = decode(path, 32)
+    assert d.grey.shape == (48, 64) and np.array_equal(d.grey, expected)
