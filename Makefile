@@ -40,7 +40,7 @@ eval: install  ## score the shipped weights on the shared validation photos
 	$(BIN)/colorize-batch eval ../shared/data/val/sun_hays80 --report runs/eval.json --sheet runs/eval_sheet.png
 
 bench: install
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)  # e.g. BENCH_ARGS="--quick" or "--memory-check --device cuda"
 
 clean:
 	rm -rf demo runs/eval.json .pytest_cache .ruff_cache build *.egg-info
