@@ -31,10 +31,11 @@ test: install
 lint: install
 	$(BIN)/ruff check colorize_batch tests benchmarks
 
-train: install  ## reproduce the shipped weights (about 75 minutes on 2 idle CPU cores)
+train: install  ## reproduce the shipped weights (three stages, about 2 hours on 2 idle CPU cores)
 	$(BIN)/colorize-batch train --out runs/lite-v1
 	$(BIN)/colorize-batch train --init runs/lite-v1/generator.pt --config finetune.yaml --out runs/lite-ft
-	$(BIN)/colorize-batch export runs/lite-ft weights/colorize-lite.pt
+	$(BIN)/colorize-batch train --init runs/lite-ft/generator.pt --config finetune256.yaml --out runs/lite-ft256
+	$(BIN)/colorize-batch export runs/lite-ft256 weights/colorize-lite.pt
 
 eval: install  ## score the shipped weights on the shared validation photos
 	$(BIN)/colorize-batch eval ../shared/data/val/sun_hays80 --report runs/eval.json --sheet runs/eval_sheet.png
