@@ -142,6 +142,21 @@ def plan_run(
     return plan
 
 
+def ramped_batches(count: int, batch_size: int) -> list[list[int]]:
+    """Indices ``0..count-1`` in order, as batches of 1, 2, 4, ... up to ``batch_size``.
+
+    The network cannot start before its first batch is decoded; a first batch of one image
+    gets it going after one decode instead of ``batch_size`` (8 large scans take ~0.3 s on
+    2 cores), while the decode worker fills the queue for the full batches that follow.
+    """
+    batches, start, size = [], 0, 1
+    while start < count:
+        batches.append(list(range(start, min(count, start + size))))
+        start += size
+        size = min(batch_size, size * 2)
+    return batches
+
+
 def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
 
@@ -302,7 +317,7 @@ class LocalEngine:
         workers = cfg.loader.workers
         loader = DataLoader(
             dataset,
-            batch_size=cfg.loader.batch_size,
+            batch_sampler=ramped_batches(len(dataset), cfg.loader.batch_size),
             num_workers=workers,
             collate_fn=collate_items,
             prefetch_factor=cfg.loader.prefetch_factor if workers else None,

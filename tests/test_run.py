@@ -186,3 +186,12 @@ def test_size_not_fitting_the_network_is_a_usage_error(tmp_path, run_cli):
     save(tmp_path / "in" / "a.png", Image.fromarray(grey_image()))
     result = run_cli("run", tmp_path / "in", tmp_path / "out", "--size", "40", "--workers", "0")
     assert result.exit_code == 2 and "multiple of 16" in result.output
+
+
+def test_batches_ramp_up_so_the_network_starts_after_one_decode():
+    from colorize_batch.engine import ramped_batches
+
+    batches = ramped_batches(20, 8)
+    assert [len(b) for b in batches] == [1, 2, 4, 8, 5]
+    assert [i for b in batches for i in b] == list(range(20))  # every file once, in order
+    assert ramped_batches(0, 8) == [] and ramped_batches(3, 1) == [[0], [1], [2]]
