@@ -241,10 +241,12 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
                 grey, jpeg_chroma = None, None
                 if fmt == "JPEG" and im.mode in ("L", "RGB"):
                     jpeg_chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
-                    grey, bits, mode, chroma = _jpeg_luma(path, orientation), 8, "L", jpeg_chroma
+                    grey = _jpeg_luma(path, orientation)
                     if grey is None:
                         im.draft("L", im.size)  # Pillow's luma-only decode instead
-                if grey is None:
+                if grey is not None:
+                    bits, mode, chroma = 8, "L", jpeg_chroma
+                else:
                     uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
                     if uncompressed and orientation in (5, 6, 7, 8):
                         im = _tiff_upright(path, page, orientation)
@@ -254,8 +256,7 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
                         if not (fmt == "TIFF" and 0x0112 not in im.tag_v2):
                             im = ImageOps.exif_transpose(im)
                     grey, bits, chroma = _to_grey(im)
-                    chroma = jpeg_chroma if jpeg_chroma is not None else chroma
-                    mode = im.mode
+                    chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -336,7 +337,7 @@ def collate_items(items: list[dict]) -> dict:
     for it, grey, offset in zip(ok, greys, offsets):
         raw = grey.reshape(-1).view(torch.uint8)
         pixels[offset:offset + raw.numel()] = raw
-        it["grey_layout"] = (offset, tuple(grey.shape), grey.dtype)
+        it["grey_layout"] = (offset, raw.numel(), tuple(grey.shape), grey.dtype)
     net = torch.stack([it.pop("net") for it in ok])
     for i, it in enumerate(ok):
         it["net_index"] = i
@@ -348,8 +349,7 @@ def unpack_batch(batch: dict) -> list[dict]:
     for it in batch["items"]:
         if it["error"]:
             continue
-        offset, shape, dtype = it.pop("grey_layout")
-        nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        offset, nbytes, shape, dtype = it.pop("grey_layout")
         it["grey"] = batch["pixels"][offset:offset + nbytes].view(dtype).view(shape)
         it["net"] = batch["net"][it.pop("net_index")]
     return batch["items"]

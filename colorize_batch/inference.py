@@ -6,6 +6,7 @@ the CPU runs in float32. Everything is under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -19,9 +20,9 @@ class InferenceError(Exception):
 
 
 HEAP_REUSE_BYTES = 256 << 20
-_allocator_tuned = False
 
 
+@functools.cache
 def tune_allocator() -> bool:
     """Let glibc reuse freed heap memory for large tensors instead of fresh ``mmap`` pages.
 
@@ -31,17 +32,12 @@ def tune_allocator() -> bool:
     2-core CPU went from ~56 to ~73 images/s. Memory stays bounded by the largest working
     set. No effect (and ``False``) where the C library has no ``mallopt`` (not glibc).
     """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None)
-        _allocator_tuned = bool(libc.mallopt(-3, HEAP_REUSE_BYTES))  # -3: M_MMAP_THRESHOLD
+        return bool(ctypes.CDLL(None).mallopt(-3, HEAP_REUSE_BYTES))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return False
-    return _allocator_tuned
 
 
 def resolve_device(name: str = "auto") -> torch.device:
