@@ -6,7 +6,8 @@ default the shipped ``weights/colorize-lite.pt``) on the chosen device:
 
 forward_ips
     Images/s of the generator alone (:meth:`Colorizer.predict`) on ready-made uint8 batches
-    ``(batch_size, 1, size, size)``, after warm-up: no decoding, no recombination, no disk.
+    ``(batch_size, 1, size, size)``, after warm-up: no decoding, no recombination, no disk;
+    spread over the run's lanes (threads with their own intra-op threads) as the run does.
     The ceiling the pipeline can approach, never exceed. Timed before and after the pipeline
     runs (a shared VM's speed drifts by 10-20% over minutes); the mean is used.
 pipeline_ips
@@ -56,6 +57,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +74,7 @@ from colorize_batch.config import ConfigError, PipelineConfig, load_config
 from colorize_batch.decoding import network_input
 from colorize_batch.evaluate import grey_from_rgb
 from colorize_batch.examples import COLOUR_SOURCES, colour_photo
-from colorize_batch.inference import Colorizer, InferenceError, resolve_device
+from colorize_batch.inference import Colorizer, InferenceError, resolve_device, resolve_lanes
 from colorize_batch.reporting import STAGES
 from colorize_batch.runner import run_pipeline
 from colorize_batch.weights import WeightsError, load_weights
@@ -182,23 +184,44 @@ def _forward_once(colorizer: Colorizer, batch: torch.Tensor, device: torch.devic
 
 
 def measure_forward(config: PipelineConfig, device: torch.device, plan: Plan) -> tuple[float, int]:
-    """Images/s of :meth:`Colorizer.predict` alone on real-content batches; returns (ips, batches timed)."""
+    """Images/s of :meth:`Colorizer.predict` alone on real-content batches; returns (ips, batches timed).
+
+    Spread over the run's lanes exactly as the run spreads them (each lane a thread with its
+    own intra-op threads), so the ceiling is the network's best on this machine at this
+    setting, not a single-threaded or single-lane figure the run could not be compared to.
+    """
     generator, _ = load_weights(config.model.weights, device)
     colorizer = Colorizer(generator, device, config.model.precision)
+    lanes = resolve_lanes(device, config.loader.lanes, config.loader.torch_threads)
     size, batch_size = config.model.size, config.loader.batch_size
     squares = [network_input(np.asarray(_grey_sources()[n]), size) for n in COLOUR_SOURCES]
     batch = torch.from_numpy(np.stack([squares[i % len(squares)] for i in range(batch_size)])[:, None])
+    counts = [0] * lanes.count
+    ready = threading.Barrier(lanes.count + 1)
+    start = [0.0]
 
-    for _ in range(2):  # untimed warm-up: allocator, kernels, lookup tables
-        _forward_once(colorizer, batch, device)
-    batches, start = 0, time.perf_counter()
-    while batches < plan.forward_min_batches or (time.perf_counter() - start < plan.forward_min_seconds and batches < 500):
-        _forward_once(colorizer, batch, device)
-        batches += 1
-    elapsed = time.perf_counter() - start
-    del colorizer, generator
-    gc.collect()
-    return batches * batch_size / elapsed, batches
+    def enough() -> bool:
+        done = sum(counts)
+        return done >= 500 or (done >= plan.forward_min_batches and time.perf_counter() - start[0] >= plan.forward_min_seconds)
+
+    def lane(i: int) -> None:
+        torch.set_num_threads(lanes.threads)
+        for _ in range(2):  # untimed warm-up: allocator, kernels, lookup tables
+            _forward_once(colorizer, batch, device)
+        ready.wait()
+        while not enough():
+            _forward_once(colorizer, batch, device)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(lanes.count)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start[0] = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start[0]
+    return sum(counts) * batch_size / elapsed, sum(counts)
 
 
 @dataclass
@@ -346,7 +369,7 @@ def render_tables(console: Console, summary: dict[str, Any], pipe: PipelineResul
                   rss_imports_mb: float) -> None:
     sizes = f"{plan.small} x ~{SMALL_SIZE[0]}x{SMALL_SIZE[1]} JPEG, {plan.big} x ~{BIG_SIZE[0]}x{BIG_SIZE[1]} JPEG, 1 x {TIFF_SIZE[0]}x{TIFF_SIZE[1]} 16-bit TIFF"
     head = Table(title=f"colorize-batch benchmark: {summary['device']}, batch {summary['batch_size']}, size {summary['size']}, "
-                       f"workers {summary['workers']}, torch threads {torch.get_num_threads()}")
+                       f"workers {summary['workers']}, lanes {summary['lanes']} x {summary['threads_per_lane']} thread(s)")
     head.add_column("measure")
     head.add_column("img/s", justify="right")
     head.add_column("vs pipeline", justify="right")
@@ -406,7 +429,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="loader.batch_size")
     p.add_argument("--workers", type=int, help="loader.workers")
     p.add_argument("--size", type=int, help="model.size (the network's square side)")
-    p.add_argument("--torch-threads", type=int, help="loader.torch_threads (0: all cores)")
+    p.add_argument("--lanes", type=int, help="loader.lanes (0: auto)")
+    p.add_argument("--torch-threads", type=int, help="loader.torch_threads: intra-op threads per lane (0: cores / lanes)")
     p.add_argument("--config", help="pipeline.yaml to use (default: the repo's)")
     p.add_argument("--keep", metavar="DIR", type=Path, help="build the tree and outputs in DIR and keep them")
     p.add_argument("--memory-check", action="store_true", help="peak RSS of fresh runs on " + ", ".join(map(str, MEMORY_COUNTS)) + " small PNGs")
@@ -419,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     for flag, dotted in (
         ("device", "model.device"), ("batch_size", "loader.batch_size"), ("workers", "loader.workers"),
-        ("size", "model.size"), ("torch_threads", "loader.torch_threads"),
+        ("size", "model.size"), ("lanes", "loader.lanes"), ("torch_threads", "loader.torch_threads"),
     ):
         if getattr(args, flag) is not None:
             overrides[dotted] = getattr(args, flag)
@@ -432,8 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     if not config.model.weights.is_file():
         print(f"bench: {config.model.weights}: weights file not found", file=sys.stderr)
         return 2
-    if config.loader.torch_threads:
-        torch.set_num_threads(config.loader.torch_threads)  # as the run does
     plan = QUICK if args.quick else FULL
 
     if args.keep:
@@ -470,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
+    lanes = resolve_lanes(device, config.loader.lanes, config.loader.torch_threads)
     summary: dict[str, Any] = {
         "forward_ips": round(forward_ips, 3),
         "pipeline_ips": round(pipe.ips, 3),
@@ -482,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": config.loader.batch_size,
         "size": config.model.size,
         "workers": config.loader.workers,
+        "lanes": lanes.count,
+        "threads_per_lane": lanes.threads,
         "peak_rss_workers_mb": round(pipe.rss_workers_mb, 1),
         "forward_ips_before_after": [round(forward_before, 3), round(forward_after, 3)],
         "pipeline_walls": [round(w, 3) for w in pipe.walls],

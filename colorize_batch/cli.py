@@ -71,6 +71,7 @@ RUN_FLAGS = {
     "size": "model.size",
     "batch_size": "loader.batch_size",
     "workers": "loader.workers",
+    "lanes": "loader.lanes",
     "fmt": "output.format",
     "color_inputs": "input.color_inputs",
 }
@@ -84,6 +85,8 @@ RUN_FLAGS = {
 @click.option("--device", type=str, help="auto (CUDA if present) | cpu | cuda | cuda:N (model.device).")
 @click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass (loader.batch_size).")
 @click.option("--workers", type=click.IntRange(0, 64), help="Decoding processes; 0 decodes in the main process (loader.workers).")
+@click.option("--lanes", type=click.IntRange(0, 64), help="Threads making forward passes, each with its share of the cores; "
+              "0 = auto: 2 on a multi-core CPU, 1 on CUDA (loader.lanes).")
 @click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
 @click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
 @click.option("--color-inputs", type=click.Choice(["skip", "copy", "recolor"]), help="What to do with inputs already in colour.")
@@ -107,7 +110,7 @@ RUN_FLAGS = {
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.pass_context
-def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, size, fmt, color_inputs,
+def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, lanes, size, fmt, color_inputs,
         force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
         gpus_per_actor, gallery, quiet, verbose):
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.

@@ -137,8 +137,8 @@ def linear_to_srgb8(lin: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torc
     ``dtype=torch.float32`` returns the same levels as floats (saves a conversion when more
     arithmetic follows).
     """
-    index = (lin * (SRGB8_LUT_SIZE - 1)).add_(0.5).long()
-    return _srgb8_lut(lin.device, dtype).take(index)
+    index = (lin * (SRGB8_LUT_SIZE - 1)).add_(0.5).int()  # int32 + index_select: ~3x faster than take
+    return torch.index_select(_srgb8_lut(lin.device, dtype), 0, index.reshape(-1)).view(lin.shape)
 
 
 @functools.lru_cache(maxsize=8)

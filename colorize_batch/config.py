@@ -47,7 +47,8 @@ class LoaderSection(_Section):
     batch_size: int = Field(8, ge=1, le=1024)
     workers: int = Field(1, ge=0, le=64)
     prefetch_factor: int = Field(2, ge=1, le=16)
-    torch_threads: int = Field(0, ge=0, le=256, description="0: all cores")
+    lanes: int = Field(0, ge=0, le=64, description="inference threads; 0: auto (2 on a multi-core CPU, 1 on CUDA)")
+    torch_threads: int = Field(0, ge=0, le=256, description="intra-op threads per lane; 0: cores / lanes")
     writer_threads: int = Field(2, ge=1, le=64)
 
 

@@ -1,6 +1,6 @@
 """The local engine: distributes the stages over one machine.
 
-    discovery -> decoding (DataLoader workers) -> inference (batched, main thread)
+    discovery -> decoding (DataLoader workers) -> inference (batched, lane threads)
               -> recombination + encoding + writing (thread pool) -> reporting/manifest
 
 It only wires the stage modules together; each stage lives in the module named after it.
@@ -9,10 +9,11 @@ It only wires the stage modules together; each stage lives in the module named a
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from .config import PipelineConfig
 from .decoding import DecodeDataset, collate_items, unpack_batch
 from .discovery import WorkItem, check_roots, find_images, output_path
-from .inference import Colorizer
+from .inference import Colorizer, Lanes, resolve_lanes
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
 from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
@@ -297,11 +298,51 @@ class ResultSink:
             self.progress.advance()
 
 
+POLL_SECONDS = 0.1  # how often a blocked thread looks whether the run is being torn down
+
+
+def _get(q: queue.Queue, abort: threading.Event):
+    """The next item of ``q``, or ``None`` once ``abort`` is set."""
+    while not abort.is_set():
+        try:
+            return q.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            pass
+    return None
+
+
+def _put(q: queue.Queue, item, abort: threading.Event) -> bool:
+    """Put ``item`` into ``q``; ``False`` if ``abort`` was set first."""
+    while not abort.is_set():
+        try:
+            q.put(item, timeout=POLL_SECONDS)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _acquire(slots: threading.Semaphore, abort: threading.Event) -> bool:
+    while not abort.is_set():
+        if slots.acquire(timeout=POLL_SECONDS):
+            return True
+    return False
+
+
 class LocalEngine:
-    """Decoding in DataLoader worker processes, forward passes in the main thread, rendering in a thread pool."""
+    """Decoding in DataLoader worker processes, forward passes in lane threads, rendering in a thread pool.
+
+    The main thread only moves decoded batches from the DataLoader into a short queue. Each
+    lane (:func:`~colorize_batch.inference.resolve_lanes`) takes a batch, settles failures and
+    colour inputs, runs the forward pass and the chroma planes with its own intra-op threads,
+    and hands each image to the writer pool. Results are recorded, under one lock, by
+    whichever thread finishes them. Bounded everywhere: ``lanes`` batches queued, at most
+    ``2 x writer_threads + batch_size`` images decoded but not yet written.
+    """
 
     def __init__(self, config: PipelineConfig, colorizer: Colorizer, model_id: str, stats: RunStats,
-                 manifest: Manifest | None, ident: RunIdentity | None, quiet: bool = False):
+                 manifest: Manifest | None, ident: RunIdentity | None, quiet: bool = False,
+                 lanes: Lanes | None = None):
         self.config = config
         self.colorizer = colorizer
         self.model_id = model_id
@@ -309,10 +350,10 @@ class LocalEngine:
         self.manifest = manifest
         self.ident = ident
         self.quiet = quiet
+        self.lanes = lanes or resolve_lanes(colorizer.device, config.loader.lanes, config.loader.torch_threads)
 
     def run(self, plan: Plan, stop: StopFlag) -> None:
-        cfg, stats = self.config, self.stats
-        jobs = plan.jobs
+        cfg, stats, jobs = self.config, self.stats, plan.jobs
         dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels, [j.page for j in jobs])
         workers = cfg.loader.workers
         loader = DataLoader(
@@ -326,40 +367,78 @@ class LocalEngine:
         )
         progress = ProgressDisplay(len(jobs), quiet=self.quiet)
         sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
-        pending: set[Future] = set()
-        max_pending = cfg.loader.writer_threads * 2 + cfg.loader.batch_size
+        lock = threading.Lock()  # the sink (counters, manifest, progress) and the stage clocks
+        abort = threading.Event()  # set when the run is being torn down: nobody waits any more
+        failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised here
+        batches: queue.Queue = queue.Queue(maxsize=self.lanes.count)
+        in_flight = threading.Semaphore(cfg.loader.writer_threads * 2 + cfg.loader.batch_size)
         pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer")
 
-        def drain(wait_all: bool) -> None:
-            done, _ = wait(pending, return_when="ALL_COMPLETED" if wait_all else FIRST_COMPLETED)
-            for fut in done:
-                pending.discard(fut)
-                sink.add(fut.result())
+        def record(result: FileResult) -> None:
+            with lock:
+                sink.add(result)
 
+        def fail(exc: BaseException) -> None:
+            failures.append(exc)
+            abort.set()
+
+        def rendered(future: Future) -> None:
+            try:
+                record(future.result())
+            except BaseException as exc:  # noqa: BLE001 - surfaced by run(), never lost in a callback
+                fail(exc)
+            finally:
+                in_flight.release()
+
+        def colour(batch: dict) -> None:
+            to_color: list[tuple[dict, Job]] = []
+            for item in unpack_batch(batch):
+                job = jobs[item["index"]]
+                with lock:
+                    stats.stage_seconds["decode"] += item.get("decode_s", 0.0)
+                settled = triage(item, job, cfg)
+                if settled is not None:
+                    record(settled)
+                else:
+                    to_color.append((item, job))
+            if not to_color:
+                return
+            ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg)
+            with lock:
+                stats.stage_seconds["recombine"] += plane_seconds
+            for i, (item, job) in enumerate(to_color):
+                if not _acquire(in_flight, abort):
+                    return
+                pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id).add_done_callback(rendered)
+
+        def lane() -> None:
+            torch.set_num_threads(self.lanes.threads)  # this thread's own OpenMP team
+            try:
+                while (batch := _get(batches, abort)) is not None:
+                    if not (stop or stats.stopped_reason):  # stopping: queued batches stay undone
+                        colour(batch)
+            except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
+                fail(exc)
+
+        lanes = [threading.Thread(target=lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes.count)]
+        for thread in lanes:
+            thread.start()
         try:
             for batch in loader:
-                to_color: list[tuple[dict, Job]] = []
-                for item in unpack_batch(batch):
-                    job = jobs[item["index"]]
-                    stats.stage_seconds["decode"] += item.get("decode_s", 0.0)
-                    settled = triage(item, job, cfg)
-                    if settled is not None:
-                        sink.add(settled)
-                    else:
-                        to_color.append((item, job))
-                if to_color:
-                    ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg)
-                    stats.stage_seconds["recombine"] += plane_seconds
-                    for i, (item, job) in enumerate(to_color):
-                        pending.add(pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id))
-                while len(pending) > max_pending or (pending and stop):
-                    drain(wait_all=False)
-                if stop or stats.stopped_reason:
+                if stop or stats.stopped_reason or not _put(batches, batch, abort):
                     break
-            drain(wait_all=True)
+            for _ in lanes:
+                _put(batches, None, abort)  # each lane finishes what is queued, then meets a None
+            for thread in lanes:
+                thread.join()
         finally:
-            pool.shutdown(wait=True)
+            abort.set()
+            for thread in lanes:
+                thread.join()
+            pool.shutdown(wait=True)  # in-flight writes complete and are recorded
             progress.close()
+        if failures:
+            raise failures[0]
         stats.stage_seconds["forward"] += self.colorizer.forward_seconds
         if stop:
             stats.interrupted = True

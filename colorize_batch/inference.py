@@ -7,7 +7,10 @@ the CPU runs in float32. Everything is under ``torch.inference_mode()``.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -61,8 +64,44 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float16
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """How the forward passes are spread: ``count`` inference threads, each running batches
+    with ``threads`` intra-op (OpenMP) threads of its own."""
+
+    count: int
+    threads: int
+
+
+def resolve_lanes(device: torch.device, lanes: int = 0, torch_threads: int = 0, cores: int | None = None) -> Lanes:
+    """Defaults for ``loader.lanes`` and ``loader.torch_threads`` (0 = auto).
+
+    On a CPU the auto setting is two lanes that split the cores. One forward pass using all
+    cores stalls whenever a decode or writer thread takes a core from one of its OpenMP
+    threads (the others wait at the next barrier); with two lanes the other lane keeps
+    computing, and a lane also does its batch's chroma planes while the other runs the
+    network. Measured on 2 cores (batch 8 at 256²): forward passes alone 50 images/s with
+    2 lanes x 1 thread against 44 with 1 lane x 2 threads. On CUDA one lane feeds the GPU.
+    """
+    cores = cores or usable_cores()
+    count = lanes or (2 if device.type == "cpu" and cores >= 2 else 1)
+    return Lanes(count, torch_threads or max(1, cores // count))
+
+
 class Colorizer:
-    """Wraps a generator: grey uint8 squares in, ab (Lab units, float32) out."""
+    """Wraps a generator: grey uint8 squares in, ab (Lab units, float32) out.
+
+    :meth:`predict` may be called from several threads at once (the engine's lanes): the
+    generator is in eval mode under inference mode, so its weights are only read.
+    """
 
     def __init__(self, generator: UNetGenerator, device: torch.device, precision: str = "auto"):
         self.device = device
@@ -73,8 +112,9 @@ class Colorizer:
         if device.type == "cuda":
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.multiple = generator.config.multiple
-        self.forward_seconds = 0.0
+        self.forward_seconds = 0.0  # summed over lanes (threads calling predict)
         self.images = 0
+        self._count_lock = threading.Lock()
 
     @torch.inference_mode()
     def predict(self, grey_batch: torch.Tensor, on_device: bool = False) -> torch.Tensor:
@@ -96,6 +136,7 @@ class Colorizer:
         else:
             ab = self.generator(l_norm)
         ab = denormalize_ab(ab)
-        self.forward_seconds += time.perf_counter() - start
-        self.images += grey_batch.shape[0]
+        with self._count_lock:
+            self.forward_seconds += time.perf_counter() - start
+            self.images += grey_batch.shape[0]
         return ab

@@ -19,6 +19,7 @@ Two methods, chosen by ``output.recombination``:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .color import fit_gamut, grey_tables, linear_from_f, linear_to_srgb, linear_to_srgb8
+from .color import (
+    _F_EPS,
+    _KAPPA,
+    WHITE_D65,
+    XYZ_FROM_RGB,
+    fit_gamut,
+    grey_tables,
+    linear_from_f,
+    linear_to_srgb,
+    linear_to_srgb8,
+)
 from .decoding import to_8bit
 
 DEFAULT_STRIP_PIXELS = 1_000_000
@@ -85,17 +96,51 @@ def colorize_full(
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _plane_constants(device: torch.device) -> tuple[torch.Tensor, list[tuple[float, float, float]]]:
+    """For :func:`chroma_planes`: per grey level (Y, f(Y), 1/(1-Y), 1/Y) as a ``(4, 256)`` table,
+    and for each of R, G, B the weights of (X, Y, Z) in ``linear RGB - Y``."""
+    y, fy = grey_tables(256, "cpu")
+    tiny = 1e-12
+    levels = torch.stack([y, fy, 1 / (1 - y).clamp_min(tiny), 1 / y.clamp_min(tiny)]).contiguous().to(device)
+    m = torch.linalg.inv(torch.tensor(XYZ_FROM_RGB, dtype=torch.float64))  # XYZ -> linear RGB
+    weights = [(float(m[c, 0] * WHITE_D65[0]), float(m[c, 1] - 1), float(m[c, 2] * WHITE_D65[2])) for c in range(3)]
+    return levels, weights
+
+
+def _f_inv_(f: torch.Tensor) -> torch.Tensor:
+    """:func:`~colorize_batch.color._f_inv`, reusing ``f``'s memory."""
+    return f.clamp_min(_F_EPS).pow_(3).add_(f.sub_(_F_EPS).clamp_max_(0).mul_(1 / _KAPPA))
+
+
 def chroma_planes(grey_small: torch.Tensor, ab: torch.Tensor, chroma_gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact colour of the network's squares as 8-bit JFIF Cb, Cr planes (batched, on ab's device).
 
     grey_small: ``(..., h, w)`` uint8 levels the network saw; ab: ``(..., 2, h, w)`` Lab units.
+
+    The maths of :func:`grey_ab_to_linear` then :func:`~colorize_batch.color.linear_to_srgb8`
+    (Lab with the grey level's lightness -> linear RGB -> gamut fit towards the grey of equal
+    luminance -> 8-bit sRGB), then JFIF chroma, written out for speed: everything that depends
+    on the grey level comes from one table, the gamut fit takes one reciprocal per pixel
+    (``s = 1 / max(1, max_c d_c / (1 - Y), max_c -d_c / Y)`` for ``d = RGB - Y``) instead of
+    divisions per channel, and operations work in place. A batch of 8 squares of 256² on one
+    core: 31 -> 12 ms. Tests check it against the unfused maths.
     """
-    ab = ab.float() * chroma_gain if chroma_gain != 1.0 else ab.float()
-    r, g, b = linear_to_srgb8(grey_ab_to_linear(grey_small, ab), torch.float32).unbind(-3)
+    levels, weights = _plane_constants(ab.device)
+    index = grey_small.reshape(-1).int()
+    y, fy, inv_room_up, inv_room_down = (torch.index_select(levels[k], 0, index).view(grey_small.shape) for k in range(4))
+    a, b = ab.float().unbind(-3)
+    x = _f_inv_(torch.add(fy, a, alpha=chroma_gain / 500))  # X / Xn
+    z = _f_inv_(torch.add(fy, b, alpha=-chroma_gain / 200).clamp_min_(0))  # Z / Zn
+    d = [torch.mul(x, wx).add_(y, alpha=wy).add_(z, alpha=wz) for wx, wy, wz in weights]  # linear R, G, B - Y
+    up = torch.maximum(torch.maximum(d[0], d[1]), d[2]).mul_(inv_room_up)
+    down = torch.minimum(torch.minimum(d[0], d[1]), d[2]).mul_(inv_room_down).neg_()
+    s = torch.maximum(up, down).clamp_min_(1).reciprocal_()
+    r, g, b = (linear_to_srgb8(torch.addcmul(y, dc, s).clamp_(0, 1), torch.float32) for dc in d)
     # JFIF: Cb = 128 - 0.168736 R - 0.331264 G + 0.5 B, Cr = 128 + 0.5 R - 0.418688 G - 0.081312 B;
     # +0.5 then truncation rounds (the values are positive)
-    cb = (b * 0.5).sub_(r * 0.168736).sub_(g * 0.331264).add_(128.5).clamp_(0, 255)
-    cr = (r * 0.5).sub_(g * 0.418688).sub_(b * 0.081312).add_(128.5).clamp_(0, 255)
+    cb = torch.mul(b, 0.5).add_(r, alpha=-0.168736).add_(g, alpha=-0.331264).add_(128.5).clamp_(0, 255)
+    cr = torch.mul(r, 0.5).add_(g, alpha=-0.418688).add_(b, alpha=-0.081312).add_(128.5).clamp_(0, 255)
     return cb.to(torch.uint8), cr.to(torch.uint8)
 
 

@@ -11,7 +11,6 @@ import platform
 from pathlib import Path
 
 import click
-import torch
 
 from . import __version__
 from .config import PipelineConfig
@@ -120,8 +119,6 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
                 runner = RayEngine(config, model_id, stats, manifest, ident, quiet=quiet, **(engine_options or {}))
                 device_label = "ray"
             else:
-                if config.loader.torch_threads:
-                    torch.set_num_threads(config.loader.torch_threads)
                 colorizer = Colorizer(generator, device, config.model.precision)
                 runner = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
             log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id, device_label)

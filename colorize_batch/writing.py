@@ -261,7 +261,10 @@ def atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@lru_cache(maxsize=1)
 def _umask() -> int:
+    """The process umask, read once: reading it means setting it, which would race with
+    files being created by the other writer threads."""
     current = os.umask(0)
     os.umask(current)
     return current

@@ -69,3 +69,23 @@ def test_fast_method_is_close_to_exact_and_keeps_luma():
     # batched planes equal one-by-one planes
     cb2, cr2 = chroma_planes(torch.stack([small, small]), torch.stack([ab, ab]))
     assert torch.equal(cb2[1], planes[0]) and torch.equal(cr2[0], planes[1])
+
+
+def test_chroma_planes_match_the_unfused_lab_maths():
+    """The fused planes equal Lab -> linear RGB -> gamut fit -> sRGB8 -> JFIF done step by step."""
+    from colorize_batch.color import linear_to_srgb8
+    from colorize_batch.recombination import chroma_planes, grey_ab_to_linear
+
+    gen = torch.Generator().manual_seed(0)
+    grey = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=gen)
+    grey[0, :2] = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1)  # black and white rows
+    ab = torch.randn(3, 2, 64, 64, generator=gen) * 60  # many colours out of gamut
+    for gain in (1.0, 1.3):
+        r, g, b = linear_to_srgb8(grey_ab_to_linear(grey, ab * gain), torch.float32).unbind(-3)
+        cb_ref = (128.5 - 0.168736 * r - 0.331264 * g + 0.5 * b).clamp(0, 255).to(torch.uint8)
+        cr_ref = (128.5 + 0.5 * r - 0.418688 * g - 0.081312 * b).clamp(0, 255).to(torch.uint8)
+        cb, cr = chroma_planes(grey, ab, gain)
+        for fused, ref in ((cb, cb_ref), (cr, cr_ref)):
+            diff = (fused.int() - ref.int()).abs()
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # float rounding only
+        assert cb[0, 1].eq(128).all() and cr[0, 0].eq(128).all()  # white and black carry no colour

@@ -195,3 +195,57 @@ def test_batches_ramp_up_so_the_network_starts_after_one_decode():
     assert [len(b) for b in batches] == [1, 2, 4, 8, 5]
     assert [i for b in batches for i in b] == list(range(20))  # every file once, in order
     assert ramped_batches(0, 8) == [] and ramped_batches(3, 1) == [[0], [1], [2]]
+
+
+def test_lanes_do_not_change_pixels_and_every_file_is_recorded(tmp_path, run_cli):
+    for i in range(11):
+        save(tmp_path / "in" / f"{i}.png", Image.fromarray(grey_image(50 + 7 * i, 40 + 3 * i, seed=i)))
+    (tmp_path / "in" / "bad.png").write_text("not a picture")
+    run_cli("run", tmp_path / "in", tmp_path / "one", "--lanes", "1", "-q", expect=1)
+    run_cli("run", tmp_path / "in", tmp_path / "three", "--lanes", "3", "--batch-size", "2", "-q", expect=1)
+    for i in range(11):
+        a = np.asarray(Image.open(tmp_path / "one" / f"{i}.png")).astype(int)
+        b = np.asarray(Image.open(tmp_path / "three" / f"{i}.png")).astype(int)
+        assert np.abs(a - b).max() <= 1
+    report = json.loads((tmp_path / "three" / ".colorize-batch" / "last-run.json").read_text())
+    assert report["counts"]["done"] == 11 and report["counts"]["failed"] == 1
+    manifest = (tmp_path / "three" / ".colorize-batch" / "manifest.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["source"] for line in manifest}) == 12
+    run_cli("run", tmp_path / "in", tmp_path / "three", "--lanes", "3", "-q", expect=1)  # rerun: only bad.png again
+    report = json.loads((tmp_path / "three" / ".colorize-batch" / "last-run.json").read_text())
+    assert report["counts"]["done"] == 0 and report["counts"]["skipped_up_to_date"] == 11
+
+
+def test_a_lane_error_stops_the_run_and_is_raised(tmp_path, tiny_weights, monkeypatch):
+    from colorize_batch.config import load_config
+    from colorize_batch.inference import Colorizer
+    from colorize_batch.runner import run_pipeline
+
+    for i in range(6):
+        save(tmp_path / "in" / f"{i}.png", Image.fromarray(grey_image(seed=i)))
+    calls = []
+    real_predict = Colorizer.predict
+
+    def flaky(self, batch, on_device=False):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_predict(self, batch, on_device)
+
+    monkeypatch.setattr(Colorizer, "predict", flaky)
+    config = load_config(None, {"model.weights": str(tiny_weights), "loader.lanes": 2, "loader.batch_size": 1, "loader.workers": 0})
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_pipeline(tmp_path / "in", tmp_path / "out", config, quiet=True)
+
+
+def test_lanes_default_to_two_on_a_multi_core_cpu_and_one_on_cuda():
+    import torch
+
+    from colorize_batch.inference import Lanes, resolve_lanes
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_lanes(cpu, cores=2) == Lanes(2, 1)
+    assert resolve_lanes(cpu, cores=16) == Lanes(2, 8)
+    assert resolve_lanes(cpu, cores=1) == Lanes(1, 1)
+    assert resolve_lanes(cuda, cores=16) == Lanes(1, 16)
+    assert resolve_lanes(cpu, lanes=3, torch_threads=2, cores=4) == Lanes(3, 2)
