@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from .config import PipelineConfig
 from .decoding import DecodeDataset, collate_items, unpack_batch
 from .discovery import WorkItem, check_roots, find_images, output_path
-from .inference import Colorizer, Lanes, resolve_lanes
+from .inference import Colorizer, Lanes, resolve_lanes, usable_cores
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
 from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
@@ -336,8 +336,8 @@ class LocalEngine:
     lane (:func:`~colorize_batch.inference.resolve_lanes`) takes a batch, settles failures and
     colour inputs, runs the forward pass and the chroma planes with its own intra-op threads,
     and hands each image to the writer pool. Results are recorded, under one lock, by
-    whichever thread finishes them. Bounded everywhere: ``lanes`` batches queued, at most
-    ``2 x writer_threads + batch_size`` images decoded but not yet written.
+    whichever thread finishes them. Bounded everywhere: ``lanes`` batches queued, one batch in
+    each lane, at most ``2 x writer_threads + batch_size`` images waiting for a writer.
     """
 
     def __init__(self, config: PipelineConfig, colorizer: Colorizer, model_id: str, stats: RunStats,
@@ -372,11 +372,16 @@ class LocalEngine:
         failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised here
         batches: queue.Queue = queue.Queue(maxsize=self.lanes.count)
         in_flight = threading.Semaphore(cfg.loader.writer_threads * 2 + cfg.loader.batch_size)
-        pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer")
+        writer_threads = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
+        pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
+                                  initializer=torch.set_num_threads, initargs=(writer_threads,))
+
+        closed = threading.Event()  # set when run() leaves: late results (after a second Ctrl-C) are dropped
 
         def record(result: FileResult) -> None:
             with lock:
-                sink.add(result)
+                if not closed.is_set():  # an unrecorded output is simply redone by the next run
+                    sink.add(result)
 
         def fail(exc: BaseException) -> None:
             failures.append(exc)
@@ -420,6 +425,7 @@ class LocalEngine:
             except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
                 fail(exc)
 
+        threads_before = torch.get_num_threads()  # a lane's set_num_threads also sets the default for new threads
         lanes = [threading.Thread(target=lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes.count)]
         for thread in lanes:
             thread.start()
@@ -432,11 +438,17 @@ class LocalEngine:
             for thread in lanes:
                 thread.join()
         finally:
-            abort.set()
-            for thread in lanes:
-                thread.join()
-            pool.shutdown(wait=True)  # in-flight writes complete and are recorded
-            progress.close()
+            try:
+                abort.set()
+                for thread in lanes:
+                    thread.join()
+                pool.shutdown(wait=True)  # in-flight writes complete and are recorded
+            finally:  # also when a second Ctrl-C interrupts the waiting above
+                with lock:
+                    closed.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                progress.close()
+                torch.set_num_threads(threads_before)
         if failures:
             raise failures[0]
         stats.stage_seconds["forward"] += self.colorizer.forward_seconds

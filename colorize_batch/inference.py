@@ -132,7 +132,8 @@ class Colorizer:
             l_norm = l_norm.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
                 ab = self.generator(l_norm)
-            ab = ab.float() if on_device else ab.float().cpu()
+            ab = torch.nan_to_num(ab.float(), nan=0.0, posinf=1.0, neginf=-1.0)  # an fp16 overflow must not become NaN colour
+            ab = ab if on_device else ab.cpu()
         else:
             ab = self.generator(l_norm)
         ab = denormalize_ab(ab)

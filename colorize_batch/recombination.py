@@ -161,15 +161,17 @@ class YCbCrPlanes:
 
 
 def ycbcr_planes(grey8: np.ndarray, cb: torch.Tensor, cr: torch.Tensor, half_chroma: bool = False) -> YCbCrPlanes:
-    """The scan's grey levels as luma + the network's Cb/Cr planes upsampled (bilinear, Pillow).
+    """The scan's grey levels as luma + the network's Cb/Cr planes upsampled (bilinear).
 
     ``half_chroma`` makes chroma planes of ``ceil(H/2) x ceil(W/2)``, the size a 4:2:0 JPEG
     stores (4x fewer pixels to upsample and none to downsample again).
     """
     height, width = grey8.shape
-    size = ((width + 1) // 2, (height + 1) // 2) if half_chroma else (width, height)
-    up = [np.asarray(Image.fromarray(p.cpu().numpy()).resize(size, Image.Resampling.BILINEAR)) for p in (cb, cr)]
-    return YCbCrPlanes(grey8, *up)
+    size = ((height + 1) // 2, (width + 1) // 2) if half_chroma else (height, width)
+    # both planes in one call; uint8 bilinear with antialias is Pillow's BILINEAR (within 1
+    # level, equal when enlarging) at about half its time
+    up = F.interpolate(torch.stack([cb, cr]).cpu()[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return YCbCrPlanes(grey8, up[0].numpy(), up[1].numpy())
 
 
 def colorize_fast(grey8: np.ndarray, cb: torch.Tensor, cr: torch.Tensor) -> Image.Image:

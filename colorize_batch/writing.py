@@ -249,7 +249,7 @@ def atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> str:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode & ~_umask())
+        os.chmod(tmp, mode & ~_UMASK)
         os.replace(tmp, dest)
         tmp = None
     except OSError as exc:
@@ -261,13 +261,13 @@ def atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@lru_cache(maxsize=1)
-def _umask() -> int:
-    """The process umask, read once: reading it means setting it, which would race with
-    files being created by the other writer threads."""
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+_UMASK = _read_umask()  # read once, at import: reading it means setting it, which would race with other threads
 
 
 def copy_file(src: Path, dest: Path) -> str:

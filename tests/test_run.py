@@ -201,8 +201,12 @@ def test_lanes_do_not_change_pixels_and_every_file_is_recorded(tmp_path, run_cli
     for i in range(11):
         save(tmp_path / "in" / f"{i}.png", Image.fromarray(grey_image(50 + 7 * i, 40 + 3 * i, seed=i)))
     (tmp_path / "in" / "bad.png").write_text("not a picture")
+    import torch
+
+    threads = torch.get_num_threads()
     run_cli("run", tmp_path / "in", tmp_path / "one", "--lanes", "1", "-q", expect=1)
     run_cli("run", tmp_path / "in", tmp_path / "three", "--lanes", "3", "--batch-size", "2", "-q", expect=1)
+    assert torch.get_num_threads() == threads  # the lanes' thread settings do not outlive the run
     for i in range(11):
         a = np.asarray(Image.open(tmp_path / "one" / f"{i}.png")).astype(int)
         b = np.asarray(Image.open(tmp_path / "three" / f"{i}.png")).astype(int)
