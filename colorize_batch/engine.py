@@ -159,7 +159,9 @@ def ramped_batches(count: int, batch_size: int) -> list[list[int]]:
 
 
 def _ignore_sigint(_worker_id: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
+    # the main process decides how to stop; SIGTERM too, as systemd, timeout and SLURM signal the whole group
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopFlag:
