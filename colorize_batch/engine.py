@@ -374,9 +374,9 @@ class LocalEngine:
         failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised here
         batches: queue.Queue = queue.Queue(maxsize=self.lanes.count)
         in_flight = threading.Semaphore(cfg.loader.writer_threads * 2 + cfg.loader.batch_size)
-        writer_threads = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
+        threads_per_writer = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
         pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
-                                  initializer=torch.set_num_threads, initargs=(writer_threads,))
+                                  initializer=torch.set_num_threads, initargs=(threads_per_writer,))
 
         closed = threading.Event()  # set when run() leaves: late results (after a second Ctrl-C) are dropped
 

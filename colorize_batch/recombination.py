@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .color import (
-    _F_EPS,
-    _KAPPA,
     WHITE_D65,
     XYZ_FROM_RGB,
+    _f_inv,
     fit_gamut,
     grey_tables,
     linear_from_f,
@@ -108,11 +107,6 @@ def _plane_constants(device: torch.device) -> tuple[torch.Tensor, list[tuple[flo
     return levels, weights
 
 
-def _f_inv_(f: torch.Tensor) -> torch.Tensor:
-    """:func:`~colorize_batch.color._f_inv`, reusing ``f``'s memory."""
-    return f.clamp_min(_F_EPS).pow_(3).add_(f.sub_(_F_EPS).clamp_max_(0).mul_(1 / _KAPPA))
-
-
 def chroma_planes(grey_small: torch.Tensor, ab: torch.Tensor, chroma_gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact colour of the network's squares as 8-bit JFIF Cb, Cr planes (batched, on ab's device).
 
@@ -130,8 +124,8 @@ def chroma_planes(grey_small: torch.Tensor, ab: torch.Tensor, chroma_gain: float
     index = grey_small.reshape(-1).int()
     y, fy, inv_room_up, inv_room_down = (torch.index_select(levels[k], 0, index).view(grey_small.shape) for k in range(4))
     a, b = ab.float().unbind(-3)
-    x = _f_inv_(torch.add(fy, a, alpha=chroma_gain / 500))  # X / Xn
-    z = _f_inv_(torch.add(fy, b, alpha=-chroma_gain / 200).clamp_min_(0))  # Z / Zn
+    x = _f_inv(torch.add(fy, a, alpha=chroma_gain / 500))  # X / Xn
+    z = _f_inv(torch.add(fy, b, alpha=-chroma_gain / 200).clamp_min_(0))  # Z / Zn
     d = [torch.mul(x, wx).add_(y, alpha=wy).add_(z, alpha=wz) for wx, wy, wz in weights]  # linear R, G, B - Y
     up = torch.maximum(torch.maximum(d[0], d[1]), d[2]).mul_(inv_room_up)
     down = torch.minimum(torch.minimum(d[0], d[1]), d[2]).mul_(inv_room_down).neg_()
