@@ -65,6 +65,8 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------- run
+TEMPERATURE_HELP = ("Annealed-mean temperature of classification-head weights (effunet): lower is more vivid, "
+                    "1.0 the plain expectation; ignored by unet weights (model.temperature).")
 RUN_FLAGS = {
     "weights": "model.weights",
     "device": "model.device",
@@ -74,6 +76,7 @@ RUN_FLAGS = {
     "lanes": "loader.lanes",
     "fmt": "output.format",
     "color_inputs": "input.color_inputs",
+    "temperature": "model.temperature",
 }
 
 
@@ -90,6 +93,7 @@ RUN_FLAGS = {
 @click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
 @click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
 @click.option("--color-inputs", type=click.Choice(["skip", "copy", "recolor"]), help="What to do with inputs already in colour.")
+@click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
 @click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
 @click.option("--checksum", is_flag=True, help="Fingerprint sources by sha256 instead of size + mtime.")
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
@@ -111,7 +115,7 @@ RUN_FLAGS = {
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.pass_context
 def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, lanes, size, fmt, color_inputs,
-        force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
+        temperature, force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
         gpus_per_actor, gallery, quiet, verbose):
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
 
@@ -214,7 +218,7 @@ def export(run_dir, dest, step):
     """Write a training run's generator as a small fp16 weights file (architecture included)."""
     import torch
 
-    from .model import UNetConfig, UNetGenerator, count_parameters
+    from .model import count_parameters
     from .weights import WeightsError, load_weights, save_weights
 
     if step is not None:
@@ -231,8 +235,10 @@ def export(run_dir, dest, step):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         from .model import PRESETS
 
-        config: UNetConfig = PRESETS[state["config"]["preset"]]
-        generator = UNetGenerator(config)
+        from .model import FAMILIES, family_of
+
+        config = PRESETS[state["config"]["preset"]]
+        generator = FAMILIES[family_of(config)][1](config)
         generator.load_state_dict(state["generator"])
         provenance = {"steps": int(state["step"]), "preset": state["config"]["preset"], "crop": state["config"]["crop"],
                       "parameters": count_parameters(generator)}
@@ -247,19 +253,21 @@ def export(run_dir, dest, step):
 @config_option
 @click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Weights file (model.weights).")
 @click.option("--size", type=click.IntRange(32, 2048), help="Network input size (model.size).")
+@click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N")
 @click.option("--limit", type=int, help="Only the first N photos.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
 @click.option("--sheet-images", type=int, default=12, show_default=True)
 @click.pass_context
-def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, report_path, sheet, sheet_images):
+def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device, limit, report_path, sheet, sheet_images):
     """Score a model on colour photos: PSNR, SSIM, colourfulness, ΔCF and AuC, against grey.
 
     Each photo is made grey, colorized through the same code as `run`, and compared with
     the truth; the grey input itself is the baseline.
     """
-    config = _resolve_config(ctx, config_path, {"weights": "model.weights", "size": "model.size", "device": "model.device"})
+    config = _resolve_config(ctx, config_path, {"weights": "model.weights", "size": "model.size", "device": "model.device",
+                                                "temperature": "model.temperature"})
     _setup_logging(0)
     from .evaluate import colour_photos, contact_sheet, evaluate, format_table
     from .inference import Colorizer, InferenceError, resolve_device
@@ -276,12 +284,12 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, device, limit, repo
     photos = colour_photos(color_dir, limit)
     if not photos:
         raise click.UsageError(f"{color_dir}: no images found")
-    result = evaluate(Colorizer(generator, dev, config.model.precision), photos, config.model.size,
+    result = evaluate(Colorizer(generator, dev, config.model.precision, config.model.temperature), photos, config.model.size,
                       batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
                       method=config.output.recombination,
                       sheet_limit=sheet_images if sheet else 0)
     summary = result.summary()
-    summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir))
+    summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir), temperature=config.model.temperature)
     click.echo(format_table(summary))
     if report_path:
         write_json_atomic(report_path, summary)

@@ -34,6 +34,8 @@ class ModelSection(_Section):
     device: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     chroma_gain: float = Field(1.0, ge=0.0, le=3.0)
+    temperature: float = Field(1.0, ge=0.05, le=5.0, description="annealed-mean temperature of classification-head "
+                               "generators (effunet): lower = more vivid, 1.0 = the expectation; ignored by unet weights")
 
     @field_validator("device")
     @classmethod
@@ -75,6 +77,8 @@ class OutputSection(_Section):
     bit_depth: Literal[8, 16, "same"] = 8
     recombination: Literal["fast", "exact"] = "fast"
     metadata: bool = True
+    overwrite: Literal["own", "foreign"] = Field(
+        "own", description="own: replace only files this tool wrote (manifest or provenance mark); foreign: any file")
 
 
 class TrainRoot(_Section):
@@ -92,6 +96,10 @@ class TrainSection(_Section):
     steps: int = Field(20000, ge=1)
     l1_steps: int = Field(3000, ge=0, description="generator-only L1 warm-up before the GAN starts")
     lambda_l1: float = Field(100.0, ge=0)
+    lambda_ce: float = Field(1.0, ge=0, description="effunet: weight of the class-rebalanced cross-entropy over ab bins")
+    rebalance: float = Field(0.5, ge=0, le=1, description="effunet: Zhang's lambda, mixing the ab prior with uniform")
+    encoder_lr_scale: float = Field(1.0, gt=0, description="effunet: encoder learning rate = lr x this")
+    pretrained: bool = Field(True, description="effunet: start the encoder from ImageNet weights (training extra)")
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -124,6 +132,7 @@ class PipelineConfig(_Section):
         relevant = {
             "size": self.model.size,
             "chroma_gain": self.model.chroma_gain,
+            "temperature": self.model.temperature,
             "output": json.loads(self.output.model_dump_json()),
             "color_inputs": self.input.color_inputs,
             "tiff_pages": self.input.tiff_pages,
@@ -165,6 +174,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
         if loaded is None:

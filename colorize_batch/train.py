@@ -4,6 +4,12 @@ Objective as in pix2pix: a PatchGAN conditioned on L (vanilla BCE or least-squar
 λ·L1 on normalised ab, Adam(lr, betas=(0.5, 0.999)). An optional L1-only warm-up of the
 generator comes first (``train.l1_steps``); the GAN phase may use its own learning rate.
 
+The ``effunet`` family (EfficientNet-Lite0 encoder, ab-bin classification head) trains on
+``lambda_ce`` x a class-rebalanced cross-entropy over the quantised ab of the 1/4-resolution
+target (soft-encoded on the 5 nearest bins, Zhang et al. 2016; the ab prior is counted on 400
+training photos at start-up) plus ``lambda_l1`` x L1 of the expectation (T = 1) at full size; its
+ImageNet encoder learns at ``lr x encoder_lr_scale``.
+
 Every batch is fixed by ``(seed, step)`` (which files, which crops, which flips), and the
 checkpoint stores the model, optimisers, step and torch RNG, so ``--resume`` continues
 exactly where the run stopped.
@@ -33,7 +39,7 @@ from .config import PipelineConfig, TrainSection
 from .discovery import find_images
 from .evaluate import colour_photos, contact_sheet, evaluate
 from .inference import Colorizer
-from .model import PRESETS, GANLoss, build_discriminator, build_generator, count_parameters
+from .model import PRESETS, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
 from .weights import load_weights, save_weights
 
 log = logging.getLogger("colorize_batch.train")
@@ -112,6 +118,48 @@ def training_files(cfg: TrainSection, extra_roots: list[Path]) -> tuple[list[Pat
     return files, torch.tensor(weights, dtype=torch.double)
 
 
+def ab_prior(files: list[Path], weights: torch.Tensor, bins: torch.Tensor, samples: int = 400, seed: int = 0, side: int = 64) -> torch.Tensor:
+    """Share of pixels per ab bin (nearest centre) on ``samples`` training photos drawn by ``weights``."""
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.multinomial(weights, min(samples, len(files)), replacement=False, generator=g).tolist()
+    counts = torch.zeros(len(bins), dtype=torch.double)
+    for i in picks:
+        try:
+            with Image.open(files[i]) as im:
+                im.draft("RGB", (side, side))
+                rgb = np.asarray(im.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)).copy()
+        except OSError:
+            continue
+        ab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255))[1:].reshape(2, -1).T
+        counts += torch.bincount(torch.cdist(ab, bins).argmin(1), minlength=len(bins)).double()
+    return (counts / counts.sum().clamp_min(1)).float()
+
+
+def rebalance_weights(prior: torch.Tensor, bins: torch.Tensor, mix: float, sigma: float = 5.0) -> torch.Tensor:
+    """Zhang's class weights: w ~ 1 / ((1 - mix) * smoothed prior + mix / Q), scaled so E_prior[w] = 1."""
+    kernel = torch.exp(-torch.cdist(bins, bins).pow(2) / (2 * sigma**2))
+    smoothed = kernel @ prior
+    smoothed = smoothed / smoothed.sum()
+    w = 1.0 / ((1 - mix) * smoothed + mix / len(bins))
+    return w / (smoothed * w).sum()
+
+
+def soft_encode(ab: torch.Tensor, bins: torch.Tensor, k: int = 5, sigma: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, 2)`` ab (Lab units) -> indices ``(N, k)`` of the nearest bins and Gaussian weights summing to 1."""
+    d2, idx = torch.cdist(ab, bins).pow(2).topk(k, dim=1, largest=False)
+    w = torch.softmax(-d2 / (2 * sigma**2), dim=1)
+    return idx, w
+
+
+def rebalanced_ce(logits: torch.Tensor, target_ab: torch.Tensor, bins: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``(B, Q, h, w)`` logits against soft-encoded ``(B, 2, h, w)`` ab, weighted by the
+    rebalancing weight of each pixel's nearest bin."""
+    logp = F.log_softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    idx, w = soft_encode(target_ab.permute(0, 2, 3, 1).reshape(-1, 2), bins)
+    ce = -(w * logp.gather(1, idx)).sum(1)
+    return (ce * class_weights[idx[:, 0]]).mean()
+
+
 @dataclass
 class Trainer:
     config: PipelineConfig
@@ -125,7 +173,7 @@ class Trainer:
         if cfg.preset not in PRESETS:
             raise TrainingError(f"train.preset {cfg.preset!r} is not one of {sorted(PRESETS)}")
         torch.manual_seed(cfg.seed)
-        self.generator = build_generator(cfg.preset).to(self.device)
+        self.generator = build_generator(cfg.preset, pretrained=cfg.pretrained and self.init_weights is None).to(self.device)
         if self.init_weights is not None:
             start, info = load_weights(self.init_weights, self.device)
             if info.architecture != self.generator.config:
@@ -135,7 +183,16 @@ class Trainer:
         self.discriminator = build_discriminator(cfg.disc_layers, cfg.disc_channels).to(self.device)
         self.gan_loss = GANLoss(cfg.gan_mode).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
+        if isinstance(self.generator, EffUNetGenerator):
+            encoder = {id(p) for p in self.generator.encoder_parameters()}
+            groups = [
+                {"params": [p for p in self.generator.parameters() if id(p) in encoder], "lr_scale": cfg.encoder_lr_scale},
+                {"params": [p for p in self.generator.parameters() if id(p) not in encoder], "lr_scale": 1.0},
+            ]
+        else:
+            groups = [{"params": list(self.generator.parameters()), "lr_scale": 1.0}]
+        self.opt_g = torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
+        self.class_weights: torch.Tensor | None = None  # effunet: set by fit() from the training data's ab prior
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=betas)
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -177,6 +234,8 @@ class Trainer:
         cfg = self.config.train
         provenance = {
             "name": "colorize-lite" if cfg.preset == "lite" else f"colorize-{cfg.preset}",
+            "objective": (f"{cfg.lambda_ce} x rebalanced CE (mix {cfg.rebalance}) + {cfg.lambda_l1} x L1"
+                          if isinstance(self.generator, EffUNetGenerator) else f"{cfg.lambda_l1} x L1 (+ GAN after {cfg.l1_steps})"),
             "tool": f"colorize-batch {__version__}",
             "steps": self.step,
             "preset": cfg.preset,
@@ -209,8 +268,10 @@ class Trainer:
         real_l, real_ab = normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:])
         gan_phase = self.step >= cfg.l1_steps
         for group in self.opt_g.param_groups:
-            group["lr"] = self.learning_rate(gan_phase)
+            group["lr"] = self.learning_rate(gan_phase) * group.get("lr_scale", 1.0)
         losses: dict[str, float] = {}
+        if isinstance(self.generator, EffUNetGenerator):
+            return self._class_step(real_l, real_ab, lab[:, 1:], losses)
         with torch.autocast(self.device.type, enabled=self.use_amp):
             fake_ab = self.generator(real_l)
         if gan_phase:
@@ -238,6 +299,28 @@ class Trainer:
         losses["l1"] = float(loss_l1.detach())
         return losses
 
+    def _class_step(self, real_l: torch.Tensor, real_ab: torch.Tensor, lab_ab: torch.Tensor, losses: dict) -> dict[str, float]:
+        """effunet: rebalanced CE over ab bins at 1/4 resolution + L1 of the full-size expectation."""
+        cfg = self.config.train
+        gen = self.generator
+        assert isinstance(gen, EffUNetGenerator)
+        if self.class_weights is None:
+            self.class_weights = torch.ones(gen.config.bins, device=self.device)
+        self.opt_g.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            logits = gen.logits(real_l)
+        target = F.adaptive_avg_pool2d(lab_ab, logits.shape[-2:])
+        loss_ce = rebalanced_ce(logits, target, gen.ab_bins, self.class_weights)
+        mean_ab = F.interpolate(gen.decode(logits, 1.0), size=real_ab.shape[-2:], mode="bilinear", align_corners=False)
+        loss_l1 = F.l1_loss(mean_ab, real_ab)
+        loss = cfg.lambda_ce * loss_ce + cfg.lambda_l1 * loss_l1
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        losses["ce"] = float(loss_ce.detach())
+        losses["l1"] = float(loss_l1.detach())
+        return losses
+
     # -- validation --------------------------------------------------------------------
     def validate(self, val_files: list[Path], size: int) -> dict:
         colorizer = Colorizer(self.generator, self.device)
@@ -251,6 +334,12 @@ class Trainer:
         cfg = self.config.train
         files, weights = training_files(cfg, self.data_roots)
         val_files = colour_photos(cfg.val_dir, cfg.val_limit) if cfg.val_dir else []
+        if isinstance(self.generator, EffUNetGenerator) and cfg.lambda_ce > 0:
+            bins = self.generator.ab_bins.detach().cpu()
+            prior = ab_prior(files, weights, bins, seed=cfg.seed)
+            self.class_weights = rebalance_weights(prior, bins, cfg.rebalance).to(self.device)
+            log.info("ab prior over %d bins: max share %.3f, rebalancing weights %.2f-%.2f",
+                     len(bins), float(prior.max()), float(self.class_weights.min()), float(self.class_weights.max()))
         log.info(
             "training %s (%.1fM parameters) on %d files, %s, from step %d to %d",
             cfg.preset, count_parameters(self.generator) / 1e6, len(files), self.device, self.step, cfg.steps,

@@ -1,6 +1,8 @@
 """Weights files: the generator's fp16 state dict plus everything needed to rebuild it.
 
-A file carries its architecture (:class:`~colorize_batch.model.UNetConfig`), the Lab
+A file carries its architecture (its ``family``, ``unet`` or ``effunet``, and that family's
+config: :class:`~colorize_batch.model.UNetConfig` / :class:`~colorize_batch.model.EffUNetConfig`;
+files written before families existed have no ``family`` key and are ``unet``), the Lab
 normalisation it was trained with and its provenance, so ``run`` builds the right network
 from the file alone. Files load with ``torch.load(weights_only=True)``: no pickled code runs.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import color
-from .model import UNetConfig, UNetGenerator
+from .model import FAMILIES, EffUNetConfig, EffUNetGenerator, UNetConfig, UNetGenerator, family_of
 
 FORMAT = "colorize-batch-weights/1"
 
@@ -29,7 +31,7 @@ class WeightsError(Exception):
 class WeightsInfo:
     path: Path
     sha256: str
-    architecture: UNetConfig
+    architecture: UNetConfig | EffUNetConfig
     provenance: dict = field(default_factory=dict)
 
     @property
@@ -46,12 +48,13 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def save_weights(path: str | os.PathLike, generator: UNetGenerator, provenance: dict | None = None) -> Path:
+def save_weights(path: str | os.PathLike, generator: UNetGenerator | EffUNetGenerator, provenance: dict | None = None) -> Path:
     """Write the generator alone as fp16, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
+        "family": family_of(generator.config),
         "architecture": generator.config.to_dict(),
         "normalization": {"l_scale": color.L_SCALE, "l_shift": color.L_SHIFT, "ab_scale": color.AB_SCALE},
         "provenance": dict(provenance or {}),
@@ -69,7 +72,7 @@ def save_weights(path: str | os.PathLike, generator: UNetGenerator, provenance: 
     return path
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> tuple[UNetGenerator, WeightsInfo]:
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> tuple[UNetGenerator | EffUNetGenerator, WeightsInfo]:
     """Build the generator described by a weights file, in eval mode, in float32 on ``device``.
 
     ``sha256``: the file's hash when the caller has it already (it is not read twice).
@@ -87,9 +90,13 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
     expected = {"l_scale": color.L_SCALE, "l_shift": color.L_SHIFT, "ab_scale": color.AB_SCALE}
     if norm != expected:
         raise WeightsError(f"{path}: trained with Lab normalisation {norm}, this version uses {expected}")
+    family = payload.get("family", "unet")
+    if family not in FAMILIES:
+        raise WeightsError(f"{path}: generator family {family!r} is not known to this version (known: {sorted(FAMILIES)})")
+    config_type, generator_type = FAMILIES[family]
     try:
-        config = UNetConfig.from_dict(payload["architecture"])
-        generator = UNetGenerator(config)
+        config = config_type.from_dict(payload["architecture"])
+        generator = generator_type(config)  # no pretrained download: every tensor comes from the file
         generator.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
