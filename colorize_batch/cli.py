@@ -28,7 +28,10 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     if log_file is not None:
         from logging.handlers import WatchedFileHandler
 
-        handlers.append(WatchedFileHandler(log_file))
+        try:
+            handlers.append(WatchedFileHandler(log_file, errors="backslashreplace"))
+        except OSError as exc:
+            raise click.UsageError(f"{log_file}: cannot open the log file ({exc.strerror or exc})") from None
     logging.basicConfig(level=level, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 

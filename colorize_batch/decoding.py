@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class Decoded:
     chroma: float | None = None  # colour spread of RGB sources (Lab units), None for grey modes
     mode: str = "L"
     meta: dict = field(default_factory=dict)  # exif (bytes), dpi, source format, pages
+    notes: list[str] = field(default_factory=list)  # decoder warnings and damaged metadata, for the report
 
     @property
     def levels(self) -> int:
@@ -174,15 +177,47 @@ def _clean_exif(src: Image.Exif) -> Image.Exif:
     return out
 
 
-def _metadata(im: Image.Image) -> dict:
+def _read_exif(im: Image.Image, notes: list[str]) -> Image.Exif:
+    """The image's EXIF, or an empty one if the block is damaged: that costs the metadata
+    (with a note in the report), never the photograph."""
+    try:
+        exif = im.getexif()
+        exif.get(0x0112)  # parsing is lazy: make it fail here if it fails
+        return exif
+    except Exception as exc:  # noqa: BLE001 - struct.error, SyntaxError("not a TIFF file"), ...
+        notes.append(f"damaged EXIF block ignored ({type(exc).__name__}: {exc})")
+        return Image.Exif()
+
+
+def _metadata(im: Image.Image, exif: Image.Exif, notes: list[str]) -> dict:
     meta: dict = {"format": im.format}
-    dpi = im.info.get("dpi")
-    if dpi:
-        meta["dpi"] = tuple(float(d) for d in dpi)
-    exif = _clean_exif(im.getexif())
+    try:
+        dpi = im.info.get("dpi")
+        if dpi:
+            meta["dpi"] = tuple(float(d) for d in dpi[:2])
+    except (TypeError, ValueError):
+        notes.append("damaged resolution (DPI) ignored")
+    try:
+        exif = _clean_exif(exif)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"damaged EXIF fields ignored ({type(exc).__name__}: {exc})")
+        exif = Image.Exif()
     if len(exif):
         meta["exif"] = exif
     return meta
+
+
+def _orientation(exif: Image.Exif) -> int:
+    value = exif.get(0x0112, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _page_count(im: Image.Image, notes: list[str]) -> int:
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except Exception as exc:  # noqa: BLE001 - e.g. TypeError "Missing dimensions" from a later TIFF IFD
+        notes.append(f"later pages unreadable, first page only ({type(exc).__name__}: {exc})")
+        return 1
 
 
 def decode(path: str | os.PathLike, size: int, page: int = 0, max_pixels: int | None = None) -> Decoded:
@@ -195,10 +230,21 @@ def decode(path: str | os.PathLike, size: int, page: int = 0, max_pixels: int | 
     saved_limit = Image.MAX_IMAGE_PIXELS
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = max_pixels
+    limit = Image.MAX_IMAGE_PIXELS
+    notes: list[str] = []
     try:
-        return _decode(path, size, page)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            decoded = _decode(path, size, page, notes)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DecodeError(f"decompression bomb guard: the image has {pixels}, more than input.max_pixels ({limit:,})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
+    decoded.notes = notes + [f"{w.category.__name__}: {w.message}" for w in caught]
+    return decoded
 
 
 ORIENTATION_TRANSPOSE = {
@@ -225,42 +271,39 @@ def _tiff_upright(path: Path, page: int, orientation: int) -> Image.Image:
     return im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE else im
 
 
-def _decode(path: Path, size: int, page: int) -> Decoded:
+def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
     try:
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                fmt = im.format
-                if page:
-                    im.seek(page)
-                pages = getattr(im, "n_frames", 1)
-                orientation = im.getexif().get(0x0112, 1)
-                meta = _metadata(im)
-                grey, jpeg_chroma = None, None
-                if fmt == "JPEG" and im.mode in ("L", "RGB"):
-                    jpeg_chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
-                    grey = _jpeg_luma(path, orientation)
-                    if grey is None:
-                        im.draft("L", im.size)  # Pillow's luma-only decode instead
-                if grey is not None:
-                    bits, mode, chroma = 8, "L", jpeg_chroma
+        with Image.open(path) as im:
+            fmt = im.format
+            if page:
+                im.seek(page)
+            pages = _page_count(im, notes)
+            exif = _read_exif(im, notes)
+            orientation = _orientation(exif)
+            meta = _metadata(im, exif, notes)
+            grey, jpeg_chroma = None, None
+            if fmt == "JPEG" and im.mode in ("L", "RGB"):
+                jpeg_chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
+                grey = _jpeg_luma(path, orientation)
+                if grey is None:
+                    im.draft("L", im.size)  # Pillow's luma-only decode instead
+            if grey is not None:
+                bits, mode, chroma = 8, "L", jpeg_chroma
+            else:
+                uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
+                if uncompressed and orientation in (5, 6, 7, 8):
+                    im = _tiff_upright(path, page, orientation)
                 else:
-                    uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
-                    if uncompressed and orientation in (5, 6, 7, 8):
-                        im = _tiff_upright(path, page, orientation)
-                    else:
-                        im.load()
-                        # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
-                        if not (fmt == "TIFF" and 0x0112 not in im.tag_v2):
-                            im = ImageOps.exif_transpose(im)
-                    grey, bits, chroma = _to_grey(im)
-                    chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
-    except DecodeError:
+                    im.load()
+                    # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
+                    if not (fmt == "TIFF" and 0x0112 not in im.tag_v2) and orientation in ORIENTATION_TRANSPOSE:
+                        im = im.transpose(ORIENTATION_TRANSPOSE[orientation])
+                grey, bits, chroma = _to_grey(im)
+                chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
+    except (DecodeError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"decompression bomb guard: {exc}".split(" could be")[0]) from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (Pillow cannot identify the format)") from None
     except PermissionError:
@@ -268,6 +311,10 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
         raise DecodeError(f"cannot decode: {msg}") from None
+    except MemoryError:
+        raise DecodeError("out of memory while decoding") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder bug (TypeError, struct.error, ...) is this file's failure
+        raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     meta["pages"] = pages
     if "exif" in meta:  # orientation was applied to the pixels: reset the tag
         exif = meta["exif"]
@@ -279,31 +326,79 @@ def _decode(path: Path, size: int, page: int) -> Decoded:
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=mode, meta=meta)
 
 
+class DecodeTimeout(Exception):
+    pass
+
+
+def _on_alarm(_signum, _frame) -> None:
+    raise DecodeTimeout
+
+
 class DecodeDataset(Dataset):
     """Decodes ``paths[i]`` in a DataLoader worker; returns a dict, never raises.
 
     On failure the item carries ``error`` (the reason) instead of pixels, so one bad file
-    costs one line in the report and nothing else.
+    costs one line in the report and nothing else. ``timeout`` (seconds) bounds one file's
+    decode where Python code spins (an alarm signal); a decoder stuck inside C code is
+    stopped by the engine, which kills the worker (see ``engine.decoded_batches``).
+    Decoder warnings (Pillow's, and libtiff's messages on stderr in a worker: see
+    :meth:`capture_stderr`) travel with the item as ``notes``.
     """
 
-    def __init__(self, paths: list[Path], size: int, max_pixels: int | None = None, pages: list[int] | None = None):
+    def __init__(self, paths: list[Path], size: int, max_pixels: int | None = None, pages: list[int] | None = None,
+                 timeout: float | None = None):
         self.paths = paths
         self.size = size
         self.max_pixels = max_pixels
         self.pages = pages
+        self.timeout = timeout
+        self._stderr = None  # a temporary file standing in for fd 2, in a worker
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def capture_stderr(self) -> None:
+        """In a worker process: send fd 2 (where C libraries print) to a file read after each decode."""
+        import tempfile
+
+        self._stderr = tempfile.TemporaryFile()
+        os.dup2(self._stderr.fileno(), 2)
+
+    def _stderr_lines(self) -> list[str]:
+        if self._stderr is None:
+            return []
+        os.lseek(2, 0, os.SEEK_SET)
+        text = self._stderr.read().decode("utf-8", "backslashreplace")
+        os.ftruncate(2, 0)
+        os.lseek(2, 0, os.SEEK_SET)
+        self._stderr.seek(0)
+        return [line.strip() for line in text.splitlines() if line.strip()][:20]
+
+    def _decode(self, index: int) -> Decoded:
         page = self.pages[index] if self.pages else 0
+        use_alarm = bool(self.timeout) and threading_is_main()
+        if use_alarm:
+            previous = signal.signal(signal.SIGALRM, _on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, float(self.timeout))
+        try:
+            return decode(self.paths[index], self.size, page, self.max_pixels)
+        finally:
+            if use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+
+    def __getitem__(self, index: int) -> dict:
         start = time.perf_counter()
         try:
-            d = decode(self.paths[index], self.size, page, self.max_pixels)
+            d = self._decode(index)
         except DecodeError as exc:
-            return {"index": index, "error": str(exc)}
+            return {"index": index, "error": str(exc), "notes": self._stderr_lines()}
+        except DecodeTimeout:
+            return {"index": index, "error": f"decoding took longer than input.decode_timeout ({self.timeout:g} s)"}
         except MemoryError:
             return {"index": index, "error": "out of memory while decoding"}
+        except Exception as exc:  # noqa: BLE001 - whatever a decoder raises is this file's failure, never the run's
+            return {"index": index, "error": f"cannot decode: {type(exc).__name__}: {exc}"}
         grey = torch.from_numpy(d.grey.astype(np.int32) if d.bits == 16 else d.grey)
         return {
             "index": index,
@@ -313,8 +408,15 @@ class DecodeDataset(Dataset):
             "bits": d.bits,
             "chroma": d.chroma,
             "meta": d.meta,
+            "notes": d.notes + self._stderr_lines(),
             "decode_s": time.perf_counter() - start,
         }
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _batch_buffer(nbytes: int) -> torch.Tensor:

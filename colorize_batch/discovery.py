@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .names import display
+
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 FORMAT_SUFFIX = {"jpg": ".jpg", "png": ".png", "tif": ".tif"}
 
@@ -32,24 +34,50 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _is_within(path: Path, root: Path) -> bool:
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of ``path`` (symlinks followed), or ``None`` if it does not exist."""
     try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def folder_chain(path: Path) -> list[tuple[int, int]]:
+    """Identities of ``path`` and every folder above it, both as written and as resolved.
+
+    Compared by device + inode, not by name: a bind mount, a share mounted at two paths or a
+    volume mounted twice in a container shows one folder under two names.
+    """
+    chain: list[tuple[int, int]] = []
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        current = start
+        while True:
+            ident = _identity(current)
+            if ident is not None and ident not in chain:
+                chain.append(ident)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+    return chain
 
 
 def check_roots(in_path: Path, out_path: Path) -> None:
-    """Refuse OUT == IN and IN inside OUT; OUT inside IN is fine (and skipped by the walk)."""
+    """Refuse OUT == IN and IN inside OUT (also through other names of the same folder: bind
+    mounts, symlinks); OUT inside IN is fine (the walk skips it). OUT must be a folder (or
+    not exist yet) when IN is a folder."""
     if not in_path.exists():
-        raise DiscoveryError(f"{in_path}: input does not exist")
-    if in_path.is_dir():
-        src, dst = in_path.resolve(), out_path.resolve()
-        if src == dst:
-            raise DiscoveryError(f"{out_path}: the output folder is the input folder; choose another")
-        if _is_within(src, dst):
-            raise DiscoveryError(f"{in_path}: the input folder lies inside the output folder {out_path}")
+        raise DiscoveryError(f"{display(in_path)}: input does not exist")
+    if not in_path.is_dir():
+        return  # a single file: the output file itself is checked by plan_run
+    if out_path.exists() and not out_path.is_dir():
+        raise DiscoveryError(f"{display(out_path)}: the output exists and is not a folder")
+    src, dst = _identity(str(in_path)), _identity(str(out_path))
+    if dst is not None and src == dst:
+        raise DiscoveryError(f"{display(out_path)}: the output folder is the input folder (same device and inode); choose another")
+    if dst is not None and dst in folder_chain(in_path):
+        raise DiscoveryError(f"{display(in_path)}: the input folder lies inside the output folder {display(out_path)}")
 
 
 def find_images(
@@ -70,7 +98,7 @@ def find_images(
 def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=(), skip_dirs=(), on_warning=None) -> Iterator[WorkItem]:
     exts = {e.lower() for e in extensions}
     include, exclude = list(include), list(exclude)
-    skip = {Path(d).resolve() for d in skip_dirs}
+    skip = {ident for d in skip_dirs if (ident := _identity(str(d))) is not None}
     seen_dirs: set[tuple[int, int]] = set()
     warn = on_warning or (lambda msg: None)
 
@@ -85,7 +113,7 @@ def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=()
             warn(f"{directory}: symlink loop, folder already visited; skipped")
             return
         seen_dirs.add(key)
-        if directory.resolve() in skip:
+        if key in skip:  # the output folder, under whatever name it is reached
             return
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)

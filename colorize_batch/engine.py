@@ -9,6 +9,7 @@ It only wires the stage modules together; each stage lives in the module named a
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -23,8 +24,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from .config import PipelineConfig
+from .names import display
 from .decoding import DecodeDataset, collate_items, unpack_batch
-from .discovery import WorkItem, check_roots, find_images, output_path
+from .discovery import DiscoveryError, WorkItem, check_roots, find_images, output_path
 from .inference import Colorizer, Lanes, resolve_lanes, usable_cores
 from .manifest import Manifest, RunIdentity, fingerprint, state_dir
 from .recombination import chroma_planes, recombine, recombine_ycbcr
@@ -42,6 +44,8 @@ from .writing import (
     encode_tiff16,
     jpeg_half_chroma,
     output_format,
+    refuse_source,
+    target_problem,
     wants_16_bit,
 )
 
@@ -65,8 +69,8 @@ def tiff_page_count(path: Path) -> int:
     """Pages of a TIFF (1 if it cannot be read here: decoding will report why)."""
     try:
         with Image.open(path) as im:
-            return getattr(im, "n_frames", 1)
-    except (OSError, ValueError, SyntaxError):
+            return int(getattr(im, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - e.g. TypeError from a later IFD without dimensions
         return 1
 
 
@@ -114,8 +118,17 @@ def plan_run(
         in_path, inp.extensions, inp.include, inp.exclude, skip_dirs=[out_path],
         on_warning=lambda msg: log.warning("%s", msg),
     )
+    if out_file_mode or in_path.is_file():
+        dest = output_path(items[0], out_path, config.output.format, single_file=out_file_mode)
+        try:
+            if dest.exists() and os.path.samefile(dest, in_path):
+                raise DiscoveryError(f"{display(dest)}: the output would replace the input file; choose another output")
+        except OSError:
+            pass
     plan = Plan(in_path, out_path)
     claimed: dict[str, str] = {}
+    known_outputs = manifest.outputs() if manifest is not None else set()
+    overwrite_foreign = force or config.output.overwrite == "foreign"
     all_pages = config.input.tiff_pages == "all"
     for item in items:
         dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
@@ -138,6 +151,12 @@ def plan_run(
             job = Job(item, page_dest, fp, page, pages)
             if not force and manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident):
                 plan.up_to_date += 1
+                continue
+            rel = os.path.relpath(page_dest, out_path) if not out_file_mode else page_dest.name
+            problem = target_problem(page_dest, item.source, out_path if not out_file_mode else page_dest.parent,
+                                     rel in known_outputs, overwrite_foreign)
+            if problem:
+                plan.problems.append((str(item.source), problem))
                 continue
             plan.jobs.append(job)
     return plan
@@ -223,6 +242,7 @@ def render(item: dict, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tenso
         else:
             data = encode(rgb, fmt, opts, item["meta"], prov)
     t2 = time.perf_counter()
+    refuse_source(job.output, job.item.source)  # checked at plan time too; the tree may have changed since
     sha = atomic_write(job.output, data)
     t3 = time.perf_counter()
     return sha, {"recombine": t1 - t0, "encode": t2 - t1, "write": t3 - t2}
@@ -284,6 +304,7 @@ class ResultSink:
 
     def add(self, result: FileResult) -> None:
         stats, job = self.stats, result.job
+        stats.settled.add(job.source_key)
         if result.status == "failed":
             stats.fail(str(job.item.source), result.reason or "failed")
             if result.disk_full and not stats.stopped_reason:

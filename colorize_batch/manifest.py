@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .names import display, to_json
 
 STATE_DIR = ".colorize-batch"
 log = logging.getLogger("colorize_batch")
@@ -25,6 +26,23 @@ log = logging.getLogger("colorize_batch")
 
 class LockedError(Exception):
     pass
+
+
+class StateError(Exception):
+    """``OUT/.colorize-batch/`` cannot be made or written (read-only, full disk, not a folder)."""
+
+
+HELD_LOCK_FDS: set[int] = set()  # closed in decode workers (forked: they would keep the lock alive)
+
+
+def close_inherited_locks() -> None:
+    """In a forked child: drop this process's copies of the run locks' descriptors."""
+    for fd in list(HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    HELD_LOCK_FDS.clear()
 
 
 def state_dir(out_root: Path) -> Path:
@@ -39,20 +57,28 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateError(f"{display(self.path.parent.parent)}: cannot write to the output folder ({exc.strerror or exc})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise LockedError(f"{self.path.parent.parent}: another colorize-batch run holds the lock on this output folder") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+            raise LockedError(f"{display(self.path.parent.parent)}: another colorize-batch run holds the lock on this output folder") from None
+        HELD_LOCK_FDS.add(self.fd)
+        try:  # the pid is informational: a full disk must not stop a run that has nothing new to write
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            HELD_LOCK_FDS.discard(self.fd)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -79,14 +105,21 @@ class RunIdentity:
 
 
 def _read_records(path: Path) -> dict[str, dict]:
+    """The records of one manifest file; a damaged line is skipped with a warning naming it
+    (its file is simply redone), never a crash."""
     records: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
-                records[rec["source"]] = rec
-            except (ValueError, KeyError):
-                continue  # a torn last line from a killed run
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict) or not isinstance(rec.get("source"), str):
+                log.warning("%s line %d: damaged manifest record skipped (its file will be redone)", display(path), number)
+                continue
+            records[rec["source"]] = rec
     return records
 
 
@@ -100,6 +133,7 @@ class Manifest:
         self.records: dict[str, dict] = {}  # this file's records (compacted on close)
         self.known: dict[str, dict] = {}  # every manifest's records, this file's last
         self._fh = None
+        self.append_failed = False
         folder = state_dir(out_root)
         others = sorted(p for p in folder.glob("manifest*.jsonl") if p != self.path) if folder.is_dir() else []
         for other in others:
@@ -136,24 +170,33 @@ class Manifest:
             rec["reason"] = reason
         self.records[source_rel] = rec
         self.known[source_rel] = rec
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        try:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(to_json(rec) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. disk full: the output stands; unrecorded, it is redone next time
+            if not self.append_failed:
+                log.error("%s: cannot record finished files (%s); they will be redone by the next run",
+                          display(self.path), exc.strerror or exc)
+            self.append_failed = True
 
     def close(self, compact: bool = True) -> None:
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # the failed append was reported already
+                pass
             self._fh = None
         if compact and self.records:
-            tmp = self.path.with_suffix(".tmp")
+            from .writing import atomic_write_text
+
             try:
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in self.records.values())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, "".join(to_json(rec) + "\n" for rec in self.records.values()))
             except OSError as exc:  # e.g. disk full: the appended records are still valid
-                tmp.unlink(missing_ok=True)
-                log.warning("%s: not compacted (%s); the appended records are kept", self.path, exc.strerror or exc)
+                log.warning("%s: not compacted (%s); the appended records are kept", display(self.path), exc)
+
+    def outputs(self) -> set[str]:
+        """Relative paths of every output a manifest records (this tool wrote them)."""
+        return {rec["output"] for rec in self.known.values() if isinstance(rec.get("output"), str)}

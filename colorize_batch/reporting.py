@@ -6,11 +6,8 @@ terminal (cron, CI) a plain log line is written every few seconds instead.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from .names import display, to_json
 
 log = logging.getLogger("colorize_batch")
 
@@ -36,11 +35,13 @@ class RunStats:
     finished: float | None = None
     interrupted: bool = False
     stopped_reason: str | None = None
+    settled: set[str] = field(default_factory=set)  # job keys with a result (the rest were never tried)
+    not_tried: list[str] = field(default_factory=list)  # filled when the run stops early
 
     def fail(self, path: str, reason: str) -> None:
         self.counts["failed"] += 1
         self.failures.append({"path": path, "reason": reason})
-        log.error("%s: %s", path, reason)
+        log.error("%s: %s", display(path), reason)
 
     @property
     def wall_seconds(self) -> float:
@@ -109,7 +110,7 @@ def print_summary(stats: RunStats, quiet: bool = False) -> None:
     console = Console(file=sys.stderr)
     console.print(summary_table(stats))
     for failure in stats.failures[:20]:
-        console.print(f"[red]failed[/red] {failure['path']}: {failure['reason']}", markup=True, highlight=False)
+        console.print(f"[red]failed[/red] {display(failure['path'])}: {failure['reason']}", markup=True, highlight=False)
     if len(stats.failures) > 20:
         console.print(f"... and {len(stats.failures) - 20} more failures (see --report)")
 
@@ -128,6 +129,7 @@ def build_report(stats: RunStats, **context) -> dict:
         "failures": stats.failures,
         "interrupted": stats.interrupted,
         "stopped_reason": stats.stopped_reason,
+        "not_tried": stats.not_tried,
         "wall_seconds": round(stats.wall_seconds, 3),
         "images_per_second": round(stats.images_per_second(), 3),
         "stage_seconds": {k: round(stats.stage_seconds[k], 3) for k in STAGES},
@@ -136,14 +138,7 @@ def build_report(stats: RunStats, **context) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The report as JSON, written atomically (file names that are not UTF-8 round-trip: see names.py)."""
+    from .writing import atomic_write_text
+
+    atomic_write_text(Path(path), to_json(data, indent=2) + "\n")

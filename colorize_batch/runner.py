@@ -17,7 +17,9 @@ from .config import PipelineConfig
 from .discovery import DiscoveryError, check_roots
 from .engine import LocalEngine, StopFlag, plan_run, report_path_default
 from .inference import Colorizer, InferenceError, resolve_device
-from .manifest import LockedError, Manifest, RunIdentity, RunLock
+from .exit_codes import ExitCode
+from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError
+from .names import display
 from .ray_engine import RayEngineError
 from .reporting import RunStats, build_report, print_summary, write_json_atomic
 from .sharding import Shard
@@ -25,12 +27,23 @@ from .weights import WeightsError, file_sha256, load_weights
 from .writing import clean_stale_temps
 
 log = logging.getLogger("colorize_batch")
-EXIT_USAGE, EXIT_LOCKED = 2, 75
 
 
 def _usage(message: str) -> int:
     click.echo(f"Error: {message}", err=True)
-    return EXIT_USAGE
+    return ExitCode.USAGE
+
+
+def _cannot_write(message: str, report_path: Path | None, **context) -> int:
+    """OUT cannot be written at all (read-only, full disk): say so, report it, exit 1."""
+    click.echo(f"Error: {message}", err=True)
+    if report_path is not None:
+        stats = RunStats(stopped_reason=message)
+        try:
+            write_json_atomic(report_path, build_report(stats, tool=f"colorize-batch {__version__}", **context))
+        except OSError as exc:
+            log.error("%s: cannot write the run report (%s)", display(report_path), exc)
+    return ExitCode.FAILED
 
 
 def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: bool = False, checksum: bool = False,
@@ -43,7 +56,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         return _usage(str(exc))
     weights_path = config.model.weights
     if not weights_path.is_file():
-        return _usage(f"{weights_path}: weights file not found (set model.weights or --weights)")
+        return _usage(f"{display(weights_path)}: weights file not found (set model.weights or --weights)")
     if engine == "ray" and not dry_run:
         from .ray_engine import import_ray
 
@@ -79,7 +92,10 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
 
     stats = RunStats()
     if single:
-        plan, _ = make_plan()
+        try:
+            plan, _ = make_plan()
+        except DiscoveryError as exc:
+            return _usage(str(exc))
         return _execute(plan, config, device, weights_path, stats, None, ident, report_path, quiet,
                         engine=engine, engine_options=engine_options)
     try:
@@ -92,7 +108,9 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
                             engine=engine, engine_options=engine_options)
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
-        return EXIT_LOCKED
+        return ExitCode.LOCKED
+    except StateError as exc:
+        return _cannot_write(str(exc), report_path, input=str(in_path), output=str(out_path))
     except DiscoveryError as exc:
         return _usage(str(exc))
 
@@ -132,6 +150,8 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
                     manifest.close()
         elif not quiet:
             log.info("nothing to do: %d file(s) up to date", plan.up_to_date)
+    if stats.stopped_reason or stats.interrupted:  # a full disk or a signal: say which files were never tried
+        stats.not_tried = [str(job.item.source) for job in plan.jobs if job.source_key not in stats.settled]
     stats.finished = stats.started + stats.wall_seconds
     report = build_report(
         stats,
@@ -148,7 +168,7 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
         try:
             write_json_atomic(path, report)
         except OSError as exc:
-            log.error("%s: cannot write the run report (%s)", path, exc.strerror or exc)
+            log.error("%s: cannot write the run report (%s)", display(path), exc.strerror or exc)
     print_summary(stats, quiet)
     if stats.interrupted:
         click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)

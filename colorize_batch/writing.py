@@ -26,18 +26,20 @@ from PIL import Image, ImageCms, PngImagePlugin
 
 from . import __version__
 from .config import OutputSection
+from .names import display
 
 if TYPE_CHECKING:
     from .recombination import YCbCrPlanes
 
-TMP_SUFFIX = ".cb-tmp"
+TMP_PREFIX, TMP_SUFFIX = ".cb-", ".cb-tmp"  # temporary files: short names, same folder
 PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 TAG_SOFTWARE, TAG_DESCRIPTION, TAG_XMP, TAG_ORIENTATION = 0x0131, 0x010E, 700, 0x0112
 
 
-class WriteError(Exception):
-    """An output could not be written; ``disk_full`` stops the whole run."""
+class WriteError(OSError):
+    """An output could not be written; ``disk_full`` stops the whole run. An ``OSError``, so
+    callers that handle file-system errors handle it too."""
 
     def __init__(self, message: str, disk_full: bool = False):
         super().__init__(message)
@@ -70,7 +72,7 @@ class Provenance:
             '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
             f"    Iptc4xmpExt:DigitalSourceType={quoteattr(DIGITAL_SOURCE_TYPE)}\n"
             f"    xmp:CreatorTool={quoteattr(self.software)}>\n"
-            f"   <xmpMM:DerivedFrom stRef:filePath={quoteattr(self.source)}/>\n"
+            f"   <xmpMM:DerivedFrom stRef:filePath={quoteattr(display(self.source))}/>\n"
             f'   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(self.description)}</rdf:li></rdf:Alt></dc:description>\n'
             "  </rdf:Description>\n"
             " </rdf:RDF>\n"
@@ -80,9 +82,15 @@ class Provenance:
         return packet.encode("utf-8")
 
 
+ICC_DATE = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)  # fixed: LittleCMS stamps the time of creation
+
+
 @lru_cache(maxsize=1)
 def srgb_icc() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    """LittleCMS's sRGB profile with a fixed creation date, so the same input gives the same bytes."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = ICC_DATE  # header dateTimeNumber; the profile ID (bytes 84-99) is left unset (zero)
+    return bytes(icc)
 
 
 def output_format(dest: Path) -> str:
@@ -238,17 +246,23 @@ def encode_tiff16(rgb16: np.ndarray, opts: OutputSection, meta: dict | None = No
     return buf.getvalue()
 
 
-def atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> str:
-    """Write ``data`` to ``dest`` atomically; return its sha256. Raises :class:`WriteError`."""
+def atomic_write(dest: Path, data: bytes, mode: int = 0o644, fsync: bool = True) -> str:
+    """Write ``data`` to ``dest`` atomically; return its sha256. Raises :class:`WriteError`.
+
+    The one home of the temp-file + ``os.replace`` pattern: a short temporary name in the
+    same folder (so a 255-byte name still fits), fsynced, the permissions ``mode`` less the
+    umask (as any other file the user creates), then moved into place.
+    """
     dest = Path(dest)
     tmp: str | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode & ~_UMASK)
         os.replace(tmp, dest)
         tmp = None
@@ -261,6 +275,58 @@ def atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def atomic_write_text(dest: Path, text: str, mode: int = 0o644) -> str:
+    """:func:`atomic_write` of UTF-8 text (reports, manifests, gallery pages)."""
+    return atomic_write(dest, text.encode("utf-8"), mode)
+
+
+OWN_MARK = b'xmp:CreatorTool="colorize-batch'  # in the XMP packet of every output written with metadata
+_MARK_WINDOW = 1 << 16
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether ``path`` carries this tool's provenance mark (searched near its start and end)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_MARK_WINDOW)
+            size = os.fstat(fh.fileno()).st_size
+            if OWN_MARK in head:
+                return True
+            if size > _MARK_WINDOW:
+                fh.seek(max(_MARK_WINDOW, size - _MARK_WINDOW))
+                return OWN_MARK in fh.read()
+    except OSError:
+        return False
+    return False
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool, overwrite_foreign: bool) -> str | None:
+    """Why ``dest`` must not be written, or ``None``. Never an input; never through a symlink
+    leading out of OUT; never over a file this tool did not write (unless allowed).
+
+    ``known_output``: the manifest records ``dest`` as this tool's output.
+    """
+    if os.path.lexists(dest):
+        try:
+            if os.path.samefile(dest, source):
+                return f"output {display(dest)} is the input file itself; never overwritten"
+        except OSError:
+            pass
+    # realpath resolves the folders that exist and keeps the rest (still to be made) as written
+    if not _within(os.path.realpath(dest.parent), os.path.realpath(out_root)):
+        return f"output folder {display(dest.parent)} leads outside the output folder (symlink); not written through"
+    if os.path.islink(dest):
+        return f"output {display(dest)} is a symlink; not replaced"
+    if os.path.lexists(dest) and not overwrite_foreign and not known_output and not is_own_output(dest):
+        return (f"{display(dest)} already exists and was not written by colorize-batch; not replaced "
+                "(--force or output.overwrite: foreign replaces it)")
+    return None
+
+
 def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -270,8 +336,19 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once, at import: reading it means setting it, which would race with other threads
 
 
+def refuse_source(dest: Path, source: Path) -> None:
+    """Raise :class:`WriteError` if ``dest`` is the file ``source`` (under any name)."""
+    try:
+        same = os.path.lexists(dest) and os.path.samefile(dest, source)
+    except OSError:
+        same = False
+    if same:
+        raise WriteError(f"output {display(dest)} is the input file itself; never overwritten")
+
+
 def copy_file(src: Path, dest: Path) -> str:
     """Copy ``src`` to ``dest`` atomically (used for colour inputs with ``color_inputs: copy``)."""
+    refuse_source(dest, src)
     return atomic_write(dest, Path(src).read_bytes())
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -162,7 +163,11 @@ def test_thousand_files_with_one_percent_bad(tmp_path, run_cli):
 def test_disk_full_stops_the_run_without_partial_files(tmp_path, run_cli, monkeypatch):
     make_tree(tmp_path / "in", n=30)
 
-    def full(fd):
+    real_fsync = os.fsync
+
+    def full(fd):  # image outputs only: the run's own state (report, manifest) still fits
+        if ".colorize-batch" in os.readlink(f"/proc/self/fd/{fd}"):
+            return real_fsync(fd)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writing.os, "fsync", full)
@@ -177,12 +182,16 @@ def test_disk_full_stops_the_run_without_partial_files(tmp_path, run_cli, monkey
 def test_read_only_output_reports_each_file(tmp_path, run_cli, monkeypatch):
     make_tree(tmp_path / "in", n=3)
 
-    def read_only(*a, **k):
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):  # only image writes fail: the run's state folder is writable
+        if ".colorize-batch" in str(dir):
+            return real_mkstemp(*a, dir=dir, **k)
         raise OSError(errno.EROFS, "Read-only file system")
 
     from types import SimpleNamespace
 
-    monkeypatch.setattr(writing, "tempfile", SimpleNamespace(mkstemp=read_only))  # only image writes fail
+    monkeypatch.setattr(writing, "tempfile", SimpleNamespace(mkstemp=read_only))
     result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0")
     assert result.exit_code == 1
     rep = report(tmp_path / "out")
