@@ -59,6 +59,7 @@ class InputSection(_Section):
     include: list[str] = ["**"]
     exclude: list[str] = []
     max_pixels: int = Field(400_000_000, ge=1)
+    decode_timeout: float = Field(120.0, gt=0, description="seconds one file may take to decode before it is failed")
     color_inputs: Literal["skip", "copy", "recolor"] = "skip"
     color_threshold: float = Field(6.0, ge=0.0)
     tiff_pages: Literal["first", "all"] = "first"

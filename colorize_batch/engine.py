@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torch.utils.data._utils import signal_handling
 
 from .config import PipelineConfig
 from .names import display
 from .decoding import DecodeDataset, collate_items, unpack_batch
 from .discovery import DiscoveryError, WorkItem, check_roots, find_images, output_path
 from .inference import Colorizer, Lanes, resolve_lanes, usable_cores
-from .manifest import Manifest, RunIdentity, fingerprint, state_dir
+from .manifest import Manifest, RunIdentity, close_inherited_locks, fingerprint, state_dir
 from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
 from .sharding import Shard
@@ -177,10 +179,127 @@ def ramped_batches(count: int, batch_size: int) -> list[list[int]]:
     return batches
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # the main process decides how to stop; SIGTERM too, as systemd, timeout and SLURM signal the whole group
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (kill -9 of a run)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def init_decode_worker(_worker_id: int) -> None:
+    """Set up a DataLoader decode worker (a forked child of the run).
+
+    - Its own process group: a terminal's Ctrl-C and a ``kill -TERM -- -PGID`` reach only
+      the main process, which decides how to stop; SIGTERM keeps its default action, so
+      the main process (or interpreter exit) can always end a worker.
+    - It drops its copy of the run lock's descriptor and dies with its parent: a rerun
+      right after ``kill -9`` of a run is not locked out by an orphaned worker.
+    - C libraries' messages on stderr (libtiff's) are captured per file for the report.
+    """
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    close_inherited_locks()
+    _die_with_parent()
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        info.dataset.capture_stderr()
+
+
+# Worker deaths are noticed by polling (LOADER_POLL_SECONDS) instead of torch's SIGCHLD handler,
+# which raises asynchronously in whatever the main thread is doing at that moment.
+signal_handling._SIGCHLD_handler_set = True
+LOADER_POLL_SECONDS = 1.0
+
+
+class LoaderFailure(Exception):
+    """A decode worker died or hung; the message says which."""
+
+
+def _next_batch(it, budget: float, stop) -> dict | None:
+    """The loader's next batch (``None`` at the end), waiting at most ``budget`` seconds."""
+    waited = 0.0
+    while True:
+        try:
+            return next(it)
+        except StopIteration:
+            return None
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise LoaderFailure(f"the decode worker died: {exc}") from None
+            waited += LOADER_POLL_SECONDS
+            if stop:
+                return None
+            if waited >= budget:
+                raise LoaderFailure(f"decoding took longer than input.decode_timeout ({budget:g} s)") from None
+
+
+def _loader(dataset: DecodeDataset, batches: list[list[int]], workers: int, prefetch_factor: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate_items,
+        prefetch_factor=prefetch_factor if workers else None,
+        worker_init_fn=init_decode_worker if workers else None,
+        timeout=LOADER_POLL_SECONDS if workers else 0,
+        pin_memory=False,
+    )
+
+
+def _decode_alone(dataset: DecodeDataset, index: int, timeout: float, stop, first_failure: str) -> dict:
+    """One file in a fresh worker of its own (the retry after a worker failure)."""
+    it = iter(_loader(dataset, [[index]], 1, 1))
+    try:
+        batch = _next_batch(it, timeout, stop)
+    except LoaderFailure as exc:
+        batch = collate_items([{"index": index, "error": f"{exc} (retried once in a fresh worker)"}])
+    finally:
+        del it  # shuts the worker down (SIGTERM if it does not stop)
+    if batch is None:  # stopping
+        batch = collate_items([{"index": index, "error": f"not decoded: {first_failure}"}])
+    return batch
+
+
+def decoded_batches(dataset: DecodeDataset, batch_size: int, workers: int, prefetch_factor: int, timeout: float,
+                    stop) -> Iterator[dict]:
+    """Decoded batches of ``dataset`` in order, surviving decode workers that die or hang.
+
+    A worker killed (segfault in a C decoder, the OOM killer) or stuck longer than
+    ``timeout`` seconds a file costs only the files of the batch it held: each of those is
+    retried once alone in a fresh worker, a file that fails again is failed with the reason,
+    and the rest of the run continues in a new DataLoader.
+    """
+    pending = list(range(len(dataset)))
+    if workers == 0:
+        yield from _loader(dataset, [[pending[i] for i in b] for b in ramped_batches(len(pending), batch_size)], 0, 1)
+        return
+    while pending:
+        batches = [[pending[i] for i in b] for b in ramped_batches(len(pending), batch_size)]
+        it = iter(_loader(dataset, batches, workers, prefetch_factor))
+        delivered = 0
+        try:
+            while delivered < len(batches):
+                batch = _next_batch(it, timeout * len(batches[delivered]), stop)
+                if batch is None:
+                    return
+                delivered += 1
+                yield batch
+            return
+        except LoaderFailure as exc:
+            failure = str(exc)
+        finally:
+            del it
+        suspects = batches[delivered]
+        log.warning("%s; retrying its %d file(s) one by one", failure, len(suspects))
+        for index in suspects:
+            if stop:
+                return
+            yield _decode_alone(dataset, index, timeout, stop, failure)
+        pending = [i for b in batches[delivered + 1:] for i in b]
 
 
 class StopFlag:
@@ -377,17 +496,10 @@ class LocalEngine:
 
     def run(self, plan: Plan, stop: StopFlag) -> None:
         cfg, stats, jobs = self.config, self.stats, plan.jobs
-        dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels, [j.page for j in jobs])
-        workers = cfg.loader.workers
-        loader = DataLoader(
-            dataset,
-            batch_sampler=ramped_batches(len(dataset), cfg.loader.batch_size),
-            num_workers=workers,
-            collate_fn=collate_items,
-            prefetch_factor=cfg.loader.prefetch_factor if workers else None,
-            worker_init_fn=_ignore_sigint if workers else None,
-            pin_memory=False,
-        )
+        dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels, [j.page for j in jobs],
+                                timeout=cfg.input.decode_timeout)
+        loader = decoded_batches(dataset, cfg.loader.batch_size, cfg.loader.workers, cfg.loader.prefetch_factor,
+                                 cfg.input.decode_timeout, stop)
         progress = ProgressDisplay(len(jobs), quiet=self.quiet)
         sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
         lock = threading.Lock()  # the sink (counters, manifest, progress) and the stage clocks
@@ -424,6 +536,8 @@ class LocalEngine:
                 job = jobs[item["index"]]
                 with lock:
                     stats.stage_seconds["decode"] += item.get("decode_s", 0.0)
+                    for note in item.get("notes") or ():
+                        stats.note(str(job.item.source), note)
                 settled = triage(item, job, cfg)
                 if settled is not None:
                     record(settled)
@@ -461,6 +575,7 @@ class LocalEngine:
             for thread in lanes:
                 thread.join()
         finally:
+            loader.close()  # decode workers are shut down now, not when garbage is collected
             try:
                 abort.set()
                 for thread in lanes:

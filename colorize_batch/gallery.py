@@ -21,11 +21,11 @@ Design points:
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
-import tempfile
 import time
 import webbrowser
 from collections import Counter
@@ -43,6 +43,8 @@ from PIL import Image, ImageOps
 
 from . import __version__
 from .manifest import Manifest, state_dir
+from .names import display
+from .writing import atomic_write, atomic_write_text
 
 log = logging.getLogger("colorize_batch")
 
@@ -138,14 +140,9 @@ def make_thumbnail(job: ThumbJob, long_side: int = THUMB_LONG_SIDE) -> ThumbResu
             small.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
             small = _to_8bit(small)
             job.thumb.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=job.thumb.parent, prefix=".thumb.", suffix=".jpg")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    small.save(fh, "JPEG", quality=THUMB_QUALITY, optimize=True)
-                os.replace(tmp, job.thumb)  # a killed build never leaves a half thumbnail that looks fresh
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            buf = io.BytesIO()
+            small.save(buf, "JPEG", quality=THUMB_QUALITY, optimize=True)
+            atomic_write(job.thumb, buf.getvalue(), fsync=False)  # a killed build never leaves a half thumbnail
             return ThumbResult(image_size, small.size, made=True)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the gallery
         log.warning("gallery: no thumbnail for %s: %s", job.image, exc)
@@ -212,7 +209,7 @@ def _safe_rel(rel: object) -> PurePosixPath | None:
     """A manifest path usable under a root: relative, without ``..`` (else None)."""
     if not isinstance(rel, str) or not rel:
         return None
-    path = PurePosixPath(rel.replace("\\", "/"))
+    path = PurePosixPath(rel)  # '\\' is an ordinary character of a Linux file name, not a separator
     if path.is_absolute() or ".." in path.parts or not path.parts:
         return None
     return path
@@ -220,7 +217,7 @@ def _safe_rel(rel: object) -> PurePosixPath | None:
 
 def _url(path: str | PurePosixPath) -> str:
     """A percent-encoded relative URL ('#', '?', '%', '<', spaces... all encoded)."""
-    return quote(str(path), safe="/")
+    return quote(os.fsencode(str(path)), safe="/")  # the name's own bytes: non-UTF-8 names link too
 
 
 def page_filename(number: int) -> str:
@@ -481,14 +478,7 @@ _PAGE = _ENV.from_string(_TEMPLATE)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _groups(items: Sequence[Item], previous_folder: str | None) -> list[Group]:
@@ -572,10 +562,10 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
             src_pic = Picture(None, None, None, None, "source missing")
         if out_pic.placeholder == "file missing":
             out_pic = Picture(None, None, None, None, "output missing")
-        key = str(rec["source"])
-        folder = str(source_rel.parent) if str(source_rel.parent) != "." else ""
-        name = source_rel.name + (f" (page {page + 1})" if page else "")
-        items.append(Item(key, str(rec["status"]), output_rel.as_posix(), folder, name, src_pic, out_pic))
+        key = display(str(rec["source"]))
+        folder = display(str(source_rel.parent)) if str(source_rel.parent) != "." else ""
+        name = display(source_rel.name) + (f" (page {page + 1})" if page else "")
+        items.append(Item(key, str(rec["status"]), display(output_rel.as_posix()), folder, name, src_pic, out_pic))
 
     # Summary shared by all pages.
     statuses = Counter(str(rec.get("status")) for rec in records)

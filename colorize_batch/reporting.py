@@ -30,6 +30,7 @@ class RunStats:
 
     counts: Counter = field(default_factory=Counter)  # done, skipped, skipped_color, copied, failed
     failures: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)  # decoder warnings, damaged metadata: the file was still done
     stage_seconds: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -42,6 +43,11 @@ class RunStats:
         self.counts["failed"] += 1
         self.failures.append({"path": path, "reason": reason})
         log.error("%s: %s", display(path), reason)
+
+    def note(self, path: str, message: str) -> None:
+        """A warning that belongs to one file: into the report, on the terminal only with -v."""
+        self.notes.append({"path": path, "message": message})
+        log.debug("%s: %s", display(path), message)
 
     @property
     def wall_seconds(self) -> float:
@@ -127,6 +133,7 @@ def build_report(stats: RunStats, **context) -> dict:
             "failed": c["failed"],
         },
         "failures": stats.failures,
+        "notes": stats.notes,
         "interrupted": stats.interrupted,
         "stopped_reason": stats.stopped_reason,
         "not_tried": stats.not_tried,
