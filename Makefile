@@ -6,7 +6,7 @@ IN     ?= demo/in
 OUT    ?= demo/out
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test lint train eval bench clean
+.PHONY: install demo run test lint train train-lite eval bench clean
 
 install: $(STAMP)
 
@@ -31,7 +31,12 @@ test: install
 lint: install
 	$(BIN)/ruff check colorize_batch tests benchmarks
 
-train: install  ## reproduce the shipped weights (three stages, about 2 hours on 2 idle CPU cores)
+train: install  ## reproduce the shipped default weights (effnet-lite0: two stages, about 50 min on 2 idle CPU cores)
+	$(BIN)/colorize-batch train --config effnet-stage1.yaml --out runs/eff-s1
+	$(BIN)/colorize-batch train --init runs/eff-s1/generator.pt --config effnet-stage2.yaml --out runs/eff-s2
+	$(BIN)/colorize-batch export runs/eff-s2 weights/colorize-effnet-lite0.pt
+
+train-lite: install  ## reproduce the previous default, colorize-lite.pt (three stages, about 2 hours)
 	$(BIN)/colorize-batch train --out runs/lite-v1
 	$(BIN)/colorize-batch train --init runs/lite-v1/generator.pt --config finetune.yaml --out runs/lite-ft
 	$(BIN)/colorize-batch train --init runs/lite-ft/generator.pt --config finetune256.yaml --out runs/lite-ft256
@@ -41,7 +46,8 @@ eval: install  ## score the shipped weights on the shared validation photos
 	$(BIN)/colorize-batch eval ../shared/data/val/sun_hays80 --report runs/eval.json --sheet runs/eval_sheet.png
 
 bench: install
-	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)  # e.g. BENCH_ARGS="--quick" or "--memory-check --device cuda"
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)  # e.g. BENCH_ARGS="--quick", "--memory-check --device cuda" or
+	# "--weights weights/colorize-lite.pt weights/colorize-effnet-lite0.pt" (both in one run)
 
 clean:
 	rm -rf demo runs/eval.json .pytest_cache .ruff_cache build *.egg-info

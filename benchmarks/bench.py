@@ -45,6 +45,11 @@ A readable table goes to stdout, progress notes to stderr, and the LAST stdout l
 JSON object with the numbers. Nothing here asserts a timing; it only measures.
 
     .venv/bin/python benchmarks/bench.py [--quick] [--device cuda] [--memory-check]
+    .venv/bin/python benchmarks/bench.py --weights weights/colorize-lite.pt weights/colorize-effnet-lite0.pt
+
+``--weights`` with two files measures both in one process, one after the other on the same
+tree (each file with its own tables); the last line is then ``{"runs": [first, second],
+"second_vs_first": {forward_ips, pipeline_ips ratios}}``.
 """
 
 from __future__ import annotations
@@ -434,11 +439,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="pipeline.yaml to use (default: the repo's)")
     p.add_argument("--keep", metavar="DIR", type=Path, help="build the tree and outputs in DIR and keep them")
     p.add_argument("--memory-check", action="store_true", help="peak RSS of fresh runs on " + ", ".join(map(str, MEMORY_COUNTS)) + " small PNGs")
-    return p.parse_args(argv)
+    p.add_argument("--weights", nargs="+", type=Path, metavar="FILE", help="weights file(s) to measure (model.weights); two are compared in one run")
+    args = p.parse_args(argv)
+    if args.weights and len(args.weights) > 2:
+        p.error("--weights takes one or two files")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.weights or len(args.weights) == 1:
+        code, summary = bench_one(args, args.weights[0] if args.weights else None)
+        if summary is not None:
+            print(json.dumps(summary), flush=True)
+        return code
+    results = []
+    for weights in args.weights:
+        note(f"=== {weights}")
+        code, summary = bench_one(args, weights)
+        if summary is None:
+            return code
+        results.append(summary)
+    first, second = results
+    ratios = {k: round(second[k] / first[k], 3) if first[k] else None for k in ("forward_ips", "pipeline_ips")}
+    Console(file=sys.stdout).print(f"{args.weights[1].name} vs {args.weights[0].name}: forward x{ratios['forward_ips']}, "
+                                   f"pipeline x{ratios['pipeline_ips']}")
+    print(json.dumps({"runs": results, "second_vs_first": ratios}), flush=True)
+    return code
+
+
+def bench_one(args: argparse.Namespace, weights: Path | None) -> tuple[int, dict[str, Any] | None]:
+    """The whole measurement for one weights file (default: the config's); prints its tables."""
     rss_imports_mb = maxrss_mb(resource.RUSAGE_SELF)
     overrides: dict[str, Any] = {}
     for flag, dotted in (
@@ -447,15 +478,17 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if getattr(args, flag) is not None:
             overrides[dotted] = getattr(args, flag)
+    if weights is not None:
+        overrides["model.weights"] = str(weights.resolve())
     try:
         config = load_config(args.config, overrides)
         device = resolve_device(config.model.device)
     except (ConfigError, InferenceError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        return 2
+        return 2, None
     if not config.model.weights.is_file():
         print(f"bench: {config.model.weights}: weights file not found", file=sys.stderr)
-        return 2
+        return 2, None
     plan = QUICK if args.quick else FULL
 
     if args.keep:
@@ -487,13 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         memory = memory_check(root, args.config, overrides) if args.memory_check else None
     except (WeightsError, InferenceError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        return 2
+        return 2, None
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
     lanes = resolve_lanes(device, config.loader.lanes, config.loader.torch_threads)
     summary: dict[str, Any] = {
+        "weights": config.model.weights.name,
         "forward_ips": round(forward_ips, 3),
         "pipeline_ips": round(pipe.ips, 3),
         "naive_ips": round(naive.ips, 3),
@@ -521,8 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep:
         console.print(f"tree and outputs kept in {root}")
     sys.stdout.flush()
-    print(json.dumps(summary), flush=True)
-    return 1 if pipe.report.get("counts", {}).get("failed") else 0
+    return (1 if pipe.report.get("counts", {}).get("failed") else 0), summary
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEFAULT_CONFIG = REPO_ROOT / "pipeline.yaml"
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "colorize-lite.pt"
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "colorize-effnet-lite0.pt"
 
 
 class ConfigError(Exception):

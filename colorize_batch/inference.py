@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .color import denormalize_ab, grey_to_lightness, normalize_l
-from .model import UNetGenerator
+from .model import EffUNetGenerator, UNetGenerator, fused_for_inference
 
 
 class InferenceError(Exception):
@@ -111,6 +111,8 @@ class Colorizer:
         if device.type == "cpu":
             tune_allocator()
         self.generator = generator.to(device).eval()
+        if isinstance(generator, EffUNetGenerator):  # BN folded into the convolutions: a copy, the caller's net is untouched
+            self.generator = fused_for_inference(self.generator)
         if device.type == "cuda":
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.multiple = generator.config.multiple

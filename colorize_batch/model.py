@@ -442,6 +442,37 @@ class EffUNetGenerator(nn.Module):
         return F.interpolate(ab, size=l_norm.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an eval-mode BatchNorm into the convolution before it (in place; ``bn`` is then unused)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
+def fused_for_inference(net: EffUNetGenerator) -> EffUNetGenerator:
+    """A copy of ``net`` in eval mode with every BatchNorm folded into its convolution (same output)."""
+    import copy
+
+    net = copy.deepcopy(net).eval()
+    pairs: list[tuple[nn.Module, str, str]] = [(net.encoder, "_conv_stem", "_bn0")]
+    for block in net.encoder._blocks:
+        if block.expand != 1:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv_name, bn_name in pairs:
+        bn = getattr(owner, bn_name)
+        if isinstance(bn, nn.BatchNorm2d):
+            fold_batch_norm(getattr(owner, conv_name), bn)
+            setattr(owner, bn_name, nn.Identity())
+    for seq in (net.lateral, net.up16, net.up8, net.up4):
+        if isinstance(seq[1], nn.BatchNorm2d):
+            fold_batch_norm(seq[0], seq[1])
+            seq[1] = nn.Identity()
+    return net
+
+
 def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGenerator:
     """Decoder: the pix2pix initialisation; encoder: ImageNet weights (``pretrained``); bins: the sRGB gamut."""
     init_weights(net.lateral), init_weights(net.up16), init_weights(net.up8), init_weights(net.up4)

@@ -108,12 +108,28 @@ def test_forward_shape_range_and_temperature():
     assert vivid.norm(dim=1).mean() > mean.norm(dim=1).mean()
 
 
+def test_batch_norm_folding_keeps_the_output():
+    gen = _random_head(build_generator("effnet-lite0"))
+    with torch.no_grad():  # non-trivial running statistics
+        for m in gen.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    fused = model_mod.fused_for_inference(gen)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules())  # the original is untouched
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(fused.logits(x), gen.logits(x), atol=1e-3, rtol=1e-3)
+
+
 def test_colorizer_sets_the_temperature():
     gen = _random_head(build_generator("effnet-lite0"))
     grey = torch.full((1, 1, 64, 64), 120, dtype=torch.uint8)
     a = Colorizer(gen, torch.device("cpu"), temperature=1.0).predict(grey)
-    b = Colorizer(gen, torch.device("cpu"), temperature=0.4).predict(grey)
-    assert gen.temperature == 0.4 and not torch.allclose(a, b, atol=1e-2)
+    colorizer = Colorizer(gen, torch.device("cpu"), temperature=0.4)
+    b = colorizer.predict(grey)
+    assert colorizer.generator.temperature == 0.4 and not torch.allclose(a, b, atol=1e-2)
 
 
 def test_save_load_round_trip_needs_no_pretrained_package(tmp_path, monkeypatch):
@@ -203,3 +219,28 @@ def test_tiny_training_run_and_run_end_to_end(tmp_path, run_cli):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out" / "a.png") as out:
         assert out.mode == "RGB" and out.size == (128, 96)
+
+
+DEFAULT = Path(__file__).resolve().parent.parent / "weights" / "colorize-effnet-lite0.pt"
+
+
+@pytest.mark.skipif(not DEFAULT.is_file(), reason="no shipped effnet-lite0 weights")
+def test_shipped_effnet_weights_are_the_default_and_colour_better_than_grey():
+    from colorize_batch.config import load_config
+    from colorize_batch.decoding import network_input
+    from colorize_batch.evaluate import colourfulness, grey_from_rgb, psnr
+    from colorize_batch.recombination import chroma_planes, recombine
+
+    config = load_config()
+    assert config.model.weights == DEFAULT and config.model.chroma_gain == 1.0
+    gen, info = load_weights(DEFAULT)
+    assert isinstance(gen, EffUNetGenerator) and DEFAULT.stat().st_size < 25e6
+    truth = colour_photo("astronaut")
+    grey = grey_from_rgb(truth)
+    small = torch.from_numpy(network_input(grey, 256))[None, None]
+    ab = Colorizer(gen, torch.device("cpu"), temperature=config.model.temperature).predict(small)
+    cb, cr = chroma_planes(small[:, 0], ab)
+    out = np.asarray(recombine(torch.from_numpy(grey), ab[0], (cb[0], cr[0])))
+    grey_rgb = np.repeat(grey[..., None], 3, 2)
+    assert colourfulness(out) > 10 + colourfulness(grey_rgb)
+    assert psnr(out, truth) > psnr(grey_rgb, truth)
