@@ -134,7 +134,7 @@ class PipelineConfig(_Section):
             "size": self.model.size,
             "chroma_gain": self.model.chroma_gain,
             "temperature": self.model.temperature,
-            "output": json.loads(self.output.model_dump_json()),
+            "output": json.loads(self.output.model_dump_json(exclude={"overwrite"})),
             "color_inputs": self.input.color_inputs,
             "tiff_pages": self.input.tiff_pages,
         }

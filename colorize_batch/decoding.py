@@ -279,7 +279,7 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
             fmt = im.format
             if page:
                 im.seek(page)
-            pages = _page_count(im, notes)
+            opened = im
             exif = _read_exif(im, notes)
             orientation = _orientation(exif)
             meta = _metadata(im, exif, notes)
@@ -302,6 +302,7 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
                         im = im.transpose(ORIENTATION_TRANSPOSE[orientation])
                 grey, bits, chroma = _to_grey(im)
                 chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
+            pages = _page_count(opened, notes)  # after the pixels: counting seeks through every IFD
     except (DecodeError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
     except UnidentifiedImageError:

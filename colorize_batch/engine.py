@@ -227,6 +227,8 @@ def _next_batch(it, budget: float, stop) -> dict | None:
             return next(it)
         except StopIteration:
             return None
+        except (EOFError, OSError) as exc:  # a batch's shared memory lives in its sender: it died before handing it over
+            raise LoaderFailure(f"the decode worker died before its batch was received ({type(exc).__name__})") from None
         except RuntimeError as exc:
             if "timed out" not in str(exc):
                 raise LoaderFailure(f"the decode worker died: {exc}") from None
