@@ -19,7 +19,9 @@ import click
 from . import __version__
 from .config import ConfigError, PipelineConfig, load_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
+from .exit_codes import ExitCode
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = (int(c) for c in ExitCode)  # short names used below
 
 
 def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from .config import PipelineConfig
 from .decoding import DecodeDataset
 from .discovery import WorkItem
+from .exit_codes import ExitCode
 from .engine import FileResult, Job, Plan, ResultSink, StopFlag, predict_planes, render_result, triage
 from .manifest import Manifest, RunIdentity
 from .reporting import ProgressDisplay, RunStats
@@ -301,7 +302,7 @@ def run_with_ray(in_path: Path, out_path: Path, config: PipelineConfig, *, addre
         import_ray()
     except RayEngineError as exc:
         click.echo(f"Error: {exc}", err=True)
-        return runner.EXIT_USAGE
+        return ExitCode.USAGE
 
     def make_engine(config, _colorizer, model_id, stats, manifest, ident, quiet=False):
         return RayEngine(config, model_id, stats, manifest, ident, quiet, **options)
@@ -312,6 +313,6 @@ def run_with_ray(in_path: Path, out_path: Path, config: PipelineConfig, *, addre
         return runner.run_pipeline(in_path, out_path, config, **kwargs)
     except RayEngineError as exc:
         click.echo(f"Error: {exc}", err=True)
-        return runner.EXIT_USAGE
+        return ExitCode.USAGE
     finally:
         runner.LocalEngine = saved

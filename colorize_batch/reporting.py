@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .exit_codes import ExitCode
 from .names import display, to_json
 
 log = logging.getLogger("colorize_batch")
@@ -58,8 +59,8 @@ class RunStats:
 
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
-        return 1 if self.counts["failed"] or self.stopped_reason else 0
+            return ExitCode.INTERRUPTED
+        return ExitCode.FAILED if self.counts["failed"] or self.stopped_reason else ExitCode.OK
 
 
 class ProgressDisplay:
