@@ -208,3 +208,25 @@ def test_fuzz_corrupted_files_never_crash_or_hang(tmp_path, tiny_weights):
     assert len(written) + len(failed) == len(variants) and all(failed.values())
     print(f"fuzz: {len(variants)} variants, {len(openable)} Pillow-openable, {len(written)} written, "
           f"{len(failed)} failed with a reason, 0 tracebacks, {elapsed:.1f} s")
+
+
+def test_rerun_right_after_kill_9_is_not_locked_out(tmp_path, tiny_weights):
+    """The orphaned decode worker used to hold the lock's descriptor for seconds (exit 75)."""
+    make_tree(tmp_path / "in", 120, side=256)
+    args = ["run", tmp_path / "in", tmp_path / "out", "--weights", tiny_weights, "--workers", "1", "--batch-size", "4"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "colorize_batch", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (tmp_path / "out").is_dir() and any((tmp_path / "out").glob("*.png")) and _children(proc.pid):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = run_tool(args, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    for pid in workers:  # the workers died with their parent
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
