@@ -7,6 +7,7 @@ were actually given. Unknown keys and wrong types are rejected with every proble
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -16,8 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
-DEFAULT_CONFIG = REPO_ROOT / "pipeline.yaml"
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "colorize-effnet-lite0.pt"
+
+
+def installed_file(*parts: str) -> Path:
+    """A file that ships with the tool: inside an installed wheel (``colorize_batch/_data/``,
+    copied there by ``setup.py``), else the checkout's own (editable install, tests)."""
+    packaged = Path(str(resources.files("colorize_batch").joinpath("_data", *parts)))
+    return packaged if packaged.is_file() else REPO_ROOT.joinpath(*parts)
+
+
+DEFAULT_CONFIG = installed_file("pipeline.yaml")
+DEFAULT_WEIGHTS = installed_file("weights", "colorize-effnet-lite0.pt")
 
 
 class ConfigError(Exception):

@@ -1,0 +1,39 @@
+"""Installed from a wheel, away from the repository, the tool finds its own model and pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import grey_image, save
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_install_runs_with_the_shipped_weights_from_anywhere(tmp_path):
+    dist = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(dist.glob("colorize_batch-*.whl"))
+    site = tmp_path / "site"  # the wheel alone; torch and the other requirements come from this interpreter
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"  # no repository around: not a checkout, not its parent
+    save(elsewhere / "in" / "a" / "photo.jpg", Image.fromarray(grey_image(160, 120)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import colorize_batch.config as c; print(c.__file__); print(c.DEFAULT_WEIGHTS)"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env)
+    module_file, weights = where.stdout.split()
+    assert module_file.startswith(str(site)) and weights.startswith(str(site)), where.stdout
+    run = subprocess.run([sys.executable, "-m", "colorize_batch", "run", "in", "out", "-q"],
+                         capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = np.asarray(Image.open(elsewhere / "out" / "a" / "photo.jpg").convert("RGB")).astype(int)
+    assert out.shape == (120, 160, 3)
+    assert np.abs(out[..., 0] - out[..., 2]).mean() > 1.0  # coloured, not grey
