@@ -264,8 +264,10 @@ def export(run_dir, dest, step):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
 @click.option("--sheet-images", type=int, default=12, show_default=True)
+@click.option("--hints", "hint_points", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Reveal N points of each photo's truth to the model as colour hints (fixed seed; models with a hint branch).")
 @click.pass_context
-def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device, limit, report_path, sheet, sheet_images):
+def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device, limit, report_path, sheet, sheet_images, hint_points):
     """Score a model on colour photos: PSNR, SSIM, colourfulness, ΔCF and AuC, against grey.
 
     Each photo is made grey, colorized through the same code as `run`, and compared with
@@ -286,15 +288,18 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device
         raise click.UsageError(str(exc)) from None
     if config.model.size % info.architecture.multiple:
         raise click.UsageError(f"--size {config.model.size} must be a multiple of {info.architecture.multiple} for this model")
+    if hint_points and not getattr(info.architecture, "hint_channels", ()):
+        raise click.UsageError(f"--hints: {config.model.weights} has no hint branch")
     photos = colour_photos(color_dir, limit)
     if not photos:
         raise click.UsageError(f"{color_dir}: no images found")
     result = evaluate(Colorizer(generator, dev, config.model.precision, config.model.temperature), photos, config.model.size,
                       batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
                       method=config.output.recombination,
-                      sheet_limit=sheet_images if sheet else 0)
+                      sheet_limit=sheet_images if sheet else 0, hints=hint_points)
     summary = result.summary()
-    summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir), temperature=config.model.temperature)
+    summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir), temperature=config.model.temperature,
+                   hints=hint_points)
     click.echo(format_table(summary))
     if report_path:
         write_json_atomic(report_path, summary)

@@ -111,6 +111,8 @@ class TrainSection(_Section):
     rebalance: float = Field(0.5, ge=0, le=1, description="effunet: Zhang's lambda, mixing the ab prior with uniform")
     encoder_lr_scale: float = Field(1.0, gt=0, description="effunet: encoder learning rate = lr x this")
     pretrained: bool = Field(True, description="effunet: start the encoder from ImageNet weights (training extra)")
+    freeze_base: bool = Field(False, description="effunet with hints: train only the hint branch; the automatic model stays as --init gave it")
+    hint_mean_points: float = Field(8.0, ge=1, description="hint training: mean number of revealed points per photo (geometric, 1-24)")
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"

@@ -28,6 +28,7 @@ from skimage.metrics import structural_similarity
 from .color import XYZ_FROM_RGB, linear_to_srgb, rgb_to_lab, srgb_to_linear
 from .decoding import network_input
 from .discovery import find_images
+from .hints import rasterize, sample_points
 from .inference import Colorizer
 from .recombination import chroma_planes, recombine
 
@@ -98,6 +99,15 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
+def revealed_hints(truth: np.ndarray, size: int, count: int, seed: int, radius_px: float = 2.5) -> torch.Tensor:
+    """Hint planes for ``eval --hints N``: ``count`` points of the truth (uniform centres, discs of
+    ``radius_px`` at the network size, each of its mean true colour), fixed by ``seed``."""
+    small = np.asarray(Image.fromarray(truth).resize((size, size), Image.Resampling.BILINEAR))
+    points = sample_points(ab_of(small), count, torch.Generator().manual_seed(seed), (radius_px, radius_px),
+                           truth.shape[1], truth.shape[0])
+    return rasterize(points, size, truth.shape[1], truth.shape[0])
+
+
 def evaluate(
     colorizer: Colorizer,
     paths: list[Path],
@@ -106,15 +116,22 @@ def evaluate(
     chroma_gain: float = 1.0,
     sheet_limit: int = 0,
     method: str = "fast",
+    hints: int = 0,
+    hint_seed: int = 0,
 ) -> EvalResult:
-    """Score ``colorizer`` on colour photos ``paths`` (see the module docstring)."""
+    """Score ``colorizer`` on colour photos ``paths`` (see the module docstring).
+
+    ``hints``: reveal that many points of each photo's truth to the model (:func:`revealed_hints`).
+    """
     result = EvalResult()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         truths = [load_rgb(p) for p in chunk]
         greys = [grey_from_rgb(t) for t in truths]
         net = torch.stack([torch.from_numpy(network_input(g, size)) for g in greys]).unsqueeze(1)
-        abs_pred = colorizer.predict(net)
+        planes = (torch.stack([revealed_hints(t, size, hints, hint_seed * 1_000_003 + start + i) for i, t in enumerate(truths)])
+                  if hints else None)
+        abs_pred = colorizer.predict(net, hints=planes)
         cbs, crs = chroma_planes(net[:, 0], abs_pred, chroma_gain)
         for path, truth, grey, ab, cb, cr in zip(chunk, truths, greys, abs_pred, cbs, crs):
             out = np.asarray(recombine(torch.from_numpy(grey), ab, (cb, cr), method=method, chroma_gain=chroma_gain))

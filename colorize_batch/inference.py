@@ -116,14 +116,17 @@ class Colorizer:
         if device.type == "cuda":
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.multiple = generator.config.multiple
+        self.takes_hints = bool(getattr(generator.config, "hint_channels", ()))
         self.forward_seconds = 0.0  # summed over lanes (threads calling predict)
         self.images = 0
         self._count_lock = threading.Lock()
 
     @torch.inference_mode()
-    def predict(self, grey_batch: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+    def predict(self, grey_batch: torch.Tensor, on_device: bool = False, hints: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 1, S, S)`` uint8 grey levels -> ``(B, 2, S, S)`` float32 ab in Lab units.
 
+        ``hints``: ``(B, 3, S, S)`` colour-hint planes (:func:`colorize_batch.hints.rasterize`) for a
+        generator with a hint branch; ``None`` (or all-zero planes) gives the automatic colours.
         The result is on the CPU, or left on the run's device with ``on_device=True``.
         """
         side = grey_batch.shape[-1]
@@ -132,14 +135,15 @@ class Colorizer:
         start = time.perf_counter()
         x = grey_batch.to(self.device, non_blocking=True)
         l_norm = normalize_l(grey_to_lightness(x))
+        extra = {} if hints is None or not self.takes_hints else {"hints": hints.to(self.device, non_blocking=True)}
         if self.device.type == "cuda":
             l_norm = l_norm.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
-                ab = self.generator(l_norm)
+                ab = self.generator(l_norm, **extra)
             ab = torch.nan_to_num(ab.float(), nan=0.0, posinf=1.0, neginf=-1.0)  # an fp16 overflow must not become NaN colour
             ab = ab if on_device else ab.cpu()
         else:
-            ab = self.generator(l_norm)
+            ab = self.generator(l_norm, **extra)
         ab = denormalize_ab(ab)
         with self._count_lock:
             self.forward_seconds += time.perf_counter() - start

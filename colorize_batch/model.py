@@ -237,6 +237,8 @@ class EffUNetConfig:
     decoder_channels: widths of the up path at /32, /16, /8 and /4 of the input.
     ab_grid / bins: ab is quantised on a grid of ``ab_grid`` Lab units; the ``bins`` in-gamut
     cells (:func:`gamut_ab_bins`) are the classes of the output layer (logits at 1/4 resolution).
+    hint_channels: widths of the colour-hint branch at /4, /8, /16 and /32 (:class:`HintBranch`);
+    empty: a generator without hint inputs.
     """
 
     in_channels: int = 1
@@ -246,10 +248,15 @@ class EffUNetConfig:
     ab_grid: float = 10.0
     bins: int = 0
     norm: str = "batch"
+    hint_channels: tuple[int, ...] = ()
 
     @property
     def multiple(self) -> int:
         return 32
+
+    @property
+    def takes_hints(self) -> bool:
+        return bool(self.hint_channels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,8 +267,9 @@ class EffUNetConfig:
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
-        if "decoder_channels" in known:
-            known["decoder_channels"] = tuple(int(c) for c in known["decoder_channels"])
+        for key in ("decoder_channels", "hint_channels"):
+            if key in known:
+                known[key] = tuple(int(c) for c in known[key])
         return cls(**known)
 
 
@@ -389,11 +397,53 @@ def decoder_block(in_ch: int, out_ch: int, norm_layer: NormLayer) -> nn.Sequenti
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=use_bias), norm_layer(out_ch), nn.ReLU(inplace=True))
 
 
+def hint_block(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
+    """Bias-free 3x3 conv -> ReLU: all-zero input gives all-zero output, whatever the weights."""
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False), nn.ReLU(inplace=True))
+
+
+class HintBranch(nn.Module):
+    """Colour hints -> additions to the decoder's features at /32, /16, /8, /4 and to the logits.
+
+    Input: the ``(B, 3, H, W)`` planes of :func:`colorize_batch.hints.rasterize` (normalised ab
+    where a hint covers a pixel, and the mask), pooled to 1/4 size as the mean hint ab of each cell
+    and a presence flag. Every layer is a bias-free convolution or a ReLU, and the projections to
+    the decoder start at zero, so: no hints -> exactly zero added (and a freshly built branch adds
+    nothing at all). Zhang et al. 2017 feed hints at the input; here they join a trained
+    automatic model without changing it (its weights stay frozen while the branch trains).
+    """
+
+    def __init__(self, widths: tuple[int, ...], decoder_channels: tuple[int, ...], bins: int):
+        super().__init__()
+        c4, c8, c16, c32 = widths
+        d32, d16, d8, d4 = decoder_channels
+        self.down4 = nn.Sequential(hint_block(3, c4), hint_block(c4, c4))
+        self.down8 = nn.Sequential(hint_block(c4, c8, 2), hint_block(c8, c8))
+        self.down16 = nn.Sequential(hint_block(c8, c16, 2), hint_block(c16, c16))
+        self.down32 = nn.Sequential(hint_block(c16, c32, 2), hint_block(c32, c32))
+        self.to32, self.to16 = nn.Conv2d(c32, d32, 1, bias=False), nn.Conv2d(c16, d16, 1, bias=False)
+        self.to8, self.to4 = nn.Conv2d(c8, d8, 1, bias=False), nn.Conv2d(c4, d4, 1, bias=False)
+        self.to_logits = nn.Conv2d(c4, bins, 1, bias=False)
+
+    def forward(self, planes: torch.Tensor) -> list[torch.Tensor]:
+        """Additions for (/32, /16, /8, /4 features, logits)."""
+        pooled = F.avg_pool2d(planes, 4)
+        coverage = pooled[:, 2:3]
+        present = (coverage > 0).to(planes.dtype)
+        x = torch.cat([pooled[:, :2] / coverage.clamp_min(1e-6) * present, present], 1)
+        h4 = self.down4(x)
+        h8 = self.down8(h4)
+        h16 = self.down16(h8)
+        h32 = self.down32(h16)
+        return [self.to32(h32), self.to16(h16), self.to8(h8), self.to4(h4), self.to_logits(h4)]
+
+
 class EffUNetGenerator(nn.Module):
     """U-Net on an EfficientNet-Lite0 encoder, ab classification head with an annealed-mean decode.
 
     Input: normalised L ``(B, 1, H, W)`` (H, W multiples of 32), replicated to 3 channels and
-    rescaled to the encoder's ``(rgb - 127) / 128``. Output of ``forward``: normalised ab
+    rescaled to the encoder's ``(rgb - 127) / 128``; optionally colour-hint planes ``(B, 3, H, W)``
+    (architectures with ``hint_channels``). Output of ``forward``: normalised ab
     ``(B, 2, H, W)``, the annealed mean of the bins at :attr:`temperature` (1.0 = the expectation),
     computed at 1/4 resolution and upsampled bilinearly.
     """
@@ -404,6 +454,8 @@ class EffUNetGenerator(nn.Module):
             raise ValueError(f"unknown encoder {config.encoder!r}")
         if len(config.decoder_channels) != 4:
             raise ValueError("decoder_channels needs 4 widths (/32, /16, /8, /4)")
+        if config.hint_channels and len(config.hint_channels) != 4:
+            raise ValueError("hint_channels needs 4 widths (/4, /8, /16, /32) or none")
         self.config = config
         norm_layer = get_norm_layer(config.norm)
         self.encoder = EfficientNetLite0(with_head=False)
@@ -414,22 +466,48 @@ class EffUNetGenerator(nn.Module):
         self.up8 = decoder_block(d16 + taps[1], d8, norm_layer)
         self.up4 = decoder_block(d8 + taps[0], d4, norm_layer)
         self.classifier = nn.Conv2d(d4, config.bins, 1)
+        self.hints = HintBranch(config.hint_channels, config.decoder_channels, config.bins) if config.hint_channels else None
         self.register_buffer("ab_bins", torch.zeros(config.bins, 2))  # Lab units; filled by build_generator / the weights file
         self.temperature = 1.0
+        self.frozen_base = False  # set by freeze_base(): only the hint branch trains
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
 
-    def logits(self, l_norm: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` normalised L -> ``(B, Q, H/4, W/4)`` bin logits."""
+    def freeze_base(self) -> list[nn.Parameter]:
+        """Freeze everything but the hint branch (weights and batch-norm statistics); its parameters."""
+        if self.hints is None:
+            raise ValueError("this architecture has no hint branch (hint_channels is empty)")
+        self.frozen_base = True
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("hints."))
+        self.train(self.training)
+        return list(self.hints.parameters())
+
+    def train(self, mode: bool = True) -> EffUNetGenerator:
+        super().train(mode)
+        if self.frozen_base:  # the automatic model stays exactly as shipped, batch-norm statistics included
+            for name, module in self.named_children():
+                if name != "hints":
+                    module.eval()
+        return self
+
+    def logits(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 1, H, W)`` normalised L (+ hint planes) -> ``(B, Q, H/4, W/4)`` bin logits."""
         # L/50 - 1 in [-1, 1] -> grey 0..255 -> (grey - 127) / 128, as 3 equal channels
         x = ((l_norm + 1) * 127.5 - 127.0) / 128.0
         f4, f8, f16, f32 = self.encoder.features(x.expand(-1, 3, -1, -1))
+        add = self.hints(hints.to(l_norm.dtype)) if hints is not None and self.hints is not None else None
         y = self.lateral(f32)
+        y = y if add is None else y + add[0]
         y = self.up16(torch.cat([F.interpolate(y, size=f16.shape[-2:], mode="bilinear", align_corners=False), f16], 1))
+        y = y if add is None else y + add[1]
         y = self.up8(torch.cat([F.interpolate(y, size=f8.shape[-2:], mode="bilinear", align_corners=False), f8], 1))
+        y = y if add is None else y + add[2]
         y = self.up4(torch.cat([F.interpolate(y, size=f4.shape[-2:], mode="bilinear", align_corners=False), f4], 1))
-        return self.classifier(y)
+        y = y if add is None else y + add[3]
+        logits = self.classifier(y)
+        return logits if add is None else logits + add[4]
 
     def decode(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Annealed mean (Zhang et al.): softmax(logits / T) weighted bin centres, normalised ab, low-res."""
@@ -437,8 +515,8 @@ class EffUNetGenerator(nn.Module):
         ab = torch.einsum("bqhw,qc->bchw", p, self.ab_bins.float())
         return ab / 110.0
 
-    def forward(self, l_norm: torch.Tensor) -> torch.Tensor:
-        ab = self.decode(self.logits(l_norm), self.temperature)
+    def forward(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
+        ab = self.decode(self.logits(l_norm, hints), self.temperature)
         return F.interpolate(ab, size=l_norm.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -473,11 +551,23 @@ def fused_for_inference(net: EffUNetGenerator) -> EffUNetGenerator:
     return net
 
 
+def init_hint_branch(branch: HintBranch) -> HintBranch:
+    """Kaiming-normal convolutions inside the branch, zero projections out of it: a new branch adds nothing."""
+    for m in branch.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    for proj in (branch.to32, branch.to16, branch.to8, branch.to4, branch.to_logits):
+        nn.init.zeros_(proj.weight)
+    return branch
+
+
 def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGenerator:
     """Decoder: the pix2pix initialisation; encoder: ImageNet weights (``pretrained``); bins: the sRGB gamut."""
     init_weights(net.lateral), init_weights(net.up16), init_weights(net.up8), init_weights(net.up4)
     nn.init.normal_(net.classifier.weight, 0.0, 0.02)
     nn.init.zeros_(net.classifier.bias)
+    if net.hints is not None:
+        init_hint_branch(net.hints)
     bins = gamut_ab_bins(net.config.ab_grid)
     if len(bins) != net.config.bins:
         raise ValueError(f"ab grid {net.config.ab_grid} gives {len(bins)} in-gamut bins, the config says {net.config.bins}")
@@ -489,6 +579,9 @@ def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGener
 
 # U-Net on EfficientNet-Lite0, 260 in-gamut ab bins of 10 units: the CPU-friendly pretrained generator.
 PRESETS["effnet-lite0"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260)
+# The same with a colour-hint branch (0.3M parameters more): one weights file for automatic and guided runs.
+PRESETS["effnet-lite0-hints"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
+                                              hint_channels=(32, 64, 96, 128))
 
 
 def build_generator(config: UNetConfig | EffUNetConfig | str = "lite", pretrained: bool = False) -> UNetGenerator | EffUNetGenerator:
@@ -523,6 +616,7 @@ def count_parameters(net: nn.Module) -> int:
 __all__ = [
     "FAMILIES",
     "PRESETS",
+    "HintBranch",
     "EffUNetConfig",
     "EffUNetGenerator",
     "EfficientNetLite0",

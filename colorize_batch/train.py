@@ -17,6 +17,7 @@ exactly where the run stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -38,8 +39,9 @@ from .color import normalize_ab, normalize_l, rgb_to_lab
 from .config import PipelineConfig, TrainSection
 from .discovery import find_images
 from .evaluate import colour_photos, contact_sheet, evaluate
+from .hints import hint_count, rasterize, sample_points
 from .inference import Colorizer
-from .model import PRESETS, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
+from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
 from .weights import load_weights, save_weights
 
 log = logging.getLogger("colorize_batch.train")
@@ -175,15 +177,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.generator = build_generator(cfg.preset, pretrained=cfg.pretrained and self.init_weights is None).to(self.device)
         if self.init_weights is not None:
-            start, info = load_weights(self.init_weights, self.device)
-            if info.architecture != self.generator.config:
-                raise TrainingError(f"{self.init_weights}: architecture differs from train.preset {cfg.preset!r}")
-            self.generator.load_state_dict(start.state_dict())
-            self.generator.train()
+            self._load_init(self.init_weights)
         self.discriminator = build_discriminator(cfg.disc_layers, cfg.disc_channels).to(self.device)
         self.gan_loss = GANLoss(cfg.gan_mode).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
-        if isinstance(self.generator, EffUNetGenerator):
+        if cfg.freeze_base:
+            if not (isinstance(self.generator, EffUNetGenerator) and self.generator.hints is not None):
+                raise TrainingError(f"train.freeze_base needs a preset with a hint branch, not {cfg.preset!r}")
+            groups = [{"params": self.generator.freeze_base(), "lr_scale": 1.0}]
+        elif isinstance(self.generator, EffUNetGenerator):
             encoder = {id(p) for p in self.generator.encoder_parameters()}
             groups = [
                 {"params": [p for p in self.generator.parameters() if id(p) in encoder], "lr_scale": cfg.encoder_lr_scale},
@@ -198,6 +200,19 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def _load_init(self, path: Path) -> None:
+        """Start from a weights file of the same architecture, or of the same one without the hint
+        branch (the branch then starts as built: contributing nothing)."""
+        start, info = load_weights(path, self.device)
+        own = self.generator.config
+        plain = dataclasses.replace(own, hint_channels=()) if isinstance(own, EffUNetConfig) else own
+        if info.architecture not in (own, plain):
+            raise TrainingError(f"{path}: architecture differs from train.preset {self.config.train.preset!r}")
+        missing, unexpected = self.generator.load_state_dict(start.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("hints.") for k in missing):
+            raise TrainingError(f"{path}: weights do not fit train.preset (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.generator.train()
 
     # -- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -307,8 +322,9 @@ class Trainer:
         if self.class_weights is None:
             self.class_weights = torch.ones(gen.config.bins, device=self.device)
         self.opt_g.zero_grad(set_to_none=True)
+        planes = self._training_hints(lab_ab) if gen.hints is not None else None
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            logits = gen.logits(real_l)
+            logits = gen.logits(real_l, planes)
         target = F.adaptive_avg_pool2d(lab_ab, logits.shape[-2:])
         loss_ce = rebalanced_ce(logits, target, gen.ab_bins, self.class_weights)
         mean_ab = F.interpolate(gen.decode(logits, 1.0), size=real_ab.shape[-2:], mode="bilinear", align_corners=False)
@@ -320,6 +336,18 @@ class Trainer:
         losses["ce"] = float(loss_ce.detach())
         losses["l1"] = float(loss_l1.detach())
         return losses
+
+    def _training_hints(self, lab_ab: torch.Tensor) -> torch.Tensor:
+        """Hint planes revealing random points of each photo's true ab (Zhang et al. 2017: a
+        geometric number of points, discs of 1-4.5 px radius, each of its mean true colour);
+        fixed by ``(seed, step)``."""
+        cfg = self.config.train
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
+        size = lab_ab.shape[-1]
+        truth = lab_ab.detach().float().cpu()
+        planes = [rasterize(sample_points(ab, hint_count(g, 1.0 / cfg.hint_mean_points), g, (1.0, 4.5)), size, size, size)
+                  for ab in truth]
+        return torch.stack(planes).to(self.device)
 
     # -- validation --------------------------------------------------------------------
     def validate(self, val_files: list[Path], size: int) -> dict:

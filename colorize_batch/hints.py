@@ -1,0 +1,170 @@
+"""Colour hints: "this point of the photo was this colour", as extra inputs of the network.
+
+A hint file (``photo.hints.json`` beside the scan, or under ``input.hints_dir``) holds points
+in coordinates relative to the image **as the output shows it** (after EXIF orientation), so
+they survive resizing and rotation flags; ``schemas/hints.schema.json`` documents the format::
+
+    {"points": [{"x": 0.42, "y": 0.31, "color": "#1f2a44", "radius": 0.01}]}
+
+``x``, ``y``: 0-1 from the left / top edge; ``color``: sRGB hex of the wanted colour (only its
+hue and chroma are used: the photo's own grey levels stay); ``radius``: the disc the colour
+covers, as a share of the image's shorter side (default 0.01).
+
+For the network, the points are rasterised (:func:`rasterize`) into three planes at its input
+size: the hint's normalised ab where a point covers a pixel, 0 elsewhere, and the coverage mask.
+An image without hints gives all-zero planes, for which the model's hint branch adds exactly
+nothing. Training and ``eval --hints N`` reveal points of the ground truth with
+:func:`sample_points`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .color import normalize_ab, rgb_to_lab
+
+HINTS_SUFFIX = ".hints.json"
+DEFAULT_RADIUS = 0.01
+MAX_POINTS = 1000
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+class HintError(ValueError):
+    """A hint file that cannot be used: the reason names the problem (the caller adds the path)."""
+
+
+@dataclass(frozen=True)
+class HintPoint:
+    """One revealed colour: centre ``(x, y)`` relative to the upright image, its ab (Lab units)
+    and its radius relative to the image's shorter side."""
+
+    x: float
+    y: float
+    a: float
+    b: float
+    radius: float = DEFAULT_RADIUS
+
+
+def hex_to_ab(color: str) -> tuple[float, float]:
+    """``"#1f2a44"`` -> the colour's (a, b) in CIE Lab (D65), as :mod:`color` computes it."""
+    match = _HEX.match(color.strip()) if isinstance(color, str) else None
+    if not match:
+        raise HintError(f"colour {color!r} is not an sRGB hex colour like '#1f2a44'")
+    value = int(match.group(1), 16)
+    rgb = torch.tensor([(value >> 16) & 255, (value >> 8) & 255, value & 255], dtype=torch.float64).div(255)
+    lab = rgb_to_lab(rgb.view(3, 1, 1))
+    return float(lab[1]), float(lab[2])
+
+
+def _number(point: dict, key: str, low: float, high: float, default: float | None = None) -> float:
+    value = point.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise HintError(f"{key} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise HintError(f"{key} = {value} is outside {low}-{high}")
+    return float(value)
+
+
+def parse_hints(data: object) -> list[HintPoint]:
+    """The points of a decoded hint document; :class:`HintError` names the first problem."""
+    if not isinstance(data, dict):
+        raise HintError("a hint file holds a JSON object with a 'points' list")
+    unknown = set(data) - {"points", "version", "comment"}
+    if unknown:
+        raise HintError(f"unknown keys {sorted(unknown)} (allowed: points, version, comment)")
+    points = data.get("points", [])
+    if not isinstance(points, list):
+        raise HintError("'points' must be a list")
+    if len(points) > MAX_POINTS:
+        raise HintError(f"{len(points)} points, more than {MAX_POINTS}")
+    out = []
+    for i, point in enumerate(points):
+        if not isinstance(point, dict):
+            raise HintError(f"point {i + 1}: not an object")
+        try:
+            extra = set(point) - {"x", "y", "color", "radius"}
+            if extra:
+                raise HintError(f"unknown keys {sorted(extra)}")
+            if "color" not in point:
+                raise HintError("no 'color'")
+            a, b = hex_to_ab(point["color"])
+            out.append(HintPoint(_number(point, "x", 0, 1), _number(point, "y", 0, 1), a, b,
+                                 _number(point, "radius", 0.0005, 0.5, DEFAULT_RADIUS)))
+        except HintError as exc:
+            raise HintError(f"point {i + 1}: {exc}") from None
+    return out
+
+
+def read_hints(path: Path) -> tuple[list[HintPoint], str]:
+    """Points of a hint file and the sha256 of its bytes (the manifest keys reruns on it)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise HintError(f"cannot read the hint file: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HintError(f"not valid JSON: {exc}") from None
+    return parse_hints(data), hashlib.sha256(raw).hexdigest()
+
+
+def hints_document(points: list[tuple[float, float, str, float]]) -> dict:
+    """A hint document from ``(x, y, "#rrggbb", radius)`` tuples (what the gallery and tests write)."""
+    return {"points": [{"x": round(x, 5), "y": round(y, 5), "color": c, "radius": r} for x, y, c, r in points]}
+
+
+def _disc(point: HintPoint, size: int, width: int, height: int) -> torch.Tensor:
+    """``(size, size)`` bool mask of a point's disc on the square network input of a
+    ``width x height`` image (a circle on the photo is an ellipse on the squashed square)."""
+    r = point.radius * min(width, height)
+    rx, ry = max(r * size / width, 0.5), max(r * size / height, 0.5)
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+    dx = ((centres - point.x * size) / rx).pow(2)
+    dy = ((centres - point.y * size) / ry).pow(2)
+    mask = dy[:, None] + dx[None, :] <= 1.0
+    if not mask.any():  # smaller than a pixel: the pixel under the centre
+        mask[min(int(point.y * size), size - 1), min(int(point.x * size), size - 1)] = True
+    return mask
+
+
+def rasterize(points: list[HintPoint], size: int, width: int, height: int) -> torch.Tensor:
+    """``(3, size, size)`` float32 planes for the network: normalised a, b where covered, and the
+    coverage mask. Later points paint over earlier ones."""
+    planes = torch.zeros(3, size, size)
+    for point in points:
+        mask = _disc(point, size, width, height)
+        ab = normalize_ab(torch.tensor([point.a, point.b]))
+        planes[0][mask], planes[1][mask], planes[2][mask] = float(ab[0]), float(ab[1]), 1.0
+    return planes
+
+
+def sample_points(true_ab: torch.Tensor, count: int, generator: torch.Generator, radius_px: tuple[float, float] = (2.5, 2.5),
+                  width: int | None = None, height: int | None = None) -> list[HintPoint]:
+    """``count`` points revealed from the truth ``(2, S, S)`` (ab in Lab units at the network's
+    size): uniform centres, radius drawn from ``radius_px`` (pixels at size S), each point's colour
+    the mean true ab over its disc (Zhang et al. 2017's revealed patches)."""
+    size = true_ab.shape[-1]
+    width, height = width or size, height or size
+    points = []
+    for _ in range(count):
+        x, y = torch.rand(2, generator=generator).tolist()
+        lo, hi = radius_px
+        r_px = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+        probe = HintPoint(x, y, 0.0, 0.0, r_px / size)  # the disc's longer axis is r_px pixels at size S
+        mask = _disc(probe, size, width, height)
+        a, b = true_ab[:, mask].mean(1).tolist()
+        points.append(HintPoint(x, y, a, b, probe.radius))
+    return points
+
+
+def hint_count(generator: torch.Generator, p: float = 0.125, cap: int = 24) -> int:
+    """A random number of points for training, geometric with mean 1/p (at least 1, at most ``cap``)."""
+    u = float(torch.rand(1, generator=generator))
+    return max(1, min(cap, 1 + int(math.log(max(u, 1e-12)) / math.log(1 - p))))

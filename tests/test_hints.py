@@ -1,0 +1,213 @@
+"""Colour hints: the file format, rasterising, the model's hint branch and its training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage.color import rgb2lab
+
+from colorize_batch.examples import colour_photo
+from colorize_batch.hints import (
+    HintError,
+    HintPoint,
+    hex_to_ab,
+    hint_count,
+    parse_hints,
+    rasterize,
+    read_hints,
+    sample_points,
+)
+from colorize_batch.model import build_generator, fused_for_inference
+from colorize_batch.weights import load_weights, save_weights
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def photo(i: int, w: int, h: int) -> Image.Image:
+    """A real colour photo (scikit-image's samples), resized."""
+    return Image.fromarray(np.ascontiguousarray(colour_photo(PHOTOS[i % len(PHOTOS)]))).resize((w, h))
+
+
+def test_hex_colour_to_lab_ab_agrees_with_skimage():
+    for hex_colour in ("#1f2a44", "#ff0000", "#2e8b57", "#808080", "#fafad2"):
+        v = int(hex_colour[1:], 16)
+        rgb = np.array([[[(v >> 16) & 255, (v >> 8) & 255, v & 255]]], dtype=np.float64) / 255
+        ref = rgb2lab(rgb)[0, 0]
+        a, b = hex_to_ab(hex_colour)
+        assert abs(a - ref[1]) < 0.05 and abs(b - ref[2]) < 0.05, hex_colour
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "JSON object"),
+        ({"points": {}}, "must be a list"),
+        ({"points": [{"x": 0.5, "y": 0.5}]}, "point 1: no 'color'"),
+        ({"points": [{"x": 1.5, "y": 0.5, "color": "#112233"}]}, "point 1: x = 1.5 is outside 0-1"),
+        ({"points": [{"x": 0.5, "y": "top", "color": "#112233"}]}, "point 1: y must be a number"),
+        ({"points": [{"x": 0.5, "y": 0.5, "color": "navy"}]}, "not an sRGB hex colour"),
+        ({"points": [{"x": 0.5, "y": 0.5, "color": "#112233"}, {"x": 0.5, "y": 0.5, "color": "#112233", "size": 3}]},
+         "point 2: unknown keys ['size']"),
+        ({"pointz": []}, "unknown keys ['pointz']"),
+    ],
+)
+def test_bad_hint_documents_name_the_problem(document, message):
+    with pytest.raises(HintError, match=None) as info:
+        parse_hints(document)
+    assert message in str(info.value)
+
+
+def test_read_hints_gives_points_and_the_file_hash(tmp_path):
+    path = tmp_path / "a.hints.json"
+    path.write_text(json.dumps({"points": [{"x": 0.25, "y": 0.75, "color": "#ff0000", "radius": 0.02}]}))
+    points, digest = read_hints(path)
+    assert [(p.x, p.y, p.radius) for p in points] == [(0.25, 0.75, 0.02)]
+    assert points[0].a > 70 and points[0].b > 60  # sRGB red
+    path.write_text(json.dumps({"points": [{"x": 0.25, "y": 0.75, "color": "#ff0001", "radius": 0.02}]}))
+    assert read_hints(path)[1] != digest
+    (tmp_path / "bad.hints.json").write_bytes(b"{\"points\": [")
+    with pytest.raises(HintError, match="not valid JSON"):
+        read_hints(tmp_path / "bad.hints.json")
+
+
+def test_rasterize_places_discs_in_relative_coordinates():
+    # A 200 x 100 photo on a 64 x 64 network input: a circle of radius 0.1 x 100 px = 10 px
+    # is an ellipse of 3.2 x 6.4 input pixels around (0.25, 0.5).
+    planes = rasterize([HintPoint(0.25, 0.5, 40.0, -20.0, 0.1)], 64, 200, 100)
+    mask = planes[2] > 0
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    assert abs(xs.float().mean().item() + 0.5 - 16) < 0.6 and abs(ys.float().mean().item() + 0.5 - 32) < 0.6
+    assert 5 <= int(xs.max() - xs.min()) + 1 <= 7 and 11 <= int(ys.max() - ys.min()) + 1 <= 13
+    assert torch.allclose(planes[0][mask], torch.tensor(40 / 110)) and torch.allclose(planes[1][mask], torch.tensor(-20 / 110))
+    assert float(planes[:, ~mask].abs().sum()) == 0.0
+    tiny = rasterize([HintPoint(0.99, 0.99, 10.0, 10.0, 0.0005)], 64, 64, 64)
+    assert int((tiny[2] > 0).sum()) == 1 and float(tiny[2, 63, 63]) == 1.0
+
+
+def test_sampled_points_carry_the_true_colour_of_their_disc():
+    truth = torch.zeros(2, 64, 64)
+    truth[0, :, 32:] = 50.0  # right half: a = 50
+    g = torch.Generator().manual_seed(1)
+    points = sample_points(truth, 40, g, (1.0, 2.0))
+    assert len(points) == 40
+    for p in points:
+        if p.x > 0.56:
+            assert p.a == pytest.approx(50.0)
+        elif p.x < 0.44:
+            assert p.a == pytest.approx(0.0)
+    counts = [hint_count(torch.Generator().manual_seed(s), 1 / 8) for s in range(400)]
+    assert min(counts) >= 1 and max(counts) <= 24 and 5 < np.mean(counts) < 9
+
+
+@pytest.fixture(scope="module")
+def hint_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_generator("effnet-lite0-hints").eval()
+    with torch.no_grad():  # as if trained: the projections out of the branch are no longer zero
+        for proj in (net.hints.to32, net.hints.to16, net.hints.to8, net.hints.to4, net.hints.to_logits):
+            proj.weight.normal_(0.0, 0.2)
+    return net
+
+
+def test_no_hints_give_exactly_the_automatic_model(hint_model):
+    base = build_generator("effnet-lite0").eval()
+    missing, unexpected = base.load_state_dict(hint_model.state_dict(), strict=False)
+    assert not missing and all(k.startswith("hints.") for k in unexpected)
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    planes = torch.zeros(3, 3, 64, 64)
+    planes[1] = rasterize([HintPoint(0.5, 0.5, 60.0, 50.0, 0.1)], 64, 64, 64)
+    with torch.no_grad():
+        automatic = base(x)
+        assert torch.equal(hint_model(x), automatic)
+        assert torch.equal(hint_model(x, torch.zeros_like(planes)), automatic)
+        guided = hint_model(x, planes)
+        fused = fused_for_inference(hint_model)(x, planes)
+    assert torch.equal(guided[0], automatic[0]) and torch.equal(guided[2], automatic[2])  # images without hints
+    assert float((guided[1] - automatic[1]).abs().max()) > 1e-3
+    assert torch.allclose(fused, guided, atol=1e-4)
+
+
+def test_a_new_branch_adds_nothing_even_with_hints():
+    torch.manual_seed(0)
+    net = build_generator("effnet-lite0-hints").eval()
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    planes = rasterize([HintPoint(0.5, 0.5, 60.0, 50.0, 0.2)], 64, 64, 64)[None]
+    with torch.no_grad():
+        assert torch.equal(net(x, planes), net(x))
+
+
+def test_weights_file_carries_the_hint_branch(tmp_path, hint_model):
+    path = save_weights(tmp_path / "h.pt", hint_model, {"name": "hints-test"})
+    loaded, info = load_weights(path, torch.device("cpu"))
+    assert info.architecture.hint_channels == (32, 64, 96, 128)
+    planes = rasterize([HintPoint(0.3, 0.6, -40.0, 30.0, 0.1)], 64, 64, 64)[None]
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x, planes), hint_model(x, planes).float(), atol=2e-2)
+
+
+def test_hint_training_changes_only_the_branch(tmp_path):
+    """freeze_base: a few steps from a base weights file leave every base weight and batch-norm
+    statistic as it was, train the branch, and the exported file answers no hints exactly as the base."""
+    from colorize_batch.config import load_config
+    from colorize_batch.train import Trainer
+
+    torch.manual_seed(0)
+    base = build_generator("effnet-lite0")
+    base_path = save_weights(tmp_path / "base.pt", base, {"name": "base"})
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(6):
+        photo(i, 96, 80).save(data / f"p{i}.png")
+    cfg_path = tmp_path / "hints.yaml"
+    cfg_path.write_text(yaml.safe_dump({"train": {
+        "data": [{"path": str(data), "weight": 1.0}], "preset": "effnet-lite0-hints", "freeze_base": True,
+        "crop": 64, "batch_size": 4, "steps": 3, "l1_steps": 3, "lr": 0.01, "workers": 0, "min_chroma": 0.0,
+        "checkpoint_every": 100, "val_every": 100000, "log_every": 1, "pretrained": False}}))
+    trainer = Trainer(load_config(cfg_path), tmp_path / "run", [], torch.device("cpu"), init_weights=base_path)
+    before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    trainer.fit()
+    after = trainer.generator.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("hints.") for k in changed), sorted(changed)[:5]
+    exported, _ = load_weights(tmp_path / "run" / "generator.pt", torch.device("cpu"))
+    start, _ = load_weights(base_path, torch.device("cpu"))
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(exported.eval()(x), start.eval()(x))
+        planes = rasterize([HintPoint(0.5, 0.5, 50.0, 50.0, 0.1)], 64, 64, 64)[None].expand(2, -1, -1, -1)
+        assert not torch.equal(exported(x, planes), start(x))
+
+
+def test_freeze_base_needs_a_hint_preset(tmp_path):
+    from colorize_batch.config import load_config
+    from colorize_batch.train import Trainer, TrainingError
+
+    cfg_path = tmp_path / "bad.yaml"
+    cfg_path.write_text(yaml.safe_dump({"train": {"preset": "effnet-lite0", "freeze_base": True, "pretrained": False}}))
+    with pytest.raises(TrainingError, match="freeze_base needs a preset with a hint branch"):
+        Trainer(load_config(cfg_path), tmp_path / "run", [], torch.device("cpu"))
+
+
+def test_eval_with_hints_uses_the_revealed_truth(tmp_path, hint_model, run_cli):
+    photos = tmp_path / "val"
+    photos.mkdir()
+    for i in range(3):
+        photo(i, 80, 64).save(photos / f"v{i}.png")
+    weights = save_weights(tmp_path / "h.pt", hint_model, {"name": "hints-test"})
+    scores = {}
+    for n in (0, 5):
+        report = tmp_path / f"r{n}.json"
+        run_cli("eval", photos, "--weights", weights, "--size", "64", "--hints", str(n), "--report", report, expect=0)
+        scores[n] = json.loads(report.read_text())
+        assert scores[n]["hints"] == n
+    assert scores[0]["model"]["psnr"] != scores[5]["model"]["psnr"]
+    plain = save_weights(tmp_path / "plain.pt", build_generator("tiny"), {"name": "tiny"})
+    result = run_cli("eval", photos, "--weights", plain, "--size", "64", "--hints", "3")
+    assert result.exit_code == 2 and "has no hint branch" in result.output
