@@ -79,6 +79,8 @@ def parse_hints(data: object) -> list[HintPoint]:
     unknown = set(data) - {"points", "version", "comment"}
     if unknown:
         raise HintError(f"unknown keys {sorted(unknown)} (allowed: points, version, comment)")
+    if data.get("version", 1) != 1:
+        raise HintError(f"version {data['version']!r} is not supported (1)")
     points = data.get("points", [])
     if not isinstance(points, list):
         raise HintError("'points' must be a list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,35 @@ def test_eval_with_hints_uses_the_revealed_truth(tmp_path, hint_model, run_cli):
     plain = save_weights(tmp_path / "plain.pt", build_generator("tiny"), {"name": "tiny"})
     result = run_cli("eval", photos, "--weights", plain, "--size", "64", "--hints", "3")
     assert result.exit_code == 2 and "has no hint branch" in result.output
+
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "hints.schema.json"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"points": [{"x": 0.42, "y": 0.31, "color": "#1f2a44", "radius": 0.01}]},
+        {"version": 1, "comment": "coat: navy (catalogue)", "points": [{"x": 0, "y": 1, "color": "AABBCC"}]},
+        {"points": []},
+        {"points": [{"x": 0.5, "y": 0.5}]},
+        {"points": [{"x": 0.5, "y": 0.5, "color": "#12345g"}]},
+        {"points": [{"x": 0.5, "y": 0.5, "color": "#123456", "radius": 0.9}]},
+        {"points": [{"x": 0.5, "y": 0.5, "color": "#123456", "size": 1}]},
+        {"points": "none"},
+        {"global": {}},
+        {"version": 2, "points": []},
+    ],
+)
+def test_the_json_schema_and_the_reader_agree(document):
+    """The documented schema accepts exactly what the reader accepts."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    schema_ok = jsonschema.Draft202012Validator(schema).is_valid(document)
+    try:
+        parse_hints(document)
+        reader_ok = True
+    except HintError:
+        reader_ok = False
+    assert schema_ok == reader_ok
