@@ -4,11 +4,14 @@ A hint file (``photo.hints.json`` beside the scan, or under ``input.hints_dir``)
 in coordinates relative to the image **as the output shows it** (after EXIF orientation), so
 they survive resizing and rotation flags; ``schemas/hints.schema.json`` documents the format::
 
-    {"points": [{"x": 0.42, "y": 0.31, "color": "#1f2a44", "radius": 0.01}]}
+    {"points": [{"x": 0.42, "y": 0.31, "color": "#1f2a44", "radius": 0.01}],
+     "global": {"tint": "#704214", "strength": 0.3}}
 
 ``x``, ``y``: 0-1 from the left / top edge; ``color``: sRGB hex of the wanted colour (only its
 hue and chroma are used: the photo's own grey levels stay); ``radius``: the disc the colour
-covers, as a share of the image's shorter side (default 0.01).
+covers, as a share of the image's shorter side (default 0.01). ``global.tint``: a colour cast
+mixed into the whole prediction, ``strength`` 0-1 (default 0.3) of the way (:func:`apply_tint`),
+e.g. to match a hand-tinted print; it is applied after the network, the points go into it.
 
 For the network, the points are rasterised (:func:`rasterize`) into three planes at its input
 size: the hint's normalised ab where a point covers a pixel, 0 elsewhere, and the coverage mask.
@@ -23,6 +26,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +56,23 @@ class HintPoint:
     radius: float = DEFAULT_RADIUS
 
 
+@dataclass(frozen=True)
+class Tint:
+    """``global.tint``: the whole prediction's ab moves ``strength`` of the way to ``(a, b)``."""
+
+    a: float
+    b: float
+    strength: float = 0.3
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What one hint file says."""
+
+    points: tuple[HintPoint, ...] = ()
+    tint: Tint | None = None
+
+
 def hex_to_ab(color: str) -> tuple[float, float]:
     """``"#1f2a44"`` -> the colour's (a, b) in CIE Lab (D65), as :mod:`color` computes it."""
     match = _HEX.match(color.strip()) if isinstance(color, str) else None
@@ -72,13 +93,25 @@ def _number(point: dict, key: str, low: float, high: float, default: float | Non
     return float(value)
 
 
-def parse_hints(data: object) -> list[HintPoint]:
-    """The points of a decoded hint document; :class:`HintError` names the first problem."""
+def _tint(data: object) -> Tint | None:
+    if not isinstance(data, dict):
+        raise HintError("'global' must be an object")
+    extra = set(data) - {"tint", "strength"}
+    if extra:
+        raise HintError(f"global: unknown keys {sorted(extra)}")
+    if "tint" not in data:
+        return None
+    a, b = hex_to_ab(data["tint"])
+    return Tint(a, b, _number(data, "strength", 0, 1, 0.3))
+
+
+def parse_hints(data: object) -> Hints:
+    """What a decoded hint document says; :class:`HintError` names the first problem."""
     if not isinstance(data, dict):
         raise HintError("a hint file holds a JSON object with a 'points' list")
-    unknown = set(data) - {"points", "version", "comment"}
+    unknown = set(data) - {"points", "global", "version", "comment"}
     if unknown:
-        raise HintError(f"unknown keys {sorted(unknown)} (allowed: points, version, comment)")
+        raise HintError(f"unknown keys {sorted(unknown)} (allowed: points, global, version, comment)")
     if data.get("version", 1) != 1:
         raise HintError(f"version {data['version']!r} is not supported (1)")
     points = data.get("points", [])
@@ -101,11 +134,15 @@ def parse_hints(data: object) -> list[HintPoint]:
                                  _number(point, "radius", 0.0005, 0.5, DEFAULT_RADIUS)))
         except HintError as exc:
             raise HintError(f"point {i + 1}: {exc}") from None
-    return out
+    try:
+        tint = _tint(data.get("global", {}))
+    except HintError as exc:
+        raise HintError(f"global: {exc}" if not str(exc).startswith("global") else str(exc)) from None
+    return Hints(tuple(out), tint)
 
 
-def read_hints(path: Path) -> tuple[list[HintPoint], str]:
-    """Points of a hint file and the sha256 of its bytes (the manifest keys reruns on it)."""
+def read_hints(path: Path) -> tuple[Hints, str]:
+    """What a hint file says and the sha256 of its bytes (the manifest keys reruns on it)."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -136,7 +173,7 @@ def _disc(point: HintPoint, size: int, width: int, height: int) -> torch.Tensor:
     return mask
 
 
-def rasterize(points: list[HintPoint], size: int, width: int, height: int) -> torch.Tensor:
+def rasterize(points: Sequence[HintPoint], size: int, width: int, height: int) -> torch.Tensor:
     """``(3, size, size)`` float32 planes for the network: normalised a, b where covered, and the
     coverage mask. Later points paint over earlier ones."""
     planes = torch.zeros(3, size, size)
@@ -170,3 +207,11 @@ def hint_count(generator: torch.Generator, p: float = 0.125, cap: int = 24) -> i
     """A random number of points for training, geometric with mean 1/p (at least 1, at most ``cap``)."""
     u = float(torch.rand(1, generator=generator))
     return max(1, min(cap, 1 + int(math.log(max(u, 1e-12)) / math.log(1 - p))))
+
+
+def apply_tint(ab: torch.Tensor, tint: Tint | None) -> torch.Tensor:
+    """``(2, h, w)`` predicted ab (Lab units) moved ``tint.strength`` of the way to the tint's ab."""
+    if tint is None or tint.strength == 0:
+        return ab
+    target = torch.tensor([tint.a, tint.b], dtype=ab.dtype, device=ab.device).view(2, 1, 1)
+    return torch.lerp(ab, target.expand_as(ab), tint.strength)

@@ -15,6 +15,7 @@ from skimage.color import rgb2lab
 from colorize_batch.examples import colour_photo
 from colorize_batch.hints import (
     HintError,
+    apply_tint,
     HintPoint,
     hex_to_ab,
     hint_count,
@@ -67,14 +68,28 @@ def test_bad_hint_documents_name_the_problem(document, message):
 def test_read_hints_gives_points_and_the_file_hash(tmp_path):
     path = tmp_path / "a.hints.json"
     path.write_text(json.dumps({"points": [{"x": 0.25, "y": 0.75, "color": "#ff0000", "radius": 0.02}]}))
-    points, digest = read_hints(path)
-    assert [(p.x, p.y, p.radius) for p in points] == [(0.25, 0.75, 0.02)]
+    hints, digest = read_hints(path)
+    points = hints.points
+    assert [(p.x, p.y, p.radius) for p in points] == [(0.25, 0.75, 0.02)] and hints.tint is None
     assert points[0].a > 70 and points[0].b > 60  # sRGB red
     path.write_text(json.dumps({"points": [{"x": 0.25, "y": 0.75, "color": "#ff0001", "radius": 0.02}]}))
     assert read_hints(path)[1] != digest
     (tmp_path / "bad.hints.json").write_bytes(b"{\"points\": [")
     with pytest.raises(HintError, match="not valid JSON"):
         read_hints(tmp_path / "bad.hints.json")
+
+
+def test_a_global_tint_moves_the_whole_prediction():
+    hints = parse_hints({"global": {"tint": "#704214", "strength": 0.25}})
+    assert hints.points == () and hints.tint is not None
+    ab = torch.zeros(2, 4, 4)
+    ab[0] = 40.0
+    out = apply_tint(ab, hints.tint)
+    assert torch.allclose(out[0], torch.tensor(0.75 * 40 + 0.25 * hints.tint.a))
+    assert torch.allclose(out[1], torch.tensor(0.25 * hints.tint.b))
+    assert apply_tint(ab, None) is ab
+    with pytest.raises(HintError, match="global: strength = 2 is outside 0-1"):
+        parse_hints({"global": {"tint": "#704214", "strength": 2}})
 
 
 def test_rasterize_places_discs_in_relative_coordinates():
@@ -229,6 +244,12 @@ SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "hints.schema.json
         {"points": [{"x": 0.5, "y": 0.5, "color": "#123456", "size": 1}]},
         {"points": "none"},
         {"global": {}},
+        {"global": {"tint": "#704214"}},
+        {"global": {"tint": "#704214", "strength": 0.5}, "points": []},
+        {"global": {"tint": "#704214", "strength": 1.5}},
+        {"global": {"tint": "sepia"}},
+        {"global": {"hue": 3}},
+        {"global": []},
         {"version": 2, "points": []},
     ],
 )
