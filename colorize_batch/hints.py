@@ -215,3 +215,63 @@ def apply_tint(ab: torch.Tensor, tint: Tint | None) -> torch.Tensor:
         return ab
     target = torch.tensor([tint.a, tint.b], dtype=ab.dtype, device=ab.device).view(2, 1, 1)
     return torch.lerp(ab, target.expand_as(ab), tint.strength)
+
+
+BUNDLE_FORMAT = "colorize-batch-hints"
+
+
+def hints_path_for(relative: str | Path, root: Path) -> Path:
+    """Where the hints of the image at ``relative`` (to its input root) live under ``root``:
+    ``a/b/photo.jpg`` -> ``root/a/b/photo.hints.json``."""
+    relative = Path(relative)
+    return root / relative.parent / (relative.stem + HINTS_SUFFIX)
+
+
+def _safe_relative(name: object) -> Path:
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise HintError(f"image name {name!r} is not a relative path")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or name.startswith(("/", "\\")):
+        raise HintError(f"image name {name!r} leaves the hints folder")
+    return rel
+
+
+def read_bundle(data: object) -> dict[Path, dict]:
+    """The hint documents of a bundle (what the review gallery downloads):
+    ``{"format": "colorize-batch-hints", "version": 1, "images": {"a/b/photo.jpg": {"points": [...]}}}``.
+    Every document is checked with :func:`parse_hints`; an error names the image."""
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise HintError(f"not a hint bundle (its 'format' must be {BUNDLE_FORMAT!r})")
+    if data.get("version", 1) != 1:
+        raise HintError(f"bundle version {data.get('version')!r} is not supported (1)")
+    images = data.get("images")
+    if not isinstance(images, dict):
+        raise HintError("a bundle's 'images' must map image paths to hint documents")
+    out = {}
+    for name, document in images.items():
+        rel = _safe_relative(name)
+        try:
+            parse_hints(document)
+        except HintError as exc:
+            raise HintError(f"{name}: {exc}") from None
+        out[rel] = document
+    return out
+
+
+def import_bundle(bundle: Path, root: Path) -> list[Path]:
+    """Unpack a bundle into the hints tree ``root`` (mirrored paths, each file written atomically);
+    nothing is written unless every document in it is valid. Returns the files written."""
+    from .writing import atomic_write_text
+
+    try:
+        data = json.loads(Path(bundle).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HintError(f"cannot read the bundle: {exc}") from None
+    documents = read_bundle(data)
+    written = []
+    for rel, document in sorted(documents.items()):
+        dest = hints_path_for(rel, root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dest, json.dumps(document, indent=1) + "\n")
+        written.append(dest)
+    return written

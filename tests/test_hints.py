@@ -265,3 +265,28 @@ def test_the_json_schema_and_the_reader_agree(document):
     except HintError:
         reader_ok = False
     assert schema_ok == reader_ok
+
+
+def test_a_bundle_unpacks_into_a_mirrored_hints_tree(tmp_path):
+    from colorize_batch.hints import import_bundle
+
+    bundle = tmp_path / "hints-bundle.json"
+    bundle.write_text(json.dumps({"format": "colorize-batch-hints", "version": 1, "images": {
+        "a/b/photo.jpg": {"points": [{"x": 0.1, "y": 0.2, "color": "#1f2a44"}]},
+        "top.tif": {"points": [], "global": {"tint": "#704214"}},
+    }}))
+    written = import_bundle(bundle, tmp_path / "hints")
+    assert written == [tmp_path / "hints/a/b/photo.hints.json", tmp_path / "hints/top.hints.json"]
+    assert read_hints(written[0])[0].points[0].x == 0.1
+    for images, message in [({"../evil.jpg": {"points": []}}, "leaves the hints folder"),
+                            ({"/etc/x.jpg": {"points": []}}, "leaves the hints folder"),
+                            ({"ok.jpg": {"points": []}, "bad.jpg": {"points": [{"x": 2, "y": 0, "color": "#000000"}]}},
+                             "bad.jpg: point 1: x = 2 is outside 0-1")]:
+        bundle.write_text(json.dumps({"format": "colorize-batch-hints", "images": images}))
+        with pytest.raises(HintError, match=None) as info:
+            import_bundle(bundle, tmp_path / "other")
+        assert message in str(info.value)
+    assert not (tmp_path / "other").exists()  # nothing written from an invalid bundle
+    bundle.write_text(json.dumps({"points": []}))
+    with pytest.raises(HintError, match="not a hint bundle"):
+        import_bundle(bundle, tmp_path / "other")
