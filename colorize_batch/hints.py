@@ -275,3 +275,18 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
         atomic_write_text(dest, json.dumps(document, indent=1) + "\n")
         written.append(dest)
     return written
+
+
+def locate(source: Path, relative: str | Path, hints_root: Path | None) -> Path | None:
+    """The hint file of an input image, if there is one: under ``hints_root`` (``input.hints_dir``,
+    mirrored relative paths) when one is set, else beside the scan."""
+    path = hints_path_for(relative, hints_root) if hints_root is not None else hints_path_for(Path(source).name, Path(source).parent)
+    return path if path.is_file() else None
+
+
+def batch_planes(hint_sets: Sequence[Hints | None], shapes: Sequence[tuple[int, int]], size: int) -> torch.Tensor | None:
+    """``(B, 3, size, size)`` hint planes for a batch (``shapes``: each upright image's (height,
+    width)); ``None`` when no image of the batch has points, so the network runs as without hints."""
+    if not any(h is not None and h.points for h in hint_sets):
+        return None
+    return torch.stack([rasterize(h.points if h is not None else (), size, w, hgt) for h, (hgt, w) in zip(hint_sets, shapes)])

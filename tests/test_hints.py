@@ -290,3 +290,24 @@ def test_a_bundle_unpacks_into_a_mirrored_hints_tree(tmp_path):
     bundle.write_text(json.dumps({"points": []}))
     with pytest.raises(HintError, match="not a hint bundle"):
         import_bundle(bundle, tmp_path / "other")
+
+
+def test_hint_files_are_found_beside_the_scan_or_under_the_hints_root(tmp_path):
+    from colorize_batch.hints import batch_planes, locate
+
+    scan = tmp_path / "in" / "a" / "photo.jpg"
+    scan.parent.mkdir(parents=True)
+    scan.write_bytes(b"")
+    assert locate(scan, "a/photo.jpg", None) is None
+    beside = tmp_path / "in" / "a" / "photo.hints.json"
+    beside.write_text("{}")
+    assert locate(scan, "a/photo.jpg", None) == beside
+    root = tmp_path / "hints"
+    assert locate(scan, "a/photo.jpg", root) is None  # a hints root replaces the files beside the scans
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "photo.hints.json").write_text("{}")
+    assert locate(scan, "a/photo.jpg", root) == root / "a" / "photo.hints.json"
+    one = parse_hints({"points": [{"x": 0.5, "y": 0.5, "color": "#ff0000"}]})
+    assert batch_planes([None, parse_hints({"points": []})], [(10, 20), (10, 20)], 32) is None
+    planes = batch_planes([None, one], [(10, 20), (30, 20)], 32)
+    assert planes.shape == (2, 3, 32, 32) and float(planes[0].abs().sum()) == 0 and float(planes[1, 2].sum()) > 0
