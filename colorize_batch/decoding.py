@@ -327,6 +327,49 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=mode, meta=meta)
 
 
+@dataclass
+class GreyLayout:
+    """Where one image's grey levels lie in its batch's byte buffer while packed."""
+
+    offset: int
+    nbytes: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class DecodedItem:
+    """One file as a decode worker hands it to the engine (:class:`DecodeDataset` item).
+
+    Either ``error`` (the reason, the file failed) or the pixels: ``grey``, the full-resolution
+    grey levels (``(H, W)`` uint8, int32 holding 16-bit levels when ``bits`` is 16) and
+    ``net``, the ``(1, S, S)`` uint8 square the network sees. The rest is :class:`Decoded`'s.
+    While packed for the trip (:func:`collate_items`) ``grey`` and ``net`` are ``None`` and
+    ``layout`` / ``net_index`` say where they lie in the :class:`DecodedBatch`.
+    """
+
+    index: int  # into the dataset's paths (the plan's jobs)
+    error: str | None = None
+    grey: torch.Tensor | None = None
+    net: torch.Tensor | None = None
+    bits: int = 8
+    chroma: float | None = None
+    meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    decode_s: float = 0.0
+    layout: GreyLayout | None = None
+    net_index: int = -1
+
+
+@dataclass
+class DecodedBatch:
+    """A batch packed for the trip to the main process: two tensors, however many images."""
+
+    items: list[DecodedItem]
+    pixels: torch.Tensor | None = None  # every image's grey levels, one flat byte buffer
+    net: torch.Tensor | None = None  # (B_ok, 1, S, S) uint8: the network squares, stacked
+
+
 class DecodeTimeout(Exception):
     pass
 
@@ -336,12 +379,12 @@ def _on_alarm(_signum, _frame) -> None:
 
 
 class DecodeDataset(Dataset):
-    """Decodes ``paths[i]`` in a DataLoader worker; returns a dict, never raises.
+    """Decodes ``paths[i]`` in a DataLoader worker; returns a :class:`DecodedItem`, never raises.
 
     On failure the item carries ``error`` (the reason) instead of pixels, so one bad file
     costs one line in the report and nothing else. ``timeout`` (seconds) bounds one file's
     decode where Python code spins (an alarm signal); a decoder stuck inside C code is
-    stopped by the engine, which kills the worker (see ``engine.decoded_batches``).
+    stopped by the engine, which kills the worker (see ``local_engine.decoded_batches``).
     Decoder warnings (Pillow's, and libtiff's messages on stderr in a worker: see
     :meth:`capture_stderr`) travel with the item as ``notes``.
     """
@@ -388,30 +431,29 @@ class DecodeDataset(Dataset):
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> DecodedItem:
         start = time.perf_counter()
         try:
             d = self._decode(index)
         except DecodeError as exc:
-            return {"index": index, "error": str(exc), "notes": self._stderr_lines()}
+            return DecodedItem(index, error=str(exc), notes=self._stderr_lines())
         except DecodeTimeout:
-            return {"index": index, "error": f"decoding took longer than input.decode_timeout ({self.timeout:g} s)"}
+            return DecodedItem(index, error=f"decoding took longer than input.decode_timeout ({self.timeout:g} s)")
         except MemoryError:
-            return {"index": index, "error": "out of memory while decoding"}
+            return DecodedItem(index, error="out of memory while decoding")
         except Exception as exc:  # noqa: BLE001 - whatever a decoder raises is this file's failure, never the run's
-            return {"index": index, "error": f"cannot decode: {type(exc).__name__}: {exc}"}
+            return DecodedItem(index, error=f"cannot decode: {type(exc).__name__}: {exc}")
         grey = torch.from_numpy(d.grey.astype(np.int32) if d.bits == 16 else d.grey)
-        return {
-            "index": index,
-            "error": None,
-            "grey": grey,
-            "net": torch.from_numpy(d.net_input.copy()).unsqueeze(0),
-            "bits": d.bits,
-            "chroma": d.chroma,
-            "meta": d.meta,
-            "notes": d.notes + self._stderr_lines(),
-            "decode_s": time.perf_counter() - start,
-        }
+        return DecodedItem(
+            index,
+            grey=grey,
+            net=torch.from_numpy(d.net_input.copy()).unsqueeze(0),
+            bits=d.bits,
+            chroma=d.chroma,
+            meta=d.meta,
+            notes=d.notes + self._stderr_lines(),
+            decode_s=time.perf_counter() - start,
+        )
 
 
 def threading_is_main() -> bool:
@@ -429,18 +471,22 @@ def _batch_buffer(nbytes: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
 
 
-def collate_items(items: list[dict]) -> dict:
+def collate_items(items: list[DecodedItem]) -> DecodedBatch:
     """Pack a batch for the trip from a DataLoader worker to the main process.
 
     Images differ in size, so they cannot be stacked; but every tensor crossing the process
     boundary costs a file-descriptor handshake (~1 ms). All grey levels of the batch go into
     one flat byte buffer and the network squares into one stacked tensor: two handshakes per
-    batch instead of two per image. :func:`unpack_batch` makes the items again (as views).
+    batch instead of two per image. :func:`unpack_batch` makes the items whole again (as views).
     """
-    ok = [it for it in items if not it["error"]]
+    ok = [it for it in items if not it.error]
     if not ok:
-        return {"items": items, "pixels": None, "net": None}
-    greys = [it.pop("grey") for it in ok]
+        return DecodedBatch(items)
+    greys: list[torch.Tensor] = []
+    for it in ok:
+        assert it.grey is not None
+        greys.append(it.grey)
+        it.grey = None  # travels in the batch buffer
     offsets, end = [], 0
     for grey in greys:
         offsets.append(end)
@@ -449,19 +495,22 @@ def collate_items(items: list[dict]) -> dict:
     for it, grey, offset in zip(ok, greys, offsets):
         raw = grey.reshape(-1).view(torch.uint8)
         pixels[offset:offset + raw.numel()] = raw
-        it["grey_layout"] = (offset, raw.numel(), tuple(grey.shape), grey.dtype)
-    net = torch.stack([it.pop("net") for it in ok])
+        it.layout = GreyLayout(offset, raw.numel(), tuple(grey.shape), grey.dtype)
+    nets: list[torch.Tensor] = []
     for i, it in enumerate(ok):
-        it["net_index"] = i
-    return {"items": items, "pixels": pixels, "net": net}
+        assert it.net is not None
+        nets.append(it.net)
+        it.net, it.net_index = None, i  # travels in the stacked tensor
+    return DecodedBatch(items, pixels, torch.stack(nets))
 
 
-def unpack_batch(batch: dict) -> list[dict]:
+def unpack_batch(batch: DecodedBatch) -> list[DecodedItem]:
     """The items of a :func:`collate_items` batch, with ``grey`` and ``net`` views restored."""
-    for it in batch["items"]:
-        if it["error"]:
+    for it in batch.items:
+        if it.error or it.layout is None:
             continue
-        offset, nbytes, shape, dtype = it.pop("grey_layout")
-        it["grey"] = batch["pixels"][offset:offset + nbytes].view(dtype).view(shape)
-        it["net"] = batch["net"][it.pop("net_index")]
-    return batch["items"]
+        assert batch.pixels is not None and batch.net is not None
+        layout, it.layout = it.layout, None
+        it.grey = batch.pixels[layout.offset:layout.offset + layout.nbytes].view(layout.dtype).view(layout.shape)
+        it.net = batch.net[it.net_index]
+    return batch.items

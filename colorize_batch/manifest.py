@@ -1,5 +1,9 @@
 """The run's memory under ``OUT/.colorize-batch/``: the manifest of finished work and the lock.
 
+This module owns the state folder and names everything in it (the one place they are
+spelled): ``manifest<tag>.jsonl``, ``lock<tag>``, the run reports ``last-run<tag>.json`` and
+the review gallery's folder, where ``tag`` is empty or ``.shard-I-of-N``.
+
 A rerun skips a source whose latest manifest record has the same source fingerprint
 (size + mtime, or sha256 with ``--checksum``), model hash, pixel-config hash and tool
 version, and whose output still exists. Records are appended (and flushed) as files
@@ -9,7 +13,6 @@ finish, so an interrupted run loses nothing it completed; the file is compacted 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -19,8 +22,15 @@ from pathlib import Path
 
 from . import __version__
 from .names import display, to_json
+from .writing import atomic_write_text, file_sha256
 
 STATE_DIR = ".colorize-batch"
+MANIFEST_STEM, MANIFEST_SUFFIX = "manifest", ".jsonl"
+LOCK_STEM = "lock"
+REPORT_STEM, REPORT_SUFFIX = "last-run", ".json"
+GALLERY_DIR = "gallery"
+SHARD_TAG = ".shard-{index}-of-{count}"  # in every state file name of one shard of a job array
+SHARD_REPORT_GLOB = f"{REPORT_STEM}.shard-*{REPORT_SUFFIX}"
 log = logging.getLogger("colorize_batch")
 
 
@@ -49,11 +59,31 @@ def state_dir(out_root: Path) -> Path:
     return Path(out_root) / STATE_DIR
 
 
+def report_path(out_root: Path, tag: str = "") -> Path:
+    """``OUT/.colorize-batch/last-run<tag>.json``: the report of the latest run (of one shard)."""
+    return state_dir(out_root) / f"{REPORT_STEM}{tag}{REPORT_SUFFIX}"
+
+
+def shard_tag(index: int, count: int) -> str:
+    """The state-file tag of shard ``index`` of ``count`` (``.shard-0-of-4``)."""
+    return SHARD_TAG.format(index=index, count=count)
+
+
+def shard_report_paths(out_root: Path) -> list[Path]:
+    """The shard reports ``last-run.shard-*.json`` of OUT, sorted."""
+    return sorted(state_dir(out_root).glob(SHARD_REPORT_GLOB))
+
+
+def gallery_dir(out_root: Path) -> Path:
+    """``OUT/.colorize-batch/gallery/``: the review gallery's pages and thumbnails."""
+    return state_dir(out_root) / GALLERY_DIR
+
+
 class RunLock:
     """Exclusive ``flock`` on ``OUT/.colorize-batch/lock``; released when the process dies."""
 
     def __init__(self, out_root: Path, tag: str = ""):
-        self.path = state_dir(out_root) / f"lock{tag}"
+        self.path = state_dir(out_root) / f"{LOCK_STEM}{tag}"
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -88,11 +118,7 @@ def fingerprint(path: Path, checksum: bool = False) -> str:
     st = path.stat()
     if not checksum:
         return f"size={st.st_size};mtime_ns={st.st_mtime_ns}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return f"sha256={digest.hexdigest()}"
+    return f"sha256={file_sha256(path)}"
 
 
 @dataclass(frozen=True)
@@ -128,14 +154,14 @@ class Manifest:
     (``tag`` = ``.shard-I-of-N``) and read all the others' to know what is already done."""
 
     def __init__(self, out_root: Path, tag: str = ""):
-        self.path = state_dir(out_root) / f"manifest{tag}.jsonl"
+        self.path = state_dir(out_root) / f"{MANIFEST_STEM}{tag}{MANIFEST_SUFFIX}"
         self.out_root = Path(out_root)
         self.records: dict[str, dict] = {}  # this file's records (compacted on close)
         self.known: dict[str, dict] = {}  # every manifest's records, this file's last
         self._fh = None
         self.append_failed = False
         folder = state_dir(out_root)
-        others = sorted(p for p in folder.glob("manifest*.jsonl") if p != self.path) if folder.is_dir() else []
+        others = sorted(p for p in folder.glob(f"{MANIFEST_STEM}*{MANIFEST_SUFFIX}") if p != self.path) if folder.is_dir() else []
         for other in others:
             self.known.update(_read_records(other))
         if self.path.is_file():
@@ -190,8 +216,6 @@ class Manifest:
                 pass
             self._fh = None
         if compact and self.records:
-            from .writing import atomic_write_text
-
             try:
                 atomic_write_text(self.path, "".join(to_json(rec) + "\n" for rec in self.records.values()))
             except OSError as exc:  # e.g. disk full: the appended records are still valid

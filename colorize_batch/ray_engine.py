@@ -23,12 +23,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .config import PipelineConfig
-from .decoding import DecodeDataset
+from .decoding import DecodedItem, DecodeDataset
 from .discovery import WorkItem
-from .exit_codes import ExitCode
-from .engine import FileResult, Job, Plan, ResultSink, StopFlag, predict_planes, render_result, triage
 from .manifest import Manifest, RunIdentity
+from .planning import Job, Plan
 from .reporting import ProgressDisplay, RunStats
+from .signals import StopFlag
+from .stages import FileResult, ResultSink, Status, predict_planes, render_result, triage
 
 log = logging.getLogger("colorize_batch")
 
@@ -79,11 +80,11 @@ class ColorizeActor:
         results: list[FileResult | None] = [None] * rows
         decode_s = [0.0] * rows
         shares = [dict.fromkeys(STAGE_COLUMNS, 0.0) for _ in range(rows)]
-        to_color: list[tuple[int, dict, Job]] = []
+        to_color: list[tuple[int, DecodedItem, Job]] = []
         for r in range(rows):
             job = _job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]))
             item = DecodeDataset([job.item.source], cfg.model.size, cfg.input.max_pixels, [job.page])[0]
-            decode_s[r] = item.get("decode_s", 0.0)
+            decode_s[r] = item.decode_s
             settled = triage(item, job, cfg)
             if settled is not None:
                 results[r] = settled
@@ -95,7 +96,7 @@ class ColorizeActor:
                 ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for _, it, _ in to_color], cfg)
             except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this batch, not the whole run
                 for r, _, job in to_color:
-                    results[r] = FileResult(job, "failed", reason=f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0])
+                    results[r] = FileResult(job, Status.FAILED, reason=f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0])
                 to_color = []
             else:
                 forward = (self.colorizer.forward_seconds - forward_before) / len(to_color)
@@ -104,17 +105,19 @@ class ColorizeActor:
                 results[r] = render_result(item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id)
                 shares[r]["forward"] += forward
                 shares[r]["recombine"] += planes
-        for r, result in enumerate(results):
+        done = [result for result in results if result is not None]
+        assert len(done) == rows, "every row has a result"
+        for r, result in enumerate(done):
             shares[r]["decode"] += decode_s[r]
             for stage, seconds in result.stage_seconds.items():
                 shares[r][stage] = shares[r].get(stage, 0.0) + seconds
         out: dict[str, np.ndarray] = {
             "index": np.asarray(batch["index"], dtype=np.int64),
-            "status": np.array([res.status for res in results], dtype=object),
-            "sha256": np.array([res.sha256 or "" for res in results], dtype=object),
-            "reason": np.array([res.reason or "" for res in results], dtype=object),
-            "output": np.array([str(res.job.output) for res in results], dtype=object),
-            "disk_full": np.array([res.disk_full for res in results], dtype=bool),
+            "status": np.array([res.status.value for res in done], dtype=object),
+            "sha256": np.array([res.sha256 or "" for res in done], dtype=object),
+            "reason": np.array([res.reason or "" for res in done], dtype=object),
+            "output": np.array([str(res.job.output) for res in done], dtype=object),
+            "disk_full": np.array([res.disk_full for res in done], dtype=bool),
         }
         for stage in STAGE_COLUMNS:
             out[f"{stage}_s"] = np.array([s[stage] for s in shares], dtype=np.float64)
@@ -137,8 +140,8 @@ def root_cause(exc: BaseException) -> str:
 
 def result_from_row(row: dict, job: Job) -> tuple[FileResult, float]:
     """A status row back into the driver's :class:`FileResult` (+ its decode seconds)."""
-    status = str(row["status"])
-    if status in ("done", "copied"):
+    status = Status(str(row["status"]))
+    if status.wrote_output:
         job.output = Path(str(row["output"]))  # copy mode keeps the source's suffix
     stages = {stage: float(row[f"{stage}_s"]) for stage in STAGE_COLUMNS if stage != "decode"}
     result = FileResult(job, status, sha256=str(row["sha256"]) or None, reason=str(row["reason"]) or None,
@@ -147,7 +150,7 @@ def result_from_row(row: dict, job: Job) -> tuple[FileResult, float]:
 
 
 class RayEngine:
-    """Same interface as :class:`~colorize_batch.engine.LocalEngine`; the stages run in Ray actors.
+    """An :class:`~colorize_batch.engine.Engine` whose stages run in Ray actors (same results as the local engine).
 
     ``address``: None starts a local Ray (``num_cpus`` = actors + 1), or ``auto`` / ``ray://host:port``
     joins a cluster. ``actors``: size of the actor pool (default: one per GPU, else cluster CPUs - 1).
@@ -259,7 +262,7 @@ class RayEngine:
                         job = jobs[int(row["index"])]
                         result, decode_s = result_from_row(row, job)
                         stats.stage_seconds["decode"] += decode_s
-                        if result.status == "skipped_color":
+                        if result.status is Status.SKIPPED_COLOR:
                             log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
                         sink.add(result)
                     if stop or stats.stopped_reason:
@@ -278,41 +281,3 @@ class RayEngine:
                 ray.shutdown()
         if stop:
             stats.interrupted = True
-
-
-def run_with_ray(in_path: Path, out_path: Path, config: PipelineConfig, *, address: str | None = None,
-                 actors: int | None = None, gpus_per_actor: float | None = None, force: bool = False,
-                 checksum: bool = False, report_path: Path | None = None, quiet: bool = True, shard=None) -> int:
-    """``run_pipeline(..., engine="ray")``: the whole run (lock, plan, manifest, report, exit code).
-
-    Uses :func:`colorize_batch.runner.run_pipeline` with ``engine="ray"`` when the runner has
-    that parameter; until then it runs the runner's own flow with the engine swapped in.
-    """
-    import inspect
-
-    import click
-
-    from . import runner
-
-    options = {"address": address, "actors": actors, "gpus_per_actor": gpus_per_actor}
-    kwargs = dict(force=force, checksum=checksum, report_path=report_path, quiet=quiet, shard=shard)
-    if "engine" in inspect.signature(runner.run_pipeline).parameters:
-        return runner.run_pipeline(in_path, out_path, config, engine="ray", engine_options=options, **kwargs)
-    try:
-        import_ray()
-    except RayEngineError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        return ExitCode.USAGE
-
-    def make_engine(config, _colorizer, model_id, stats, manifest, ident, quiet=False):
-        return RayEngine(config, model_id, stats, manifest, ident, quiet, **options)
-
-    saved = runner.LocalEngine
-    runner.LocalEngine = make_engine  # bridge until runner.run_pipeline takes engine=
-    try:
-        return runner.run_pipeline(in_path, out_path, config, **kwargs)
-    except RayEngineError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        return ExitCode.USAGE
-    finally:
-        runner.LocalEngine = saved

@@ -11,20 +11,24 @@ import platform
 from pathlib import Path
 
 import click
+import torch
 
 from . import __version__
 from .config import PipelineConfig
 from .discovery import DiscoveryError, check_roots
-from .engine import LocalEngine, StopFlag, plan_run, report_path_default
-from .inference import Colorizer, InferenceError, resolve_device
+from .engine import Engine
 from .exit_codes import ExitCode
-from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError
+from .inference import Colorizer, InferenceError, resolve_device
+from .local_engine import LocalEngine
+from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, report_path as state_report_path
 from .names import display
+from .planning import Plan, plan_run
 from .ray_engine import RayEngineError
 from .reporting import RunStats, build_report, print_summary, write_json_atomic
 from .sharding import Shard
-from .weights import WeightsError, file_sha256, load_weights
-from .writing import clean_stale_temps
+from .signals import StopFlag
+from .weights import WeightsError, check_size, load_weights
+from .writing import clean_stale_temps, file_sha256
 
 log = logging.getLogger("colorize_batch")
 
@@ -34,7 +38,7 @@ def _usage(message: str) -> int:
     return ExitCode.USAGE
 
 
-def _cannot_write(message: str, report_path: Path | None, **context) -> int:
+def _cannot_write(message: str, report_path: Path | None, **context: str) -> int:
     """OUT cannot be written at all (read-only, full disk): say so, report it, exit 1."""
     click.echo(f"Error: {message}", err=True)
     if report_path is not None:
@@ -74,7 +78,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     if shard is not None:
         log.info("shard %d of %d (0-based, from %s)", shard.index, shard.count, shard.source)
 
-    def make_plan():
+    def make_plan() -> tuple[Plan, Manifest | None]:
         manifest = None if single else Manifest(out_path, tag)
         return plan_run(in_path, out_path, config, manifest, ident, force=force, checksum=checksum, shard=shard), manifest
 
@@ -115,7 +119,8 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         return _usage(str(exc))
 
 
-def _execute(plan, config, device, weights_path, stats: RunStats, manifest, ident, report_path, quiet, tag: str = "",
+def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_path: Path, stats: RunStats,
+             manifest: Manifest | None, ident: RunIdentity, report_path: Path | None, quiet: bool, tag: str = "",
              engine: str = "local", engine_options: dict | None = None) -> int:
     stats.counts["skipped"] = plan.up_to_date
     for path, reason in plan.problems:  # collisions, unreadable sources: re-examined on every run
@@ -129,20 +134,22 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
             except WeightsError as exc:
                 return _usage(str(exc))
             model_id = info.model_id
-            if config.model.size % info.architecture.multiple:
-                return _usage(f"model.size {config.model.size} must be a multiple of {info.architecture.multiple} for {weights_path.name}")
-            if engine == "ray":
-                from .ray_engine import RayEngine
-
-                runner = RayEngine(config, model_id, stats, manifest, ident, quiet=quiet, **(engine_options or {}))
-                device_label = "ray"
-            else:
-                colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature)
-                runner = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
-            log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id, device_label)
+            problem = check_size(config.model.size, info, "model.size")
+            if problem:
+                return _usage(problem)
+            runner: Engine
             try:
+                if engine == "ray":
+                    from .ray_engine import RayEngine
+
+                    runner = RayEngine(config, model_id, stats, manifest, ident, quiet=quiet, **(engine_options or {}))
+                else:
+                    colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature)
+                    runner = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
+                log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id,
+                         runner.description)
                 runner.run(plan, stop)
-                device_label = getattr(runner, "description", device_label)
+                device_label = runner.description
             except RayEngineError as exc:
                 return _usage(str(exc))
             finally:
@@ -164,7 +171,7 @@ def _execute(plan, config, device, weights_path, stats: RunStats, manifest, iden
         device=device_label,
         host=platform.node(),
     )
-    for path in ([report_path_default(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
+    for path in ([state_report_path(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
         try:
             write_json_atomic(path, report)
         except OSError as exc:

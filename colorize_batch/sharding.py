@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .manifest import SHARD_REPORT_GLOB, shard_report_paths, shard_tag
+
 
 class ShardError(ValueError):
     pass
@@ -31,7 +33,7 @@ class Shard:
 
     @property
     def tag(self) -> str:
-        return f".shard-{self.index}-of-{self.count}"
+        return shard_tag(self.index, self.count)
 
     def owns(self, relative: str) -> bool:
         return shard_of(relative, self.count) == self.index
@@ -76,10 +78,9 @@ def resolve_shard(option: str | None, shard_count: int | None = None, env: Mappi
 
 def merge_reports(out_root: Path) -> dict:
     """Combine ``last-run.shard-*.json`` reports into one (counts and failures summed)."""
-    folder = Path(out_root) / ".colorize-batch"
-    parts = sorted(folder.glob("last-run.shard-*.json"))
+    parts = shard_report_paths(out_root)
     if not parts:
-        raise ShardError(f"{out_root}: no shard reports (last-run.shard-*.json) to merge")
+        raise ShardError(f"{out_root}: no shard reports ({SHARD_REPORT_GLOB}) to merge")
     reports = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
     merged: dict = {k: reports[0].get(k) for k in ("tool", "model", "model_sha256", "config_hash", "input", "output")}
     merged["shards"] = [p.name for p in parts]

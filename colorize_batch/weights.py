@@ -9,9 +9,7 @@ from the file alone. Files load with ``torch.load(weights_only=True)``: no pickl
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,10 @@ import torch
 
 from . import color
 from .model import FAMILIES, EffUNetConfig, EffUNetGenerator, UNetConfig, UNetGenerator, family_of
+from .writing import atomic_write_with, file_sha256
+
+__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "check_size", "file_sha256", "load_weights", "save_weights",
+           "torch_save_atomic"]
 
 FORMAT = "colorize-batch-weights/1"
 
@@ -40,18 +42,15 @@ class WeightsInfo:
         return f"{name}@{self.sha256[:12]}"
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def torch_save_atomic(obj: object, path: str | os.PathLike, mode: int = 0o644) -> Path:
+    """``torch.save`` into ``path`` atomically (temporary name in the same folder, fsync, ``os.replace``):
+    weights files and training checkpoints are never seen half-written."""
+    return atomic_write_with(path, lambda fh: torch.save(obj, fh), mode)
 
 
 def save_weights(path: str | os.PathLike, generator: UNetGenerator | EffUNetGenerator, provenance: dict | None = None) -> Path:
     """Write the generator alone as fp16, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "family": family_of(generator.config),
@@ -60,16 +59,15 @@ def save_weights(path: str | os.PathLike, generator: UNetGenerator | EffUNetGene
         "provenance": dict(provenance or {}),
         "state_dict": {k: (v.half() if v.is_floating_point() else v) for k, v in generator.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return torch_save_atomic(payload, path)
+
+
+def check_size(size: int, info: WeightsInfo, what: str = "model.size") -> str | None:
+    """Why the network input side ``size`` does not fit these weights (``what`` names the setting), or ``None``."""
+    multiple = info.architecture.multiple
+    if size % multiple:
+        return f"{what} {size} must be a multiple of {multiple} for {info.path.name}"
+    return None
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> tuple[UNetGenerator | EffUNetGenerator, WeightsInfo]:

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, Callable
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -246,12 +246,16 @@ def encode_tiff16(rgb16: np.ndarray, opts: OutputSection, meta: dict | None = No
     return buf.getvalue()
 
 
-def atomic_write(dest: Path, data: bytes, mode: int = 0o644, fsync: bool = True) -> str:
-    """Write ``data`` to ``dest`` atomically; return its sha256. Raises :class:`WriteError`.
+def atomic_write_with(dest: str | os.PathLike, produce: Callable[[BinaryIO], object], mode: int = 0o644,
+                      fsync: bool = True) -> Path:
+    """Write ``dest`` atomically with ``produce(fh)`` (e.g. ``torch.save(obj, fh)``); return ``dest``.
 
     The one home of the temp-file + ``os.replace`` pattern: a short temporary name in the
-    same folder (so a 255-byte name still fits), fsynced, the permissions ``mode`` less the
-    umask (as any other file the user creates), then moved into place.
+    same folder (``.cb-XXXX.cb-tmp``, so a 255-byte name still fits and
+    :func:`clean_stale_temps` knows it), fsynced, the permissions ``mode`` less the umask (as
+    any other file the user creates), then moved into place. On any failure the temporary
+    file is removed and the error raised as it came (``OSError``s as they are: see
+    :func:`atomic_write` for the output files' :class:`WriteError`).
     """
     dest = Path(dest)
     tmp: str | None = None
@@ -259,20 +263,40 @@ def atomic_write(dest: Path, data: bytes, mode: int = 0o644, fsync: bool = True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            produce(fh)
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
         os.chmod(tmp, mode & ~_UMASK)
         os.replace(tmp, dest)
         tmp = None
-    except OSError as exc:
+    finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def atomic_write(dest: Path, data: bytes, mode: int = 0o644, fsync: bool = True) -> str:
+    """Write ``data`` to ``dest`` atomically (:func:`atomic_write_with`); return its sha256.
+
+    Raises :class:`WriteError` (``disk_full`` for ENOSPC/EDQUOT) with a one-line reason.
+    """
+    try:
+        atomic_write_with(dest, lambda fh: fh.write(data), mode, fsync)
+    except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = "disk full" if full else (exc.strerror or str(exc))
         raise WriteError(f"cannot write output: {reason}", disk_full=full) from None
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's contents, read in chunks (weights files, ``--checksum`` fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(dest: Path, text: str, mode: int = 0o644) -> str:
@@ -352,6 +376,12 @@ def copy_file(src: Path, dest: Path) -> str:
     return atomic_write(dest, Path(src).read_bytes())
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_write_with`, which every atomic write
+    of this tool goes through (older versions named them ``.<name>.XXXX.cb-tmp``: those too)."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
 def clean_stale_temps(out_root: Path) -> int:
     """Remove temporary files left by a killed run; returns how many."""
     removed = 0
@@ -359,7 +389,7 @@ def clean_stale_temps(out_root: Path) -> int:
         return 0
     for dirpath, _dirnames, filenames in os.walk(out_root):
         for name in filenames:
-            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+            if is_temp_name(name):
                 try:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1

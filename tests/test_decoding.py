@@ -1,3 +1,4 @@
+import dataclasses
 import io
 
 import numpy as np
@@ -132,14 +133,16 @@ def test_batches_are_packed_for_the_trip_and_unpacked_unchanged(tmp_path):
     save(tmp_path / "d.jpg", Image.fromarray(grey_image(40, 30)))
     dataset = DecodeDataset(sorted(tmp_path.iterdir()), 16)
     items = [dataset[i] for i in range(len(dataset))]
-    expected = [(it["grey"].clone(), it["net"].clone()) if not it["error"] else None for it in items]
-    batch = collate_items([dict(it) for it in items])
-    assert sum(isinstance(v, torch.Tensor) for v in batch.values()) == 2  # two tensors cross, not six
+    expected = [(it.grey.clone(), it.net.clone()) if not it.error else None for it in items]
+    batch = collate_items([dataclasses.replace(it) for it in items])
+    crossing = [v for v in vars(batch).values() if isinstance(v, torch.Tensor)]
+    crossing += [v for it in batch.items for v in vars(it).values() if isinstance(v, torch.Tensor)]
+    assert len(crossing) == 2  # two tensors cross, not six
     unpacked = unpack_batch(batch)
-    assert [it["index"] for it in unpacked] == [0, 1, 2, 3] and unpacked[2]["error"]
+    assert [it.index for it in unpacked] == [0, 1, 2, 3] and unpacked[2].error
     for it, exp in zip(unpacked, expected):
         if exp is not None:
-            assert it["grey"].dtype == exp[0].dtype and torch.equal(it["grey"], exp[0]) and torch.equal(it["net"], exp[1])
+            assert it.grey.dtype == exp[0].dtype and torch.equal(it.grey, exp[0]) and torch.equal(it.net, exp[1])
 
 
 def test_jpeg_with_harmless_junk_decodes_like_pillow(tmp_path):

@@ -1,7 +1,7 @@
 """The Ray engine (``--engine ray``) gives the local engine's results: same files, pixels, failures.
 
 One local Ray session (2 CPUs) serves every test: Ray starts slowly. The engine is driven
-through :func:`colorize_batch.ray_engine.run_with_ray`, i.e. ``run_pipeline(..., engine="ray")``.
+through ``run_pipeline(..., engine="ray")`` (:func:`run_with_ray` below), as ``--engine ray`` does.
 """
 
 from __future__ import annotations
@@ -20,11 +20,17 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from colorize_batch.config import load_config  # noqa: E402
-from colorize_batch.engine import StopFlag, plan_run  # noqa: E402
-from colorize_batch.ray_engine import RayEngine, RayEngineError, import_ray, run_with_ray  # noqa: E402
+from colorize_batch.planning import plan_run  # noqa: E402
+from colorize_batch.ray_engine import RayEngine, RayEngineError, import_ray  # noqa: E402
 from colorize_batch.reporting import RunStats  # noqa: E402
 from colorize_batch.runner import run_pipeline  # noqa: E402
+from colorize_batch.signals import StopFlag  # noqa: E402
 from colorize_batch.weights import load_weights  # noqa: E402
+
+
+def run_with_ray(in_path: Path, out_path: Path, config, **engine_options) -> int:
+    """The whole run (lock, plan, manifest, report, exit code) on the Ray engine, quietly."""
+    return run_pipeline(in_path, out_path, config, quiet=True, engine="ray", engine_options=engine_options)
 
 
 @pytest.fixture(scope="session")

@@ -189,7 +189,7 @@ def test_size_not_fitting_the_network_is_a_usage_error(tmp_path, run_cli):
 
 
 def test_batches_ramp_up_so_the_network_starts_after_one_decode():
-    from colorize_batch.engine import ramped_batches
+    from colorize_batch.local_engine import ramped_batches
 
     batches = ramped_batches(20, 8)
     assert [len(b) for b in batches] == [1, 2, 4, 8, 5]

@@ -1,0 +1,330 @@
+"""The local engine: every stage of a run on this machine.
+
+    decode (DataLoader worker processes) -> triage + forward pass + chroma planes (lane threads)
+        -> recombine + encode + write (writer thread pool) -> ResultSink (under one lock)
+
+The stages themselves live in :mod:`~colorize_batch.stages` (shared with the Ray engine);
+this module only distributes them over processes and threads, and survives decode workers
+that die or hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data._utils import signal_handling
+
+from .config import PipelineConfig
+from .decoding import DecodedBatch, DecodedItem, DecodeDataset, collate_items, unpack_batch
+from .inference import Colorizer, Lanes, resolve_lanes, usable_cores
+from .manifest import Manifest, RunIdentity, close_inherited_locks
+from .planning import Job, Plan
+from .reporting import ProgressDisplay, RunStats
+from .signals import StopFlag
+from .stages import FileResult, ResultSink, predict_planes, render_result, triage
+
+log = logging.getLogger("colorize_batch")
+
+
+def ramped_batches(count: int, batch_size: int) -> list[list[int]]:
+    """Indices ``0..count-1`` in order, as batches of 1, 2, 4, ... up to ``batch_size``.
+
+    The network cannot start before its first batch is decoded; a first batch of one image
+    gets it going after one decode instead of ``batch_size`` (8 large scans take ~0.3 s on
+    2 cores), while the decode worker fills the queue for the full batches that follow.
+    """
+    batches, start, size = [], 0, 1
+    while start < count:
+        batches.append(list(range(start, min(count, start + size))))
+        start += size
+        size = min(batch_size, size * 2)
+    return batches
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (kill -9 of a run)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def init_decode_worker(_worker_id: int) -> None:
+    """Set up a DataLoader decode worker (a forked child of the run).
+
+    - Its own process group: a terminal's Ctrl-C and a ``kill -TERM -- -PGID`` reach only
+      the main process, which decides how to stop; SIGTERM keeps its default action, so
+      the main process (or interpreter exit) can always end a worker.
+    - It drops its copy of the run lock's descriptor and dies with its parent: a rerun
+      right after ``kill -9`` of a run is not locked out by an orphaned worker.
+    - C libraries' messages on stderr (libtiff's) are captured per file for the report.
+    """
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    close_inherited_locks()
+    _die_with_parent()
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        info.dataset.capture_stderr()
+
+
+# Worker deaths are noticed by polling (LOADER_POLL_SECONDS) instead of torch's SIGCHLD handler,
+# which raises asynchronously in whatever the main thread is doing at that moment.
+signal_handling._SIGCHLD_handler_set = True
+LOADER_POLL_SECONDS = 1.0
+
+
+class LoaderFailure(Exception):
+    """A decode worker died or hung; the message says which."""
+
+
+def _next_batch(it: Iterator[DecodedBatch], budget: float, stop: StopFlag) -> DecodedBatch | None:
+    """The loader's next batch (``None`` at the end), waiting at most ``budget`` seconds."""
+    waited = 0.0
+    while True:
+        try:
+            return next(it)
+        except StopIteration:
+            return None
+        except (EOFError, OSError) as exc:  # a batch's shared memory lives in its sender: it died before handing it over
+            raise LoaderFailure(f"the decode worker died before its batch was received ({type(exc).__name__})") from None
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise LoaderFailure(f"the decode worker died: {exc}") from None
+            waited += LOADER_POLL_SECONDS
+            if stop:
+                return None
+            if waited >= budget:
+                raise LoaderFailure(f"decoding took longer than input.decode_timeout ({budget:g} s)") from None
+
+
+def _loader(dataset: DecodeDataset, batches: list[list[int]], workers: int, prefetch_factor: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate_items,
+        prefetch_factor=prefetch_factor if workers else None,
+        worker_init_fn=init_decode_worker if workers else None,
+        timeout=LOADER_POLL_SECONDS if workers else 0,
+        pin_memory=False,
+    )
+
+
+def _decode_alone(dataset: DecodeDataset, index: int, timeout: float, stop: StopFlag, first_failure: str) -> DecodedBatch:
+    """One file in a fresh worker of its own (the retry after a worker failure)."""
+    it = iter(_loader(dataset, [[index]], 1, 1))
+    try:
+        batch = _next_batch(it, timeout, stop)
+    except LoaderFailure as exc:
+        batch = collate_items([DecodedItem(index, error=f"{exc} (retried once in a fresh worker)")])
+    finally:
+        del it  # shuts the worker down (SIGTERM if it does not stop)
+    if batch is None:  # stopping
+        batch = collate_items([DecodedItem(index, error=f"not decoded: {first_failure}")])
+    return batch
+
+
+def decoded_batches(dataset: DecodeDataset, batch_size: int, workers: int, prefetch_factor: int, timeout: float,
+                    stop: StopFlag) -> Iterator[DecodedBatch]:
+    """Decoded batches of ``dataset`` in order, surviving decode workers that die or hang.
+
+    A worker killed (segfault in a C decoder, the OOM killer) or stuck longer than
+    ``timeout`` seconds a file costs only the files of the batch it held: each of those is
+    retried once alone in a fresh worker, a file that fails again is failed with the reason,
+    and the rest of the run continues in a new DataLoader.
+    """
+    pending = list(range(len(dataset)))
+    if workers == 0:
+        yield from _loader(dataset, [[pending[i] for i in b] for b in ramped_batches(len(pending), batch_size)], 0, 1)
+        return
+    while pending:
+        batches = [[pending[i] for i in b] for b in ramped_batches(len(pending), batch_size)]
+        it = iter(_loader(dataset, batches, workers, prefetch_factor))
+        delivered = 0
+        try:
+            while delivered < len(batches):
+                batch = _next_batch(it, timeout * len(batches[delivered]), stop)
+                if batch is None:
+                    return
+                delivered += 1
+                yield batch
+            return
+        except LoaderFailure as exc:
+            failure = str(exc)
+        finally:
+            del it
+        suspects = batches[delivered]
+        log.warning("%s; retrying its %d file(s) one by one", failure, len(suspects))
+        for index in suspects:
+            if stop:
+                return
+            yield _decode_alone(dataset, index, timeout, stop, failure)
+        pending = [i for b in batches[delivered + 1:] for i in b]
+
+
+POLL_SECONDS = 0.1  # how often a blocked thread looks whether the run is being torn down
+
+
+def _get(q: queue.Queue, abort: threading.Event) -> Any:
+    """The next item of ``q``, or ``None`` once ``abort`` is set."""
+    while not abort.is_set():
+        try:
+            return q.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            pass
+    return None
+
+
+def _put(q: queue.Queue, item: Any, abort: threading.Event) -> bool:
+    """Put ``item`` into ``q``; ``False`` if ``abort`` was set first."""
+    while not abort.is_set():
+        try:
+            q.put(item, timeout=POLL_SECONDS)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _acquire(slots: threading.Semaphore, abort: threading.Event) -> bool:
+    while not abort.is_set():
+        if slots.acquire(timeout=POLL_SECONDS):
+            return True
+    return False
+
+
+class LocalEngine:
+    """Decoding in DataLoader worker processes, forward passes in lane threads, rendering in a thread pool.
+
+    The main thread only moves decoded batches from the DataLoader into a short queue. Each
+    lane (:func:`~colorize_batch.inference.resolve_lanes`) takes a batch, settles failures and
+    colour inputs, runs the forward pass and the chroma planes with its own intra-op threads,
+    and hands each image to the writer pool. Results are recorded, under one lock, by
+    whichever thread finishes them. Bounded everywhere: ``lanes`` batches queued, one batch in
+    each lane, at most ``2 x writer_threads + batch_size`` images waiting for a writer.
+    """
+
+    def __init__(self, config: PipelineConfig, colorizer: Colorizer, model_id: str, stats: RunStats,
+                 manifest: Manifest | None, ident: RunIdentity | None, quiet: bool = False,
+                 lanes: Lanes | None = None):
+        self.config = config
+        self.colorizer = colorizer
+        self.model_id = model_id
+        self.stats = stats
+        self.manifest = manifest
+        self.ident = ident
+        self.quiet = quiet
+        self.lanes = lanes or resolve_lanes(colorizer.device, config.loader.lanes, config.loader.torch_threads)
+        self.description = str(colorizer.device)
+
+    def run(self, plan: Plan, stop: StopFlag) -> None:
+        cfg, stats, jobs = self.config, self.stats, plan.jobs
+        dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels, [j.page for j in jobs],
+                                timeout=cfg.input.decode_timeout)
+        loader = decoded_batches(dataset, cfg.loader.batch_size, cfg.loader.workers, cfg.loader.prefetch_factor,
+                                 cfg.input.decode_timeout, stop)
+        progress = ProgressDisplay(len(jobs), quiet=self.quiet)
+        sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
+        lock = threading.Lock()  # the sink (counters, manifest, progress) and the stage clocks
+        abort = threading.Event()  # set when the run is being torn down: nobody waits any more
+        failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised here
+        batches: queue.Queue = queue.Queue(maxsize=self.lanes.count)
+        in_flight = threading.Semaphore(cfg.loader.writer_threads * 2 + cfg.loader.batch_size)
+        threads_per_writer = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
+        pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
+                                  initializer=torch.set_num_threads, initargs=(threads_per_writer,))
+
+        closed = threading.Event()  # set when run() leaves: late results (after a second Ctrl-C) are dropped
+
+        def record(result: FileResult) -> None:
+            with lock:
+                if not closed.is_set():  # an unrecorded output is simply redone by the next run
+                    sink.add(result)
+
+        def fail(exc: BaseException) -> None:
+            failures.append(exc)
+            abort.set()
+
+        def rendered(future: Future) -> None:
+            try:
+                record(future.result())
+            except BaseException as exc:  # noqa: BLE001 - surfaced by run(), never lost in a callback
+                fail(exc)
+            finally:
+                in_flight.release()
+
+        def colour(batch: DecodedBatch) -> None:
+            to_color: list[tuple[DecodedItem, Job]] = []
+            for item in unpack_batch(batch):
+                job = jobs[item.index]
+                with lock:
+                    stats.stage_seconds["decode"] += item.decode_s
+                    for note in item.notes:
+                        stats.note(str(job.item.source), note)
+                settled = triage(item, job, cfg)
+                if settled is not None:
+                    record(settled)
+                else:
+                    to_color.append((item, job))
+            if not to_color:
+                return
+            ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg)
+            with lock:
+                stats.stage_seconds["recombine"] += plane_seconds
+            for i, (item, job) in enumerate(to_color):
+                if not _acquire(in_flight, abort):
+                    return
+                pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id).add_done_callback(rendered)
+
+        def lane() -> None:
+            torch.set_num_threads(self.lanes.threads)  # this thread's own OpenMP team
+            try:
+                while (batch := _get(batches, abort)) is not None:
+                    if not (stop or stats.stopped_reason):  # stopping: queued batches stay undone
+                        colour(batch)
+            except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
+                fail(exc)
+
+        threads_before = torch.get_num_threads()  # a lane's set_num_threads also sets the default for new threads
+        lanes = [threading.Thread(target=lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes.count)]
+        for thread in lanes:
+            thread.start()
+        try:
+            for batch in loader:
+                if stop or stats.stopped_reason or not _put(batches, batch, abort):
+                    break
+            for _ in lanes:
+                _put(batches, None, abort)  # each lane finishes what is queued, then meets a None
+            for thread in lanes:
+                thread.join()
+        finally:
+            loader.close()  # decode workers are shut down now, not when garbage is collected
+            try:
+                abort.set()
+                for thread in lanes:
+                    thread.join()
+                pool.shutdown(wait=True)  # in-flight writes complete and are recorded
+            finally:  # also when a second Ctrl-C interrupts the waiting above
+                with lock:
+                    closed.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                progress.close()
+                torch.set_num_threads(threads_before)
+        if failures:
+            raise failures[0]
+        stats.stage_seconds["forward"] += self.colorizer.forward_seconds
+        if stop:
+            stats.interrupted = True

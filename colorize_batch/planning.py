@@ -1,0 +1,139 @@
+"""Planning: what a run will do, decided before anything is decoded.
+
+:func:`plan_run` walks IN (:mod:`~colorize_batch.discovery`), maps every file (every page of a
+multi-page TIFF with ``input.tiff_pages: all``) to its output, drops what the manifest says
+is up to date, and turns output collisions and unsafe targets into per-file problems. The
+result, a :class:`Plan` of :class:`Job` rows, is what an engine executes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .config import PipelineConfig
+from .discovery import DiscoveryError, WorkItem, find_images, output_path
+from .manifest import Manifest, RunIdentity, fingerprint
+from .names import display
+from .sharding import Shard
+from .writing import PIL_FORMAT, target_problem
+
+log = logging.getLogger("colorize_batch")
+
+
+@dataclass
+class Job:
+    """One output to make: a source file (one page of it) and where its result goes."""
+
+    item: WorkItem
+    output: Path
+    fingerprint: str
+    page: int = 0  # TIFF page (input.tiff_pages: all)
+    pages: int = 1
+
+    @property
+    def source_key(self) -> str:
+        """The manifest's key: the relative path, ``#pN`` for a page of a multi-page TIFF."""
+        return str(self.item.relative) + (f"#p{self.page + 1}" if self.pages > 1 else "")
+
+
+@dataclass
+class Plan:
+    in_path: Path
+    out_path: Path
+    jobs: list[Job] = field(default_factory=list)
+    up_to_date: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): fail before decoding
+
+    @property
+    def single_file(self) -> bool:
+        return self.in_path.is_file()
+
+
+def tiff_page_count(path: Path) -> int:
+    """Pages of a TIFF (1 if it cannot be read here: decoding will report why)."""
+    try:
+        with Image.open(path) as im:
+            return int(getattr(im, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - e.g. TypeError from a later IFD without dimensions
+        return 1
+
+
+def resolve_out(in_path: Path, out_path: Path) -> tuple[Path, bool]:
+    """For a single input file, OUT may name the output file or a folder to put it in."""
+    if in_path.is_file():
+        if out_path.suffix.lower() in PIL_FORMAT and not out_path.is_dir():
+            return out_path, True
+        return out_path, False
+    return out_path, False
+
+
+def plan_run(
+    in_path: Path,
+    out_path: Path,
+    config: PipelineConfig,
+    manifest: Manifest | None,
+    ident: RunIdentity | None,
+    force: bool = False,
+    checksum: bool = False,
+    shard: Shard | None = None,
+) -> Plan:
+    """Discover inputs, map outputs, drop what is up to date, flag output collisions.
+
+    The roots are checked by the caller first (:func:`~colorize_batch.discovery.check_roots`,
+    as :func:`~colorize_batch.runner.run_pipeline` does). With a ``shard``, outputs are still
+    claimed over the whole tree (so collisions are seen the same way by every shard) but only
+    the shard's own files become jobs.
+    """
+    out_file_mode = resolve_out(in_path, out_path)[1]
+    inp = config.input
+    items = find_images(
+        in_path, inp.extensions, inp.include, inp.exclude, skip_dirs=[out_path],
+        on_warning=lambda msg: log.warning("%s", msg),
+    )
+    if out_file_mode or in_path.is_file():
+        dest = output_path(items[0], out_path, config.output.format, single_file=out_file_mode)
+        try:
+            if dest.exists() and os.path.samefile(dest, in_path):
+                raise DiscoveryError(f"{display(dest)}: the output would replace the input file; choose another output")
+        except OSError:
+            pass
+    plan = Plan(in_path, out_path)
+    claimed: dict[str, str] = {}
+    known_outputs = manifest.outputs() if manifest is not None else set()
+    overwrite_foreign = force or config.output.overwrite == "foreign"
+    all_pages = config.input.tiff_pages == "all"
+    for item in items:
+        dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
+        if shard is not None and not shard.owns(str(item.relative)):
+            claimed.setdefault(str(dest), str(item.source))
+            continue
+        pages = tiff_page_count(item.source) if all_pages and item.source.suffix.lower() in (".tif", ".tiff") else 1
+        try:
+            fp = fingerprint(item.source, checksum)
+        except OSError as exc:
+            plan.problems.append((str(item.source), f"cannot read: {exc.strerror}"))
+            continue
+        for page in range(pages):
+            page_dest = dest.with_name(f"{dest.stem}_p{page + 1}{dest.suffix}") if pages > 1 else dest
+            key = str(page_dest)
+            if key in claimed:
+                plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))
+                continue
+            claimed[key] = str(item.source)
+            job = Job(item, page_dest, fp, page, pages)
+            if not force and manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident):
+                plan.up_to_date += 1
+                continue
+            rel = os.path.relpath(page_dest, out_path) if not out_file_mode else page_dest.name
+            problem = target_problem(page_dest, item.source, out_path if not out_file_mode else page_dest.parent,
+                                     rel in known_outputs, overwrite_foreign)
+            if problem:
+                plan.problems.append((str(item.source), problem))
+                continue
+            plan.jobs.append(job)
+    return plan

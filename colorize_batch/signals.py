@@ -1,0 +1,43 @@
+"""Signals: how a run is asked to stop.
+
+SIGINT (Ctrl-C) and SIGTERM (systemctl stop, timeout, scancel) set a :class:`StopFlag`: the
+engines finish the files in flight, the manifest and the report are flushed, and the run exits
+130. A second signal raises :class:`KeyboardInterrupt` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("colorize_batch")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: finish in-flight writes, flush, exit 130."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        log.warning("%s received: finishing in-flight files, then stopping", signal.Signals(signum).name)
+        self.event.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()

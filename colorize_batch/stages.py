@@ -1,0 +1,181 @@
+"""The per-file stages both engines run, and the record of what happened to each file.
+
+    triage (decode failures, colour inputs) -> predict_planes (one batch on the device)
+        -> render_result (recombine, encode, atomic write) -> FileResult -> ResultSink
+
+The local engine (:mod:`~colorize_batch.local_engine`) calls them from its lane and writer
+threads, the Ray engine (:mod:`~colorize_batch.ray_engine`) from its actors; the driver of
+either folds each :class:`FileResult` into the counters, manifest and progress display with
+a :class:`ResultSink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PipelineConfig
+from .decoding import DecodedItem
+from .inference import Colorizer
+from .manifest import Manifest, RunIdentity
+from .planning import Job
+from .recombination import chroma_planes, recombine, recombine_ycbcr
+from .reporting import ProgressDisplay, RunStats
+from .writing import (
+    Provenance,
+    WriteError,
+    atomic_write,
+    copy_file,
+    encode,
+    encode_jpeg_ycbcr,
+    encode_png16,
+    encode_tiff16,
+    jpeg_half_chroma,
+    output_format,
+    refuse_source,
+    wants_16_bit,
+)
+
+log = logging.getLogger("colorize_batch")
+
+
+class Status(str, Enum):
+    """What became of one job (the manifest's and the report's ``status`` words)."""
+
+    DONE = "done"  # colorized and written
+    COPIED = "copied"  # a colour input copied unchanged (input.color_inputs: copy)
+    SKIPPED_COLOR = "skipped_color"  # a colour input left alone (input.color_inputs: skip)
+    FAILED = "failed"  # see the reason
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def wrote_output(self) -> bool:
+        return self in (Status.DONE, Status.COPIED)
+
+
+@dataclass
+class FileResult:
+    """What happened to one job; engines produce these, :class:`ResultSink` records them."""
+
+    job: Job
+    status: Status
+    sha256: str | None = None
+    reason: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    disk_full: bool = False
+
+
+def render(item: DecodedItem, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], job: Job,
+           config: PipelineConfig, prov: Provenance | None) -> tuple[str, dict[str, float]]:
+    """Recombination + encoding + atomic write of one image; returns (sha256, stage seconds)."""
+    assert item.grey is not None, "render needs a decoded item"
+    t0 = time.perf_counter()
+    fmt, opts = output_format(job.output), config.output
+    deep = wants_16_bit(fmt, opts, item.bits)
+    if fmt == "JPEG" and opts.recombination == "fast":  # JFIF planes straight to the encoder
+        ycc = recombine_ycbcr(item.grey, planes, bits=item.bits, half_chroma=jpeg_half_chroma(opts))
+        t1 = time.perf_counter()
+        data = encode_jpeg_ycbcr(ycc, opts, item.meta, prov)
+    else:
+        rgb = recombine(item.grey, ab, planes, bits=item.bits, method=opts.recombination,
+                        sixteen_bit_out=deep, chroma_gain=config.model.chroma_gain)
+        t1 = time.perf_counter()
+        if deep:
+            rgb16 = rgb.numpy().astype(np.uint16)
+            data = (encode_png16 if fmt == "PNG" else encode_tiff16)(rgb16, opts, item.meta, prov)
+        else:
+            data = encode(rgb, fmt, opts, item.meta, prov)
+    t2 = time.perf_counter()
+    refuse_source(job.output, job.item.source)  # checked at plan time too; the tree may have changed since
+    sha = atomic_write(job.output, data)
+    t3 = time.perf_counter()
+    return sha, {"recombine": t1 - t0, "encode": t2 - t1, "write": t3 - t2}
+
+
+def render_result(item: DecodedItem, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], job: Job,
+                  config: PipelineConfig, model_id: str) -> FileResult:
+    """:func:`render` that never raises: a failure becomes a ``failed`` result with its reason."""
+    prov = Provenance(model_id, str(job.item.source)) if config.output.metadata else None
+    try:
+        sha, timings = render(item, ab, planes, job, config, prov)
+    except WriteError as exc:
+        return FileResult(job, Status.FAILED, reason=str(exc), disk_full=exc.disk_full)
+    except Exception as exc:  # noqa: BLE001 - one file must not stop the run
+        return FileResult(job, Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
+    return FileResult(job, Status.DONE, sha, stage_seconds=timings)
+
+
+def triage(item: DecodedItem, job: Job, config: PipelineConfig) -> FileResult | None:
+    """Decode failures and colour inputs are settled here; ``None`` means: colorize it."""
+    if item.error:
+        return FileResult(job, Status.FAILED, reason=item.error)
+    chroma = item.chroma
+    policy = config.input.color_inputs
+    if chroma is None or chroma <= config.input.color_threshold or policy == "recolor":
+        return None
+    if policy == "skip":
+        log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
+        return FileResult(job, Status.SKIPPED_COLOR)
+    dest = job.output.with_suffix(job.item.source.suffix)
+    try:
+        sha = copy_file(job.item.source, dest)
+    except WriteError as exc:
+        return FileResult(job, Status.FAILED, reason=str(exc), disk_full=exc.disk_full)
+    job.output = dest
+    return FileResult(job, Status.COPIED, sha)
+
+
+def _network_square(item: DecodedItem) -> torch.Tensor:
+    if item.net is None:
+        raise ValueError(f"item {item.index} has no network input ({item.error or 'still packed'})")
+    return item.net
+
+
+def predict_planes(colorizer: Colorizer, items: list[DecodedItem],
+                   config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One batched forward pass + chroma planes on the device; returns CPU (ab, cb, cr, plane seconds)."""
+    grey_small = torch.stack([_network_square(it) for it in items])
+    ab = colorizer.predict(grey_small, on_device=True)
+    t0 = time.perf_counter()
+    cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, config.model.chroma_gain)
+    ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()
+    return ab, cb, cr, time.perf_counter() - t0
+
+
+class ResultSink:
+    """Folds :class:`FileResult` rows into the run's counters, manifest and progress display."""
+
+    def __init__(self, stats: RunStats, manifest: Manifest | None, ident: RunIdentity | None, out_root: Path,
+                 progress: ProgressDisplay | None = None):
+        self.stats = stats
+        self.manifest = manifest
+        self.ident = ident
+        self.out_root = out_root
+        self.progress = progress
+
+    def add(self, result: FileResult) -> None:
+        stats, job = self.stats, result.job
+        stats.settled.add(job.source_key)
+        if result.status is Status.FAILED:
+            stats.fail(str(job.item.source), result.reason or "failed")
+            if result.disk_full and not stats.stopped_reason:
+                stats.stopped_reason = "disk full: run stopped"
+                log.error("output disk is full: stopping the run (nothing partial was left)")
+        else:
+            stats.counts[result.status.value] += 1
+        for stage, seconds in result.stage_seconds.items():
+            stats.stage_seconds[stage] += seconds
+        if self.manifest is not None and self.ident is not None:
+            out_rel = str(job.output.relative_to(self.out_root)) if result.status.wrote_output else None
+            self.manifest.add(job.source_key, job.fingerprint, self.ident, result.status.value, out_rel, result.sha256,
+                              result.reason)
+        if self.progress is not None:
+            self.progress.advance()
