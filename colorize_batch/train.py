@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -42,7 +41,7 @@ from .evaluate import colour_photos, contact_sheet, evaluate
 from .hints import hint_count, rasterize, sample_points
 from .inference import Colorizer
 from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
-from .weights import load_weights, save_weights
+from .weights import load_weights, save_weights, torch_save_atomic
 
 log = logging.getLogger("colorize_batch.train")
 CHECKPOINT = "checkpoint.pt"
@@ -226,11 +225,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": json.loads(self.config.train.model_dump_json()),
         }
-        path = self.out_dir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+        return torch_save_atomic(state, self.out_dir / CHECKPOINT)
 
     def load_checkpoint(self) -> None:
         path = self.out_dir / CHECKPOINT
