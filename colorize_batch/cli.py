@@ -53,7 +53,7 @@ def _resolve_config(ctx: click.Context, config_path: Path | None, mapping: dict[
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-    help="Pipeline description (default: pipeline.yaml of the installation).",
+    help="Pipeline description overlaid on the installation's pipeline.yaml, key by key.",
 )
 
 
@@ -102,7 +102,8 @@ RUN_FLAGS = {
 @click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
 @click.option("--checksum", is_flag=True, help="Fingerprint sources by sha256 instead of size + mtime.")
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
-@click.option("--print-config", is_flag=True, help="Print the resolved configuration as YAML and exit.")
+@click.option("--print-config", is_flag=True, help="Print the merged configuration as YAML and exit "
+              "(with -v: where each value came from).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
 @click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; stable hash of each relative path). "
@@ -135,7 +136,7 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     """
     config = _resolve_config(ctx, config_path, RUN_FLAGS)
     if print_config:
-        click.echo(config.to_yaml(), nl=False)
+        click.echo(config.to_yaml(sources=verbose > 0), nl=False)
         ctx.exit(EXIT_OK)
     _setup_logging(-1 if quiet else verbose, log_file)
     from .runner import run_pipeline
@@ -170,7 +171,7 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
 @click.option("--max-minutes", type=float, help="Stop cleanly (checkpoint + weights) after this many minutes.")
 @click.option("--steps", type=int, help="Total training steps (train.steps).")
 @click.option("--device", type=str, help="auto | cpu | cuda | cuda:N")
-@click.option("--print-config", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("--print-config", is_flag=True, help="Print the merged configuration and exit (with -v: where each value came from).")
 @click.option("-v", "--verbose", count=True)
 @click.pass_context
 def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minutes, steps, device, print_config, verbose):
@@ -180,7 +181,7 @@ def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minute
     """
     config = _resolve_config(ctx, config_path, {"steps": "train.steps", "device": "model.device"})
     if print_config:
-        click.echo(config.to_yaml(), nl=False)
+        click.echo(config.to_yaml(sources=verbose > 0), nl=False)
         return
     _setup_logging(verbose)
     import torch

@@ -1,7 +1,11 @@
 """The pipeline description: ``pipeline.yaml`` parsed into validated pydantic models.
 
-Precedence (lowest first): built-in defaults, the YAML file, then command-line flags that
-were actually given. Unknown keys and wrong types are rejected with every problem listed.
+Layers (lowest first): the built-in ``pipeline.yaml`` (the one place of the defaults; the
+pydantic defaults below agree with it, a test checks), then ``--config FILE`` overlaid key by
+key (mappings merge, lists and values replace), then the command-line flags actually given.
+A relative path is resolved against the folder of the file that set it. Where each value
+came from is kept (:meth:`PipelineConfig.sources`; ``--print-config -v`` shows it). Unknown
+keys and wrong types are rejected with every problem listed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -104,7 +108,7 @@ class TrainSection(_Section):
     preset: str = "lite"
     crop: int = Field(128, ge=32)
     batch_size: int = Field(16, ge=1)
-    steps: int = Field(20000, ge=1)
+    steps: int = Field(3000, ge=1)
     l1_steps: int = Field(3000, ge=0, description="generator-only L1 warm-up before the GAN starts")
     lambda_l1: float = Field(100.0, ge=0)
     lambda_ce: float = Field(1.0, ge=0, description="effunet: weight of the class-rebalanced cross-entropy over ab bins")
@@ -116,7 +120,7 @@ class TrainSection(_Section):
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    gan_lr: float = Field(1e-4, gt=0)
+    gan_lr: float = Field(5e-5, gt=0)
     beta1: float = 0.5
     beta2: float = 0.999
     disc_layers: int = Field(3, ge=1, le=5)
@@ -124,8 +128,8 @@ class TrainSection(_Section):
     min_chroma: float = Field(3.0, ge=0, description="skip near-grey crops (mean ab magnitude)")
     workers: int = Field(1, ge=0)
     threads: int = Field(0, ge=0)
-    checkpoint_every: int = Field(500, ge=1)
-    val_every: int = Field(1000, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    val_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     seed: int = 0
 
@@ -136,9 +140,17 @@ class PipelineConfig(_Section):
     input: InputSection = InputSection()
     output: OutputSection = OutputSection()
     train: TrainSection = TrainSection()
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+    def to_yaml(self, sources: bool = False) -> str:
+        """The configuration as YAML; with ``sources``, each value followed by ``# from FILE``."""
+        text = yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+        return annotate_sources(text, self.sources()) if sources else text
+
+    def sources(self) -> dict[str, str]:
+        """Where each value came from: dotted key -> the file that set it, ``command line`` or
+        ``built-in defaults`` (the pydantic defaults, when no file set the key). Lists count as one value."""
+        return {key: self._sources.get(key, BUILTIN_DEFAULTS) for key in _leaf_keys(json.loads(self.model_dump_json()))}
 
     def pixel_hash(self) -> str:
         """Hash of the settings that change output pixels (not workers, threads, batch size)."""
@@ -153,12 +165,55 @@ class PipelineConfig(_Section):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+BUILTIN_DEFAULTS = "built-in defaults"
+COMMAND_LINE = "command line"
+PATH_KEYS = ("model.weights", "train.val_dir")  # + train.data[].path: paths resolved against their file's folder
+
+
+def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the values of a nested mapping (a list is one value)."""
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.extend(_leaf_keys(value, dotted + ".") if isinstance(value, dict) else [dotted])
+    return keys
+
+
+def annotate_sources(text: str, sources: dict[str, str]) -> str:
+    """``to_yaml`` text with ``# from SOURCE`` after each top-level key's values (block style, as safe_dump writes)."""
+    lines, stack = [], []  # stack: the keys of the mapping lines above, by indentation
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if stripped.startswith("- ") or ":" not in stripped or indent % 2:
+            lines.append(line)
+            continue
+        key = stripped.split(":", 1)[0]
+        depth = indent // 2
+        stack[depth:] = [key]
+        dotted = ".".join(stack)
+        lines.append(f"{line}  # from {sources[dotted]}" if dotted in sources else line)
+    return "\n".join(lines) + "\n"
+
+
+def _format_errors(exc: ValidationError, source: str, sources: dict[str, str] | None = None) -> str:
     lines = [f"{source}: {exc.error_count()} problem(s) in the configuration:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {err['msg']}")
+        origin = _origin(where, sources or {})
+        lines.append(f"  - {where}: {err['msg']}" + (f" (from {origin})" if origin and origin != source else ""))
     return "\n".join(lines)
+
+
+def _origin(dotted: str, sources: dict[str, str]) -> str | None:
+    """The source of ``dotted`` or of the nearest key above it that has one."""
+    parts = dotted.split(".")
+    while parts:
+        found = sources.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return None
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -171,46 +226,96 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load ``path`` (default: the repo's ``pipeline.yaml`` if present), apply dotted overrides.
+def read_layer(path: Path) -> dict[str, Any]:
+    """One YAML file's mapping, its relative paths resolved against the file's folder."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    _resolve_paths(loaded, path.resolve().parent)
+    return loaded
 
-    Relative paths in the file are resolved against the file's directory.
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, (str, Path)) and not Path(value).is_absolute():
+        return str(base / value)
+    return value
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths of one layer (or of the flags) -> absolute, against ``base``; other values untouched
+    (wrong types are left for validation to report)."""
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        node = data.get(section)
+        if isinstance(node, dict) and node.get(key) is not None:
+            node[key] = _resolve(node[key], base)
+    train = data.get("train")
+    roots = train.get("data") if isinstance(train, dict) else None
+    if isinstance(roots, list):
+        for root in roots:
+            if isinstance(root, dict) and root.get("path") is not None:
+                root["path"] = _resolve(root["path"], base)
+
+
+def merge_layer(base: dict[str, Any], layer: dict[str, Any], source: str, sources: dict[str, str],
+                prefix: str = "") -> dict[str, Any]:
+    """``layer`` over ``base`` key by key: mappings merge, anything else (lists included) replaces.
+    Records ``source`` in ``sources`` for every value ``layer`` sets."""
+    merged = dict(base)
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_layer(merged[key], value, source, sources, dotted + ".")
+        else:
+            merged[key] = value
+            for stale in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
+                del sources[stale]
+            for leaf in _leaf_keys(value, dotted + ".") if isinstance(value, dict) else [dotted]:
+                sources[leaf] = source
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """The built-in ``pipeline.yaml``, overlaid by ``path`` (if given), then dotted ``overrides``.
+
+    Relative paths in each file are resolved against that file's folder; relative paths among the
+    ``overrides`` against the folder of the last file (the command line gives absolute ones).
     """
+    layers = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
+    if path is not None and (not layers or not _same_file(Path(path), DEFAULT_CONFIG)):
+        layers.append(Path(path))
     data: dict[str, Any] = {}
-    source = "defaults"
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = loaded
+    sources: dict[str, str] = {}
+    for layer in layers:
+        data = merge_layer(data, read_layer(layer), str(layer), sources)
+    flags: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        _set_dotted(flags, dotted, value)
+    if layers:
+        _resolve_paths(flags, layers[-1].resolve().parent)
+    data = merge_layer(data, flags, COMMAND_LINE, sources)
+    source = str(layers[-1]) if layers else BUILTIN_DEFAULTS
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
-    if path is not None:
-        base = Path(path).resolve().parent
-        if not config.model.weights.is_absolute():
-            config.model.weights = base / config.model.weights
-        for root in config.train.data:
-            if not root.path.is_absolute():
-                root.path = base / root.path
-        if config.train.val_dir is not None and not config.train.val_dir.is_absolute():
-            config.train.val_dir = base / config.train.val_dir
+        raise ConfigError(_format_errors(exc, source, sources)) from None
+    config._sources = sources
     return config
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
