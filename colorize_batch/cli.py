@@ -161,6 +161,57 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     ctx.exit(code)
 
 
+# ----------------------------------------------------------------------------- info
+@main.command()
+@config_option
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Weights file (model.weights).")
+@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (model.device).")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@click.pass_context
+def info(ctx, config_path, weights, device, as_json):
+    """Version, weights file (sha256, architecture, model id), device found and torch version."""
+    config = _resolve_config(ctx, config_path, {"weights": "model.weights", "device": "model.device"})
+    import torch
+
+    from .inference import InferenceError, resolve_device
+    from .weights import WeightsError, describe_weights
+
+    try:
+        found = resolve_device(config.model.device)
+        device_text = str(found) + (f" ({torch.cuda.get_device_name(found)})" if found.type == "cuda" else "")
+    except InferenceError as exc:
+        device_text = f"none ({exc})"
+    try:
+        summary = describe_weights(config.model.weights)
+    except WeightsError as exc:
+        raise click.UsageError(str(exc)) from None
+    facts = {
+        "version": __version__,
+        "weights": str(summary.path),
+        "sha256": summary.sha256,
+        "model_id": summary.model_id,
+        "family": summary.family,
+        "preset": summary.preset,
+        "architecture": summary.architecture,
+        "parameters": summary.parameters,
+        "device": device_text,
+        "torch": torch.__version__,
+        "weights_from": config.sources().get("model.weights", ""),
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    arch = ", ".join(f"{k} {v}" for k, v in summary.architecture.items())
+    click.echo(f"colorize-batch {__version__}")
+    click.echo(f"weights:      {summary.path}")
+    click.echo(f"sha256:       {summary.sha256}")
+    click.echo(f"model id:     {summary.model_id}")
+    click.echo(f"architecture: {summary.family}" + (f" (preset {summary.preset})" if summary.preset else "")
+               + f", {summary.parameters / 1e6:.2f}M parameters: {arch}")
+    click.echo(f"device:       {device_text}")
+    click.echo(f"torch:        {torch.__version__}")
+
+
 # ----------------------------------------------------------------------------- train
 @main.command()
 @click.argument("data_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))

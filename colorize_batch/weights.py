@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from . import color
-from .model import FAMILIES, EffUNetConfig, EffUNetGenerator, UNetConfig, UNetGenerator, family_of
+from .model import FAMILIES, PRESETS, EffUNetConfig, EffUNetGenerator, UNetConfig, UNetGenerator, count_parameters, family_of
 from .writing import atomic_write_with, file_sha256
 
-__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "check_size", "file_sha256", "load_weights", "save_weights",
-           "torch_save_atomic"]
+__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "check_size", "describe_weights", "file_sha256",
+           "load_weights", "save_weights", "torch_save_atomic"]
 
 FORMAT = "colorize-batch-weights/1"
 
@@ -102,3 +102,26 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
     generator.to(device).eval()
     info = WeightsInfo(path=path, sha256=sha256 or file_sha256(path), architecture=config, provenance=payload.get("provenance", {}))
     return generator, info
+
+
+@dataclass
+class WeightsSummary:
+    """What ``colorize-batch info`` says about a weights file."""
+
+    path: Path
+    sha256: str
+    model_id: str
+    family: str
+    preset: str | None  # the preset whose architecture the file has, if any
+    architecture: dict
+    parameters: int
+    provenance: dict = field(default_factory=dict)
+
+
+def describe_weights(path: str | os.PathLike) -> WeightsSummary:
+    """Load ``path`` (on the CPU) and describe it; raises :class:`WeightsError`."""
+    generator, info = load_weights(path)
+    arch = info.architecture
+    preset = next((name for name, config in PRESETS.items() if config == arch), None)
+    return WeightsSummary(info.path, info.sha256, info.model_id, family_of(arch), preset, arch.to_dict(),
+                          count_parameters(generator), dict(info.provenance))
