@@ -273,35 +273,39 @@ def _train_progress():
 @click.option("--step", type=int, help="Export the validation snapshot of this step instead of the last checkpoint.")
 def export(run_dir, dest, step):
     """Write a training run's generator as a small fp16 weights file (architecture included)."""
-    import torch
-
-    from .model import count_parameters
     from .weights import WeightsError, load_weights, save_weights
 
-    if step is not None:
+    if step is not None:  # a validation snapshot is a weights file already: re-saved under its new name
         snapshot = run_dir / f"generator_{step:06d}.pt"
         try:
             generator, info = load_weights(snapshot)
         except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
-        provenance = dict(info.provenance)
+        path = save_weights(dest, generator, {**info.provenance, "name": dest.stem})
     else:
-        ckpt = run_dir / "checkpoint.pt"
-        if not ckpt.is_file():
-            raise click.ClickException(f"{ckpt}: no checkpoint in this run folder")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        from .model import PRESETS
-
-        from .model import FAMILIES, family_of
-
-        config = PRESETS[state["config"]["preset"]]
-        generator = FAMILIES[family_of(config)][1](config)
-        generator.load_state_dict(state["generator"])
-        provenance = {"steps": int(state["step"]), "preset": state["config"]["preset"], "crop": state["config"]["crop"],
-                      "parameters": count_parameters(generator)}
-    provenance["name"] = dest.stem
-    path = save_weights(dest, generator, provenance)
+        path = _export_checkpoint(run_dir, dest)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _export_checkpoint(run_dir: Path, dest: Path) -> Path:
+    """The run's last checkpoint through the trainer's own export (the same file and provenance training writes)."""
+    import torch
+    from pydantic import ValidationError
+
+    from .config import TrainSection
+    from .train import CHECKPOINT, Trainer, TrainingError
+
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        raise click.ClickException(f"{ckpt}: no checkpoint in this run folder")
+    try:
+        train_cfg = TrainSection.model_validate(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
+        train_cfg.pretrained = False  # every weight comes from the checkpoint
+        trainer = Trainer(PipelineConfig(train=train_cfg), run_dir, [], torch.device("cpu"))
+        trainer.load_checkpoint()
+    except (KeyError, ValidationError, TrainingError, RuntimeError) as exc:
+        raise click.ClickException(f"{ckpt}: cannot be exported ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    return trainer.export(dest, {"name": dest.stem})
 
 
 # ----------------------------------------------------------------------------- eval
@@ -331,15 +335,16 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device
     from .evaluate import colour_photos, contact_sheet, evaluate, format_table
     from .inference import Colorizer, InferenceError, resolve_device
     from .reporting import write_json_atomic
-    from .weights import WeightsError, load_weights
+    from .weights import WeightsError, check_size, load_weights
 
     try:
         dev = resolve_device(config.model.device)
         generator, info = load_weights(config.model.weights, dev)
     except (InferenceError, WeightsError) as exc:
         raise click.UsageError(str(exc)) from None
-    if config.model.size % info.architecture.multiple:
-        raise click.UsageError(f"--size {config.model.size} must be a multiple of {info.architecture.multiple} for this model")
+    problem = check_size(config.model.size, info, "--size")
+    if problem:
+        raise click.UsageError(problem)
     if hint_points and not getattr(info.architecture, "hint_channels", ()):
         raise click.UsageError(f"--hints: {config.model.weights} has no hint branch")
     photos = colour_photos(color_dir, limit)
@@ -370,6 +375,7 @@ def report() -> None:
 @click.option("--output", "dest", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
+    from .manifest import report_path
     from .reporting import write_json_atomic
     from .sharding import ShardError, merge_reports
 
@@ -377,7 +383,7 @@ def report_merge(out_dir, dest):
         merged = merge_reports(out_dir)
     except ShardError as exc:
         raise click.UsageError(str(exc)) from None
-    dest = dest or out_dir / ".colorize-batch" / "last-run.json"
+    dest = dest or report_path(out_dir)
     write_json_atomic(dest, merged)
     c = merged["counts"]
     click.echo(f"{len(merged['shards'])} shard report(s): done {c.get('done', 0)}, up to date {c.get('skipped_up_to_date', 0)}, "
@@ -387,13 +393,29 @@ def report_merge(out_dir, dest):
     raise SystemExit(merged["exit_code"])
 
 
-def _register_gallery() -> None:
-    from .gallery import gallery_command
+# ----------------------------------------------------------------------------- gallery
+@main.command("gallery")
+@click.argument("out_dir", metavar="OUT_DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the grey originals (default: the input recorded in the run's last report).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the gallery in the default web browser.")
+@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Files per page.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Thumbnail threads.")
+def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int, workers: int) -> None:
+    """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/."""
+    import webbrowser
 
-    main.add_command(gallery_command)
+    from .gallery import NoManifestError, build_gallery
 
+    try:
+        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers)
+    except NoManifestError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_USAGE) from None
+    click.echo(str(index))
+    if open_browser:
+        webbrowser.open(index.resolve().as_uri())
 
-_register_gallery()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

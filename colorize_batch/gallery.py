@@ -1,6 +1,6 @@
 """A static HTML review gallery of a finished run: ``OUT/.colorize-batch/gallery/``.
 
-``colorize-batch gallery OUT`` reads the run's memory (``manifest.jsonl`` and, when present,
+``colorize-batch gallery OUT`` (:func:`build_gallery`) reads the run's memory (``manifest.jsonl`` and, when present,
 ``last-run.json``) and writes a small offline site that a person opens in any browser to
 review the results: every colorized (or copied) file with its grey source beside it, its
 relative path, pixel size and a link to the full-resolution output, grouped by folder and
@@ -13,6 +13,8 @@ Design points:
   ``gallery/thumbs/src/<source rel>.jpg``. They are made once, in a thread pool (Pillow
   releases the GIL while decoding and resampling), and reused on later builds while they
   are newer than their image. A thumbnail that cannot be made becomes a placeholder text.
+* The page, its CSS and its script are Jinja2 templates in ``colorize_batch/templates/``
+  (package data), inlined into every page.
 * Everything is relative and local: no CDN, fonts or external scripts, so the folder can
   be copied or opened from a NAS. Page, thumbnail and file links are percent-encoded
   relative URLs; every file and folder name goes through Jinja2 with autoescaping, so a
@@ -27,7 +29,6 @@ import logging
 import os
 import re
 import time
-import webbrowser
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,19 +37,17 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-import click
 import jinja2
 import numpy as np
 from PIL import Image, ImageOps
 
 from . import __version__
-from .manifest import Manifest, state_dir
+from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, gallery_dir, report_path
 from .names import display
 from .writing import atomic_write, atomic_write_text
 
 log = logging.getLogger("colorize_batch")
 
-GALLERY_DIR = "gallery"
 THUMB_DIR = "thumbs"
 THUMB_LONG_SIDE = 320
 THUMB_QUALITY = 82
@@ -254,7 +253,8 @@ def _source_root(source_dir: Path | None, last_run: dict | None) -> tuple[Path |
     elif last_run and isinstance(last_run.get("input"), str):
         root = Path(last_run["input"])
     else:
-        return None, "The source folder is unknown (no last-run.json): pass --source IN_DIR to see the grey originals."
+        return None, (f"The source folder is unknown (no {REPORT_STEM}{REPORT_SUFFIX}): pass --source IN_DIR to see the "
+                      "grey originals.")
     if root.is_file():  # a single-file run: its manifest key is the file name
         root = root.parent
     if not root.is_dir():
@@ -314,167 +314,9 @@ def _failures(records: Iterable[dict], last_run: dict | None, input_roots: Seque
 
 # --------------------------------------------------------------------------- rendering
 
-_TEMPLATE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="{{ tool }}">
-<title>colorize-batch review{% if pages > 1 %} ({{ page }}/{{ pages }}){% endif %}</title>
-<style>
-  :root { color-scheme: dark; --bg: #2b2b2b; --card: #363636; --fg: #e8e8e8; --dim: #a8a8a8; --accent: #8fc1ff; }
-  * { box-sizing: border-box; }
-  body { margin: 0; font: 14px/1.4 system-ui, sans-serif; background: var(--bg); color: var(--fg); }
-  header, main, nav.pages { padding: 0 16px; }
-  header { border-bottom: 1px solid #444; padding-bottom: 8px; }
-  h1 { font-size: 20px; margin: 12px 0 4px; }
-  h2 { font-size: 16px; margin: 20px 0 8px; padding-bottom: 4px; border-bottom: 1px solid #444; word-break: break-all; }
-  a { color: var(--accent); }
-  .summary { display: flex; flex-wrap: wrap; gap: 4px 20px; margin: 4px 0; }
-  .summary b { font-variant-numeric: tabular-nums; }
-  .failed b, .failed-list { color: #ff9d8f; }
-  .warning { color: #ffd27f; }
-  .failures { margin: 8px 0; }
-  .failures li { word-break: break-all; }
-  .failures .reason { color: var(--dim); }
-  nav.pages { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin: 10px 0; }
-  nav.pages a, nav.pages span { padding: 2px 8px; border-radius: 4px; }
-  nav.pages [aria-current] { background: var(--accent); color: #000; }
-  nav.pages .disabled { color: #666; }
-  .view { margin-left: auto; }
-  .view button { background: var(--card); color: var(--fg); border: 1px solid #555; border-radius: 4px; padding: 2px 8px; cursor: pointer; }
-  .view button[aria-pressed="true"] { border-color: var(--accent); color: var(--accent); }
-  .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 12px; }
-  .card { background: var(--card); border-radius: 6px; padding: 8px; }
-  .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 6px; align-items: start; --split: 50%; }
-  figure { margin: 0; }
-  figure img { display: block; width: 100%; height: auto; background: #222; }
-  figcaption { color: var(--dim); font-size: 12px; }
-  .placeholder { display: flex; align-items: center; justify-content: center; aspect-ratio: 4 / 3; background: #222;
-                 color: var(--dim); font-size: 12px; text-align: center; padding: 8px; border: 1px dashed #555; }
-  .split { display: none; width: 100%; }
-  /* slider view: colour over grey, clipped at the slider; cards missing a side stay side by side */
-  body[data-view="slider"] .pair:not(.incomplete) { grid-template-columns: 1fr; }
-  body[data-view="slider"] .pair:not(.incomplete) > figure { grid-area: 1 / 1; }
-  body[data-view="slider"] .pair:not(.incomplete) > figure.after img { clip-path: inset(0 0 0 var(--split)); }
-  body[data-view="slider"] .pair:not(.incomplete) figcaption { display: none; }
-  body[data-view="slider"] .pair:not(.incomplete) .split { display: block; }
-  .path { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; margin: 6px 0 2px; }
-  .meta { color: var(--dim); font-size: 12px; }
-  .badge { background: #555; border-radius: 3px; padding: 0 4px; margin-left: 4px; }
-</style>
-</head>
-<body data-view="side">
-<header>
-  <h1>colorize-batch review</h1>
-  <div class="summary">
-    {% if last_counts %}<span>Last run:</span>
-    <span>done <b>{{ last_counts.done }}</b></span>
-    <span>skipped <b>{{ last_counts.skipped }}</b> (up to date {{ last_counts.up_to_date }}, already colour {{ last_counts.skipped_color }})</span>
-    <span>copied <b>{{ last_counts.copied }}</b></span>
-    <span class="failed">failed <b>{{ last_counts.failed }}</b></span>{% endif %}
-  </div>
-  <div class="summary">
-    <span>In the manifest:</span>
-    <span>done <b>{{ totals.done }}</b></span>
-    <span>skipped (already colour) <b>{{ totals.skipped_color }}</b></span>
-    <span>copied <b>{{ totals.copied }}</b></span>
-    <span class="failed">failed <b>{{ totals.failed }}</b></span>
-  </div>
-  <div class="summary">
-    <span>Model: <b>{{ model }}</b></span>
-    <span>Date: <b>{{ date }}</b></span>
-    <span>Shown: <b>{{ total_items }}</b> file(s){% if pages > 1 %}, page {{ page }} of {{ pages }}{% endif %}</span>
-  </div>
-  {% for warning in warnings %}<p class="warning">{{ warning }}</p>{% endfor %}
-  {% if page == 1 and failures %}
-  <details class="failures" open>
-    <summary class="failed-list">{{ failures_total }} failed file(s)</summary>
-    <ul>
-    {% for path, reason in failures %}<li><span class="path">{{ path }}</span>: <span class="reason">{{ reason }}</span></li>
-    {% endfor %}
-    {% if failures_total > failures|length %}<li>… and {{ failures_total - failures|length }} more (see last-run.json / manifest.jsonl)</li>{% endif %}
-    </ul>
-  </details>
-  {% endif %}
-</header>
-{% macro pager() -%}
-<nav class="pages" aria-label="pages">
-  {% if prev_url %}<a href="{{ prev_url }}" rel="prev">‹ prev</a>{% else %}<span class="disabled">‹ prev</span>{% endif %}
-  {% for link in page_links %}{% if link.number is none %}<span>…</span>{% elif link.current %}<span aria-current="page">{{ link.number }}</span>{% else %}<a href="{{ link.url }}">{{ link.number }}</a>{% endif %}
-  {% endfor %}
-  {% if next_url %}<a href="{{ next_url }}" rel="next">next ›</a>{% else %}<span class="disabled">next ›</span>{% endif %}
-  <span class="view">view:
-    <button type="button" data-set-view="side" aria-pressed="true">side by side</button>
-    <button type="button" data-set-view="slider" aria-pressed="false">slider</button></span>
-</nav>
-{%- endmacro %}
-{{ pager() }}
-<main>
-{% if not groups %}<p>No colorized outputs in the manifest yet.</p>{% endif %}
-{% for group in groups %}
-  <h2>{{ group.folder or "(top level)" }}{% if group.continued %} <small>(continued)</small>{% endif %}</h2>
-  <div class="grid">
-  {% for item in group.items %}
-    <section class="card">
-      <div class="pair{% if not (item.source.thumb_url and item.output.thumb_url) %} incomplete{% endif %}">
-        {% for side, pic, label in (("before", item.source, "grey source"), ("after", item.output, "colour result")) %}
-        <figure class="{{ side }}">
-          {% if pic.thumb_url %}<img src="{{ pic.thumb_url }}" width="{{ pic.thumb_size[0] }}" height="{{ pic.thumb_size[1] }}" loading="lazy" decoding="async" alt="{{ label }}: {{ item.key }}">
-          {% else %}<div class="placeholder">{{ pic.placeholder }}</div>{% endif %}
-          <figcaption>{{ label }}{% if pic.size %} · {{ pic.size[0] }}×{{ pic.size[1] }} px{% endif %}</figcaption>
-        </figure>
-        {% endfor %}
-        <input class="split" type="range" min="0" max="100" value="50" aria-label="before / after split">
-      </div>
-      <div class="path">{{ item.key }}</div>
-      <div class="meta">
-        {% if item.output.size %}{{ item.output.size[0] }}×{{ item.output.size[1] }} px · {% endif %}
-        {% if item.output.link_url %}<a href="{{ item.output.link_url }}">full resolution</a>{% else %}output missing{% endif %}
-        {% if item.source.link_url %} · <a href="{{ item.source.link_url }}">original</a>{% endif %}
-        {% if item.status != "done" %}<span class="badge">{{ item.status }}</span>{% endif %}
-        {% if item.output_rel != item.key %}<div>→ {{ item.output_rel }}</div>{% endif %}
-      </div>
-    </section>
-  {% endfor %}
-  </div>
-{% endfor %}
-</main>
-{{ pager() }}
-<script>
-(function () {
-  var KEY = "colorize-batch-gallery-view";
-  function setView(view) {
-    document.body.setAttribute("data-view", view);
-    document.querySelectorAll("[data-set-view]").forEach(function (b) {
-      b.setAttribute("aria-pressed", String(b.getAttribute("data-set-view") === view));
-    });
-    try { localStorage.setItem(KEY, view); } catch (e) { /* file:// storage may be off */ }
-  }
-  document.addEventListener("click", function (e) {
-    var button = e.target.closest("[data-set-view]");
-    if (button) setView(button.getAttribute("data-set-view"));
-  });
-  document.addEventListener("input", function (e) {
-    if (e.target.classList.contains("split")) e.target.closest(".pair").style.setProperty("--split", e.target.value + "%");
-  });
-  document.addEventListener("keydown", function (e) {
-    if (e.target.tagName === "INPUT") return;
-    var rel = e.key === "ArrowRight" ? "next" : e.key === "ArrowLeft" ? "prev" : null;
-    var link = rel && document.querySelector('a[rel="' + rel + '"]');
-    if (link) location.href = link.href;
-  });
-  var saved = null;
-  try { saved = localStorage.getItem(KEY); } catch (e) { /* ignore */ }
-  setView(saved === "slider" ? "slider" : "side");
-})();
-</script>
-</body>
-</html>
-"""
-
-_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_PAGE = _ENV.from_string(_TEMPLATE)
+# The page, its style sheet and script: colorize_batch/templates/ (package data), inlined into each page.
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("colorize_batch", "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -512,10 +354,10 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
     if not manifest.path.is_file():
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     records = list(manifest.records.values())
-    last_run_path = state_dir(out_dir) / "last-run.json"
+    last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path)
     src_root, src_warning = _source_root(source_dir, last_run)
-    gallery = state_dir(out_dir) / GALLERY_DIR
+    gallery = gallery_dir(out_dir)
     thumbs = gallery / THUMB_DIR
     gallery.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = [src_warning] if src_warning else []
@@ -594,7 +436,7 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
     for number in range(1, pages + 1):
         chunk = items[(number - 1) * page_size: number * page_size]
         previous_folder = items[(number - 1) * page_size - 1].folder if number > 1 and chunk else None
-        html = _PAGE.render(
+        html = _ENV.get_template("gallery.html").render(
             **common,
             page=number,
             pages=pages,
@@ -610,22 +452,3 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
             stale.unlink()
     log.info("gallery: %d file(s) on %d page(s): %s", len(items), pages, gallery / "index.html")
     return gallery / "index.html"
-
-
-@click.command("gallery")
-@click.argument("out_dir", metavar="OUT_DIR", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
-              help="Folder of the grey originals (default: the input recorded in last-run.json).")
-@click.option("--open", "open_browser", is_flag=True, help="Open the gallery in the default web browser.")
-@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Files per page.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Thumbnail threads.")
-def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int, workers: int) -> None:
-    """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/."""
-    try:
-        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers)
-    except NoManifestError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise click.exceptions.Exit(2) from None
-    click.echo(str(index))
-    if open_browser:
-        webbrowser.open(index.resolve().as_uri())

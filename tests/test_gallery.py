@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from colorize_batch.gallery import build_gallery, gallery_command
+from colorize_batch.cli import gallery_command
+from colorize_batch.gallery import build_gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

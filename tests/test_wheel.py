@@ -37,3 +37,8 @@ def test_wheel_install_runs_with_the_shipped_weights_from_anywhere(tmp_path):
     out = np.asarray(Image.open(elsewhere / "out" / "a" / "photo.jpg").convert("RGB")).astype(int)
     assert out.shape == (120, 160, 3)
     assert np.abs(out[..., 0] - out[..., 2]).mean() > 1.0  # coloured, not grey
+    gallery = subprocess.run([sys.executable, "-m", "colorize_batch", "gallery", "out"],  # its templates are package data
+                             capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
+    assert gallery.returncode == 0, gallery.stderr[-2000:]
+    page = (elsewhere / "out" / ".colorize-batch" / "gallery" / "index.html").read_text()
+    assert "a/photo.jpg" in page and "<style>" in page and "localStorage" in page  # the page, its CSS and script
