@@ -30,6 +30,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check colorize_batch tests benchmarks
+	$(BIN)/mypy colorize_batch
 
 train: install  ## reproduce the shipped default weights (effnet-lite0: two stages, about 50 min on 2 idle CPU cores)
 	$(BIN)/colorize-batch train --config effnet-stage1.yaml --out runs/eff-s1

@@ -361,7 +361,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device
     if report_path:
         write_json_atomic(report_path, summary)
     if sheet:
-        contact_sheet(result.sheet_rows, sheet)
+        contact_sheet(list(result.sheet_rows), sheet)
 
 
 # ----------------------------------------------------------------------------- report

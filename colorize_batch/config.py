@@ -181,7 +181,8 @@ def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
 
 def annotate_sources(text: str, sources: dict[str, str]) -> str:
     """``to_yaml`` text with ``# from SOURCE`` after each top-level key's values (block style, as safe_dump writes)."""
-    lines, stack = [], []  # stack: the keys of the mapping lines above, by indentation
+    lines: list[str] = []
+    stack: list[str] = []  # the keys of the mapping lines above, by indentation
     for line in text.splitlines():
         stripped = line.lstrip(" ")
         indent = len(line) - len(stripped)

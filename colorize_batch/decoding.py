@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -75,7 +76,9 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
     if icc:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:
+                return converted
         except (ImageCms.PyCMSError, OSError):
             pass
     return im.convert("RGB")
@@ -396,7 +399,7 @@ class DecodeDataset(Dataset):
         self.max_pixels = max_pixels
         self.pages = pages
         self.timeout = timeout
-        self._stderr = None  # a temporary file standing in for fd 2, in a worker
+        self._stderr: IO[bytes] | None = None  # a temporary file standing in for fd 2, in a worker
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -423,7 +426,7 @@ class DecodeDataset(Dataset):
         use_alarm = bool(self.timeout) and threading_is_main()
         if use_alarm:
             previous = signal.signal(signal.SIGALRM, _on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, float(self.timeout))
+            signal.setitimer(signal.ITIMER_REAL, float(self.timeout or 0))
         try:
             return decode(self.paths[index], self.size, page, self.max_pixels)
         finally:

@@ -103,15 +103,16 @@ class Colorizer:
     generator is in eval mode under inference mode, so its weights are only read.
     """
 
-    def __init__(self, generator: UNetGenerator, device: torch.device, precision: str = "auto", temperature: float | None = None):
+    def __init__(self, generator: UNetGenerator | EffUNetGenerator, device: torch.device, precision: str = "auto",
+                 temperature: float | None = None):
         self.device = device
-        if temperature is not None and hasattr(generator, "temperature"):
-            generator.temperature = temperature  # annealed-mean decode of classification-head generators
+        if temperature is not None and isinstance(generator, EffUNetGenerator):
+            generator.temperature = temperature  # annealed-mean decode of the classification-head family
         self.dtype = resolve_precision(precision, device)
         if device.type == "cpu":
             tune_allocator()
-        self.generator = generator.to(device).eval()
-        if isinstance(generator, EffUNetGenerator):  # BN folded into the convolutions: a copy, the caller's net is untouched
+        self.generator: UNetGenerator | EffUNetGenerator = generator.to(device).eval()
+        if isinstance(self.generator, EffUNetGenerator):  # BN folded into the convolutions: a copy, the caller's net is untouched
             self.generator = fused_for_inference(self.generator)
         if device.type == "cuda":
             self.generator = self.generator.to(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -76,8 +76,9 @@ def init_decode_worker(_worker_id: int) -> None:
     close_inherited_locks()
     _die_with_parent()
     info = torch.utils.data.get_worker_info()
-    if info is not None:
-        info.dataset.capture_stderr()
+    dataset = info.dataset if info is not None else None
+    if isinstance(dataset, DecodeDataset):
+        dataset.capture_stderr()
 
 
 # Worker deaths are noticed by polling (LOADER_POLL_SECONDS) instead of torch's SIGCHLD handler,
@@ -138,7 +139,7 @@ def _decode_alone(dataset: DecodeDataset, index: int, timeout: float, stop: Stop
 
 
 def decoded_batches(dataset: DecodeDataset, batch_size: int, workers: int, prefetch_factor: int, timeout: float,
-                    stop: StopFlag) -> Iterator[DecodedBatch]:
+                    stop: StopFlag) -> Generator[DecodedBatch, None, None]:
     """Decoded batches of ``dataset`` in order, surviving decode workers that die or hang.
 
     A worker killed (segfault in a C decoder, the OOM killer) or stuck longer than

@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from . import __version__
 from .names import display, to_json
@@ -158,7 +159,7 @@ class Manifest:
         self.out_root = Path(out_root)
         self.records: dict[str, dict] = {}  # this file's records (compacted on close)
         self.known: dict[str, dict] = {}  # every manifest's records, this file's last
-        self._fh = None
+        self._fh: TextIO | None = None
         self.append_failed = False
         folder = state_dir(out_root)
         others = sorted(p for p in folder.glob(f"{MANIFEST_STEM}*{MANIFEST_SUFFIX}") if p != self.path) if folder.is_dir() else []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ class RunStats:
     counts: Counter = field(default_factory=Counter)  # done, skipped, skipped_color, copied, failed
     failures: list[dict] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)  # decoder warnings, damaged metadata: the file was still done
-    stage_seconds: Counter = field(default_factory=Counter)
+    stage_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     interrupted: bool = False

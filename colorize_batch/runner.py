@@ -171,11 +171,11 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
         device=device_label,
         host=platform.node(),
     )
-    for path in ([state_report_path(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
+    for dest in ([state_report_path(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
         try:
-            write_json_atomic(path, report)
+            write_json_atomic(dest, report)
         except OSError as exc:
-            log.error("%s: cannot write the run report (%s)", display(path), exc.strerror or exc)
+            log.error("%s: cannot write the run report (%s)", display(dest), exc.strerror or exc)
     print_summary(stats, quiet)
     if stats.interrupted:
         click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)

@@ -65,9 +65,10 @@ def resolve_shard(option: str | None, shard_count: int | None = None, env: Mappi
         first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
         shard = Shard(task - first, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
     elif "JOB_COMPLETION_INDEX" in env:
-        count = shard_count or (int(env["COLORIZE_SHARD_COUNT"]) if "COLORIZE_SHARD_COUNT" in env else None)
-        if not count:
+        given = shard_count or (int(env["COLORIZE_SHARD_COUNT"]) if "COLORIZE_SHARD_COUNT" in env else None)
+        if not given:
             raise ShardError("JOB_COMPLETION_INDEX is set: give --shard-count N (the Job's completions)")
+        count = given
         shard = Shard(int(env["JOB_COMPLETION_INDEX"]), count, "JOB_COMPLETION_INDEX")
     else:
         return None

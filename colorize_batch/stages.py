@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import PipelineConfig
 from .decoding import DecodedItem
@@ -89,9 +90,11 @@ def render(item: DecodedItem, ab: torch.Tensor, planes: tuple[torch.Tensor, torc
                         sixteen_bit_out=deep, chroma_gain=config.model.chroma_gain)
         t1 = time.perf_counter()
         if deep:
+            assert isinstance(rgb, torch.Tensor)  # 16-bit values
             rgb16 = rgb.numpy().astype(np.uint16)
             data = (encode_png16 if fmt == "PNG" else encode_tiff16)(rgb16, opts, item.meta, prov)
         else:
+            assert isinstance(rgb, Image.Image)
             data = encode(rgb, fmt, opts, item.meta, prov)
     t2 = time.perf_counter()
     refuse_source(job.output, job.item.source)  # checked at plan time too; the tree may have changed since

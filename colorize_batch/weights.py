@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -93,7 +94,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
         raise WeightsError(f"{path}: generator family {family!r} is not known to this version (known: {sorted(FAMILIES)})")
     config_type, generator_type = FAMILIES[family]
     try:
-        config = config_type.from_dict(payload["architecture"])
+        config: UNetConfig | EffUNetConfig = cast("type[UNetConfig | EffUNetConfig]", config_type).from_dict(payload["architecture"])
         generator = generator_type(config)  # no pretrained download: every tensor comes from the file
         generator.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
