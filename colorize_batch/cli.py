@@ -82,6 +82,8 @@ RUN_FLAGS = {
     "fmt": "output.format",
     "color_inputs": "input.color_inputs",
     "temperature": "model.temperature",
+    "hints_dir": "input.hints_dir",
+    "hints_only": "input.hints_only",
 }
 
 
@@ -99,6 +101,10 @@ RUN_FLAGS = {
 @click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
 @click.option("--color-inputs", type=click.Choice(["skip", "copy", "recolor"]), help="What to do with inputs already in colour.")
 @click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
+@click.option("--hints", "hints_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Colour hints under this folder, mirroring IN (a/b/photo.jpg -> DIR/a/b/photo.hints.json) "
+                   "instead of photo.hints.json beside each scan (input.hints_dir).")
+@click.option("--hints-only", is_flag=True, default=None, help="Only the images that have a hint file (input.hints_only).")
 @click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
 @click.option("--checksum", is_flag=True, help="Fingerprint sources by sha256 instead of size + mtime.")
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
@@ -121,7 +127,7 @@ RUN_FLAGS = {
 @click.option("-v", "--verbose", count=True, help="More log lines.")
 @click.pass_context
 def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, lanes, size, fmt, color_inputs,
-        temperature, force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
+        temperature, hints_dir, hints_only, force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
         gpus_per_actor, gallery, quiet, verbose):
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
 
@@ -129,6 +135,10 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     input's pixel size and grey levels (only colour is added), its EXIF and DPI, and are
     marked as machine-colorized. Reruns skip files that are up to date (manifest in
     OUT/.colorize-batch/); bad files are reported and the run goes on.
+
+    Colour hints ("this coat was navy"): photo.hints.json beside a scan, or under --hints DIR,
+    gives points of known colour to the model (format: schemas/hints.schema.json; the review
+    gallery writes them). Editing a hint file redoes exactly that image on the next run.
 
     \b
     Exit codes: 0 all good (skips included), 1 some files failed,

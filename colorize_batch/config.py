@@ -77,6 +77,8 @@ class InputSection(_Section):
     color_inputs: Literal["skip", "copy", "recolor"] = "skip"
     color_threshold: float = Field(6.0, ge=0.0)
     tiff_pages: Literal["first", "all"] = "first"
+    hints_dir: Path | None = Field(None, description="colour hints under this folder (mirrored paths) instead of beside the scans")
+    hints_only: bool = Field(False, description="only the images that have a hint file")
 
     @field_validator("extensions")
     @classmethod
@@ -167,7 +169,7 @@ class PipelineConfig(_Section):
 
 BUILTIN_DEFAULTS = "built-in defaults"
 COMMAND_LINE = "command line"
-PATH_KEYS = ("model.weights", "train.val_dir")  # + train.data[].path: paths resolved against their file's folder
+PATH_KEYS = ("model.weights", "train.val_dir", "input.hints_dir")  # + train.data[].path: paths resolved against their file's folder
 
 
 def _leaf_keys(data: dict, prefix: str = "") -> list[str]:

@@ -22,6 +22,7 @@ nothing. Training and ``eval --hints N`` reveal points of the ground truth with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -71,6 +72,16 @@ class Hints:
 
     points: tuple[HintPoint, ...] = ()
     tint: Tint | None = None
+
+    def to_json(self) -> str:
+        """Lossless JSON of the parsed hints (what travels to a Ray actor)."""
+        return json.dumps({"points": [dataclasses.astuple(p) for p in self.points],
+                           "tint": dataclasses.astuple(self.tint) if self.tint else None})
+
+    @classmethod
+    def from_json(cls, text: str) -> Hints:
+        data = json.loads(text)
+        return cls(tuple(HintPoint(*p) for p in data["points"]), Tint(*data["tint"]) if data["tint"] else None)
 
 
 def hex_to_ab(color: str) -> tuple[float, float]:

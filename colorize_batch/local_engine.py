@@ -282,7 +282,8 @@ class LocalEngine:
                     to_color.append((item, job))
             if not to_color:
                 return
-            ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg)
+            ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg,
+                                                       [job.hints for _, job in to_color])
             with lock:
                 stats.stage_seconds["recombine"] += plane_seconds
             for i, (item, job) in enumerate(to_color):

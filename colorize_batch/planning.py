@@ -2,8 +2,9 @@
 
 :func:`plan_run` walks IN (:mod:`~colorize_batch.discovery`), maps every file (every page of a
 multi-page TIFF with ``input.tiff_pages: all``) to its output, drops what the manifest says
-is up to date, and turns output collisions and unsafe targets into per-file problems. The
-result, a :class:`Plan` of :class:`Job` rows, is what an engine executes.
+is up to date, and turns output collisions and unsafe targets into per-file problems. Each
+image's colour hints (:mod:`~colorize_batch.hints`) are read here; their hash joins its
+fingerprint. The result, a :class:`Plan` of :class:`Job` rows, is what an engine executes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image
 
 from .config import PipelineConfig
 from .discovery import DiscoveryError, WorkItem, find_images, output_path
+from .hints import HintError, Hints, locate, read_hints
 from .manifest import Manifest, RunIdentity, fingerprint
 from .names import display
 from .sharding import Shard
@@ -34,6 +36,7 @@ class Job:
     fingerprint: str
     page: int = 0  # TIFF page (input.tiff_pages: all)
     pages: int = 1
+    hints: Hints | None = None  # what the image's hint file says (hints.py); its hash is in ``fingerprint``
 
     @property
     def source_key(self) -> str:
@@ -47,6 +50,7 @@ class Plan:
     out_path: Path
     jobs: list[Job] = field(default_factory=list)
     up_to_date: int = 0
+    without_hints: int = 0  # left out by input.hints_only
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): fail before decoding
 
     @property
@@ -70,6 +74,20 @@ def resolve_out(in_path: Path, out_path: Path) -> tuple[Path, bool]:
             return out_path, True
         return out_path, False
     return out_path, False
+
+
+def with_hints(item: WorkItem, fp: str, hints_root: Path | None) -> tuple[Hints | None, str]:
+    """The image's hints (beside it, or under ``input.hints_dir``) and its fingerprint keyed on the
+    hint file's bytes too, so editing, adding or removing hints redoes exactly that image.
+    Raises :class:`~colorize_batch.hints.HintError` naming the hint file."""
+    path = locate(item.source, item.relative, hints_root)
+    if path is None:
+        return None, fp
+    try:
+        hints, digest = read_hints(path)
+    except HintError as exc:
+        raise HintError(f"hint file {display(path)}: {exc}") from None
+    return hints, f"{fp}+hints:{digest[:16]}"
 
 
 def plan_run(
@@ -115,8 +133,15 @@ def plan_run(
         pages = tiff_page_count(item.source) if all_pages and item.source.suffix.lower() in (".tif", ".tiff") else 1
         try:
             fp = fingerprint(item.source, checksum)
+            hints, fp = with_hints(item, fp, inp.hints_dir)
         except OSError as exc:
             plan.problems.append((str(item.source), f"cannot read: {exc.strerror}"))
+            continue
+        except HintError as exc:
+            plan.problems.append((str(item.source), str(exc)))
+            continue
+        if inp.hints_only and hints is None:
+            plan.without_hints += pages
             continue
         for page in range(pages):
             page_dest = dest.with_name(f"{dest.stem}_p{page + 1}{dest.suffix}") if pages > 1 else dest
@@ -125,7 +150,7 @@ def plan_run(
                 plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))
                 continue
             claimed[key] = str(item.source)
-            job = Job(item, page_dest, fp, page, pages)
+            job = Job(item, page_dest, fp, page, pages, hints)
             if not force and manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident):
                 plan.up_to_date += 1
                 continue

@@ -25,6 +25,7 @@ import numpy as np
 from .config import PipelineConfig
 from .decoding import DecodedItem, DecodeDataset
 from .discovery import WorkItem
+from .hints import Hints
 from .manifest import Manifest, RunIdentity
 from .planning import Job, Plan
 from .reporting import ProgressDisplay, RunStats
@@ -52,9 +53,11 @@ def import_ray():
     return ray
 
 
-def _job_for(source: str, relative: str, output: str, page: int) -> Job:
-    """The stages' view of one row (the fingerprint stays with the driver's job)."""
-    return Job(WorkItem(Path(source), PurePosixPath(relative)), Path(output), "", page)
+def _job_for(source: str, relative: str, output: str, page: int, hints: str = "") -> Job:
+    """The stages' view of one row (the fingerprint stays with the driver's job; ``hints``: the
+    planned job's hints as JSON, :func:`_hints_json`)."""
+    return Job(WorkItem(Path(source), PurePosixPath(relative)), Path(output), "", page,
+               hints=Hints.from_json(hints) if hints else None)
 
 
 class ColorizeActor:
@@ -82,7 +85,8 @@ class ColorizeActor:
         shares = [dict.fromkeys(STAGE_COLUMNS, 0.0) for _ in range(rows)]
         to_color: list[tuple[int, DecodedItem, Job]] = []
         for r in range(rows):
-            job = _job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]))
+            job = _job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]),
+                           str(batch["hints"][r]))
             item = DecodeDataset([job.item.source], cfg.model.size, cfg.input.max_pixels, [job.page])[0]
             decode_s[r] = item.decode_s
             settled = triage(item, job, cfg)
@@ -93,7 +97,8 @@ class ColorizeActor:
         if to_color:
             forward_before = self.colorizer.forward_seconds
             try:
-                ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for _, it, _ in to_color], cfg)
+                ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for _, it, _ in to_color], cfg,
+                                                           [job.hints for _, _, job in to_color])
             except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this batch, not the whole run
                 for r, _, job in to_color:
                     results[r] = FileResult(job, Status.FAILED, reason=f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0])
@@ -241,7 +246,7 @@ class RayEngine:
             ray_data_level = ray_data_log.level
             ray_data_log.setLevel(logging.ERROR)  # its per-dataset INFO lines and the "progress bars disabled" note
             rows = [{"index": i, "source": str(j.item.source), "relative": str(j.item.relative), "output": str(j.output),
-                     "page": j.page} for i, j in enumerate(jobs)]
+                     "page": j.page, "hints": j.hints.to_json() if j.hints else ""} for i, j in enumerate(jobs)]
             remote = {"num_gpus": gpus} if gpus else {}
             dataset = ray.data.from_items(rows).map_batches(
                 ColorizeActor,

@@ -132,6 +132,8 @@ def build_report(stats: RunStats, **context) -> dict:
             "skipped_color": c["skipped_color"],
             "copied": c["copied"],
             "failed": c["failed"],
+            "with_hints": c["with_hints"],  # planned with a hint file (hints.py)
+            "left_out_without_hints": c["without_hints"],  # input.hints_only
         },
         "failures": stats.failures,
         "notes": stats.notes,

@@ -123,6 +123,8 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
              manifest: Manifest | None, ident: RunIdentity, report_path: Path | None, quiet: bool, tag: str = "",
              engine: str = "local", engine_options: dict | None = None) -> int:
     stats.counts["skipped"] = plan.up_to_date
+    stats.counts["with_hints"] = sum(1 for job in plan.jobs if job.hints is not None)
+    stats.counts["without_hints"] = plan.without_hints
     for path, reason in plan.problems:  # collisions, unreadable sources: re-examined on every run
         stats.fail(path, reason)
     model_id = None
@@ -137,6 +139,10 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
             problem = check_size(config.model.size, info, "model.size")
             if problem:
                 return _usage(problem)
+            hinted = sum(1 for job in plan.jobs if job.hints is not None and job.hints.points)
+            if hinted and not getattr(info.architecture, "hint_channels", ()):
+                log.warning("%d image(s) have hint points but %s has no hint branch: the points are ignored "
+                            "(global tints still apply)", hinted, display(weights_path))
             runner: Engine
             try:
                 if engine == "ray":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 
 from .config import PipelineConfig
 from .decoding import DecodedItem
+from .hints import Hints, apply_tint, batch_planes
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity
 from .planning import Job
@@ -142,11 +144,23 @@ def _network_square(item: DecodedItem) -> torch.Tensor:
     return item.net
 
 
-def predict_planes(colorizer: Colorizer, items: list[DecodedItem],
-                   config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """One batched forward pass + chroma planes on the device; returns CPU (ab, cb, cr, plane seconds)."""
+def predict_planes(colorizer: Colorizer, items: list[DecodedItem], config: PipelineConfig,
+                   hints: Sequence[Hints | None] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One batched forward pass + chroma planes on the device; returns CPU (ab, cb, cr, plane seconds).
+
+    ``hints``: each item's colour hints (its job's), points as extra network inputs and a global
+    tint mixed into the prediction; none at all leaves the batch exactly as without hints.
+    """
     grey_small = torch.stack([_network_square(it) for it in items])
-    ab = colorizer.predict(grey_small, on_device=True)
+    hints = list(hints) or [None] * len(items)
+    planes = None
+    if colorizer.takes_hints:
+        shapes = [tuple(it.grey.shape[-2:]) if it.grey is not None else (1, 1) for it in items]
+        planes = batch_planes(hints, shapes, grey_small.shape[-1])  # type: ignore[arg-type]
+    ab = colorizer.predict(grey_small, on_device=True, hints=planes)
+    for i, h in enumerate(hints):
+        if h is not None and h.tint is not None:
+            ab[i] = apply_tint(ab[i], h.tint)
     t0 = time.perf_counter()
     cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, config.model.chroma_gain)
     ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()

@@ -230,11 +230,11 @@ def test_a_lane_error_stops_the_run_and_is_raised(tmp_path, tiny_weights, monkey
     calls = []
     real_predict = Colorizer.predict
 
-    def flaky(self, batch, on_device=False):
+    def flaky(self, batch, on_device=False, hints=None):
         calls.append(len(batch))
         if len(calls) == 2:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real_predict(self, batch, on_device)
+        return real_predict(self, batch, on_device, hints)
 
     monkeypatch.setattr(Colorizer, "predict", flaky)
     config = load_config(None, {"model.weights": str(tiny_weights), "loader.lanes": 2, "loader.batch_size": 1, "loader.workers": 0})
