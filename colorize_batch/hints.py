@@ -23,6 +23,7 @@ nothing. Training and ``eval --hints N`` reveal points of the ground truth with
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -292,7 +293,12 @@ def locate(source: Path, relative: str | Path, hints_root: Path | None) -> Path 
     """The hint file of an input image, if there is one: under ``hints_root`` (``input.hints_dir``,
     mirrored relative paths) when one is set, else beside the scan."""
     path = hints_path_for(relative, hints_root) if hints_root is not None else hints_path_for(Path(source).name, Path(source).parent)
-    return path if path.is_file() else None
+    try:
+        return path if path.is_file() else None
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:  # a 245+ byte scan name: no hint file can sit beside it
+            return None
+        raise
 
 
 def batch_planes(hint_sets: Sequence[Hints | None], shapes: Sequence[tuple[int, int]], size: int) -> torch.Tensor | None:
