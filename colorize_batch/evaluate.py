@@ -17,6 +17,7 @@ truth. Metrics, averaged per image:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def evaluate(
     return result
 
 
-def contact_sheet(rows: list[tuple[np.ndarray, ...]], path: Path, height: int = 160, labels: tuple[str, ...] = ("grey", "model", "truth")) -> Path:
+def contact_sheet(rows: Sequence[tuple[np.ndarray, ...]], path: Path, height: int = 160, labels: tuple[str, ...] = ("grey", "model", "truth")) -> Path:
     """A PNG with one column per image and one row per version (grey / model / truth)."""
     if not rows:
         raise ValueError("no images for the contact sheet")

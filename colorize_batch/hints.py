@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 
@@ -232,7 +232,7 @@ def apply_tint(ab: torch.Tensor, tint: Tint | None) -> torch.Tensor:
 BUNDLE_FORMAT = "colorize-batch-hints"
 
 
-def hints_path_for(relative: str | Path, root: Path) -> Path:
+def hints_path_for(relative: str | PurePath, root: Path) -> Path:
     """Where the hints of the image at ``relative`` (to its input root) live under ``root``:
     ``a/b/photo.jpg`` -> ``root/a/b/photo.hints.json``."""
     relative = Path(relative)
@@ -289,7 +289,7 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     return written
 
 
-def locate(source: Path, relative: str | Path, hints_root: Path | None) -> Path | None:
+def locate(source: Path, relative: str | PurePath, hints_root: Path | None) -> Path | None:
     """The hint file of an input image, if there is one: under ``hints_root`` (``input.hints_dir``,
     mirrored relative paths) when one is set, else beside the scan."""
     path = hints_path_for(relative, hints_root) if hints_root is not None else hints_path_for(Path(source).name, Path(source).parent)

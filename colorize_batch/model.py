@@ -57,11 +57,13 @@ class UNetConfig:
         return cls(**known)
 
 
+# The previous CPU-friendly default: 32 base channels, 7 levels, about 10.5M parameters.
+LITE = UNetConfig(base_channels=32, depth=7, max_channels=256, dropout_blocks=2)
+
 PRESETS: dict[str, UNetConfig | EffUNetConfig] = {
     # The seed prototype's generator: 64 base channels, 8 levels, 54.4M parameters.
     "pix2pix-256": UNetConfig(base_channels=64, depth=8, max_channels=512, dropout_blocks=3),
-    # CPU-friendly default: 32 base channels, 7 levels, about 10.5M parameters.
-    "lite": UNetConfig(base_channels=32, depth=7, max_channels=256, dropout_blocks=2),
+    "lite": LITE,
     # Tiny network for tests and smoke runs.
     "tiny": UNetConfig(base_channels=8, depth=4, max_channels=32, dropout_blocks=1),
 }
@@ -106,7 +108,7 @@ class UNetGenerator(nn.Module):
     Input: normalised L, ``(B, 1, H, W)``; output: normalised ab, ``(B, 2, H, W)``.
     """
 
-    def __init__(self, config: UNetConfig = PRESETS["lite"]):
+    def __init__(self, config: UNetConfig = LITE):
         super().__init__()
         self.config = config
         norm_layer = get_norm_layer(config.norm)
@@ -174,6 +176,9 @@ class PatchDiscriminator(nn.Module):
 class GANLoss(nn.Module):
     """GAN objective against a constant real/fake label: ``vanilla`` (BCE with logits) or ``lsgan`` (MSE)."""
 
+    real_label: torch.Tensor  # buffers
+    fake_label: torch.Tensor
+
     def __init__(self, mode: str = "vanilla", real_label: float = 1.0, fake_label: float = 0.0):
         super().__init__()
         if mode == "vanilla":
@@ -187,7 +192,8 @@ class GANLoss(nn.Module):
 
     def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
         target = self.real_label if target_is_real else self.fake_label
-        return self.loss(prediction, target.expand_as(prediction))
+        loss: torch.Tensor = self.loss(prediction, target.expand_as(prediction))
+        return loss
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
@@ -448,6 +454,8 @@ class EffUNetGenerator(nn.Module):
     computed at 1/4 resolution and upsampled bilinearly.
     """
 
+    ab_bins: torch.Tensor  # buffer: the bins' ab centres
+
     def __init__(self, config: EffUNetConfig):
         super().__init__()
         if config.encoder != "efficientnet-lite0":
@@ -522,6 +530,8 @@ class EffUNetGenerator(nn.Module):
 
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold an eval-mode BatchNorm into the convolution before it (in place; ``bn`` is then unused)."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("batch norm without running statistics cannot be folded")
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
@@ -545,8 +555,9 @@ def fused_for_inference(net: EffUNetGenerator) -> EffUNetGenerator:
             fold_batch_norm(getattr(owner, conv_name), bn)
             setattr(owner, bn_name, nn.Identity())
     for seq in (net.lateral, net.up16, net.up8, net.up4):
-        if isinstance(seq[1], nn.BatchNorm2d):
-            fold_batch_norm(seq[0], seq[1])
+        conv, bn = seq[0], seq[1]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            fold_batch_norm(conv, bn)
             seq[1] = nn.Identity()
     return net
 
@@ -565,7 +576,8 @@ def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGener
     """Decoder: the pix2pix initialisation; encoder: ImageNet weights (``pretrained``); bins: the sRGB gamut."""
     init_weights(net.lateral), init_weights(net.up16), init_weights(net.up8), init_weights(net.up4)
     nn.init.normal_(net.classifier.weight, 0.0, 0.02)
-    nn.init.zeros_(net.classifier.bias)
+    if net.classifier.bias is not None:
+        nn.init.zeros_(net.classifier.bias)
     if net.hints is not None:
         init_hint_branch(net.hints)
     bins = gamut_ab_bins(net.config.ab_grid)

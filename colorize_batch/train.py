@@ -320,7 +320,7 @@ class Trainer:
         planes = self._training_hints(lab_ab) if gen.hints is not None else None
         with torch.autocast(self.device.type, enabled=self.use_amp):
             logits = gen.logits(real_l, planes)
-        target = F.adaptive_avg_pool2d(lab_ab, logits.shape[-2:])
+        target = F.adaptive_avg_pool2d(lab_ab, (logits.shape[-2], logits.shape[-1]))
         loss_ce = rebalanced_ce(logits, target, gen.ab_bins, self.class_weights)
         mean_ab = F.interpolate(gen.decode(logits, 1.0), size=real_ab.shape[-2:], mode="bilinear", align_corners=False)
         loss_l1 = F.l1_loss(mean_ab, real_ab)
