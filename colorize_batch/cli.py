@@ -165,7 +165,7 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
         from .gallery import build_gallery
 
-        index = build_gallery(out_path, in_path, workers=config.loader.writer_threads)
+        index = build_gallery(out_path, in_path, workers=config.loader.writer_threads, hints_dir=config.input.hints_dir)
         if not quiet:
             click.echo(f"review gallery: {index}", err=True)
     ctx.exit(code)
@@ -411,20 +411,79 @@ def report_merge(out_dir, dest):
 @click.option("--open", "open_browser", is_flag=True, help="Open the gallery in the default web browser.")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Files per page.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Thumbnail threads.")
-def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int, workers: int) -> None:
-    """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/."""
+@click.option("--hints", "hints_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the hint files, mirroring IN (default: the last run's --hints, else beside the scans).")
+def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int, workers: int,
+                    hints_dir: Path | None) -> None:
+    """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/.
+
+    A click on a colour result adds a colour hint there; the page downloads photo.hints.json
+    per image, or a bundle of every edited image for `colorize-batch hints import`.
+    """
     import webbrowser
 
     from .gallery import NoManifestError, build_gallery
 
     try:
-        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers)
+        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir)
     except NoManifestError as exc:
         click.echo(f"Error: {exc}", err=True)
         raise click.exceptions.Exit(EXIT_USAGE) from None
     click.echo(str(index))
     if open_browser:
         webbrowser.open(index.resolve().as_uri())
+
+
+# ----------------------------------------------------------------------------- hints
+@main.group("hints")
+def hints_group() -> None:
+    """Colour hint files (photo.hints.json): what the review gallery writes."""
+
+
+@hints_group.command("import")
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+def hints_import(bundle: Path, dest: Path) -> None:
+    """Unpack a hint bundle downloaded from the review gallery into DEST.
+
+    DEST is the --hints DIR of the run (a/b/photo.jpg -> DEST/a/b/photo.hints.json), or the
+    input folder itself for hint files beside the scans. Nothing is written unless every
+    document in the bundle is valid.
+    """
+    from .hints import HintError, import_bundle
+    from .names import display
+
+    try:
+        written = import_bundle(bundle, dest)
+    except HintError as exc:
+        click.echo(f"Error: {display(bundle)}: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_USAGE) from None
+    except OSError as exc:
+        click.echo(f"Error: {display(bundle)}: cannot write into {display(dest)}: {exc.strerror or exc}", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED) from None
+    for path in written:
+        click.echo(display(path))
+    click.echo(f"{len(written)} hint file(s) written under {display(dest)}", err=True)
+
+
+@hints_group.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+def hints_check(files: tuple[Path, ...]) -> None:
+    """Check hint files (photo.hints.json) the way a run reads them; exit 2 if one is unusable."""
+    from .hints import HintError, read_hints
+    from .names import display
+
+    bad = 0
+    for path in files:
+        try:
+            hints, _ = read_hints(path)
+        except HintError as exc:
+            bad += 1
+            click.echo(f"{display(path)}: {exc}", err=True)
+            continue
+        click.echo(f"{display(path)}: ok, {len(hints.points)} point(s){', a global tint' if hints.tint else ''}")
+    if bad:
+        raise click.exceptions.Exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,10 +19,17 @@ Design points:
   be copied or opened from a NAS. Page, thumbnail and file links are percent-encoded
   relative URLs; every file and folder name goes through Jinja2 with autoescaping, so a
   file called ``<img src=x onerror=alert(1)>.png`` shows as text and never runs.
+* The hint editor: a click on a colour result adds a colour hint (:mod:`~colorize_batch.hints`)
+  there, in coordinates relative to the upright image (the thumbnails are EXIF-rotated as the
+  output shows); the page downloads ``photo.hints.json`` per image or a bundle of every edited
+  image for ``colorize-batch hints import``. Each image's input relative path (the bundle's
+  key) and its existing hint file's points travel as JSON in a ``<script type="application/json">``
+  block (``<``, ``>``, ``&`` escaped, ASCII only), never spliced into the script.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -39,9 +46,11 @@ from urllib.parse import quote
 
 import jinja2
 import numpy as np
+from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from . import __version__
+from .hints import DEFAULT_RADIUS, hints_path_for, locate, parse_hints
 from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, gallery_dir, report_path
 from .names import display
 from .writing import atomic_write, atomic_write_text
@@ -171,6 +180,22 @@ class Picture:
 
 
 @dataclass(frozen=True)
+class HintTarget:
+    """What the hint editor needs of an image: its input relative path (the bundle's key; the
+    exact name, not the display one), the hint file's name, the points it already has."""
+
+    rel: str
+    file: str
+    document: dict | None  # the existing hint file's points (and global tint), normalised; None: no file
+    problem: str | None = None  # the existing hint file cannot be used: why
+
+    @property
+    def label(self) -> str:
+        """The hint file's name for people (names that are not UTF-8 shown with ``\\xNN``)."""
+        return display(self.file)
+
+
+@dataclass(frozen=True)
 class Item:
     key: str  # manifest key (source relative path, "#pN" for TIFF pages)
     status: str
@@ -179,6 +204,7 @@ class Item:
     name: str
     source: Picture
     output: Picture
+    hint: HintTarget | None = None  # None: no hint editor on this card (not colorized, no thumbnail)
 
 
 @dataclass(frozen=True)
@@ -319,6 +345,49 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("colorize_batch", "templat
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
+def _script_json(data: object) -> Markup:
+    """JSON for a ``<script type="application/json">`` block: ASCII (names that are not UTF-8 keep
+    their ``\\udcXX`` escapes) and no ``<``, ``>`` or ``&``, so no name can close the block."""
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _hint_target(source_rel: PurePosixPath, src_root: Path | None, hints_root: Path | None) -> HintTarget:
+    """The editor's view of an image's hints: the existing file's points, if it has one."""
+    rel = source_rel.as_posix()
+    target = HintTarget(rel, hints_path_for(rel, Path()).name, None)
+    if hints_root is None and src_root is None:
+        return target
+    try:
+        path = locate(src_root / source_rel if src_root else Path(rel), rel, hints_root)
+        if path is None:
+            return target
+        data = json.loads(path.read_text(encoding="utf-8"))
+        parse_hints(data)
+    except (OSError, ValueError) as exc:  # HintError and JSON errors are ValueErrors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return HintTarget(target.rel, target.file, None, f"its hint file cannot be used ({reason}): editing replaces it")
+    points = [{"x": p["x"], "y": p["y"], "color": "#" + p["color"].strip().lstrip("#").lower(),
+               "radius": p.get("radius", DEFAULT_RADIUS)} for p in data.get("points", [])]
+    document: dict = {"points": points}
+    if isinstance(data.get("global"), dict) and data["global"]:
+        document["global"] = data["global"]
+    return HintTarget(target.rel, target.file, document)
+
+
+def _hint_data(items: Sequence[Item], store: str) -> tuple[Markup, dict[str, int]]:
+    """The page's hint JSON (one entry per image: the pages of a TIFF share its one hint file)
+    and each relative path's index in it."""
+    index: dict[str, int] = {}
+    images: list[dict] = []
+    for item in items:
+        if item.hint is not None and item.hint.rel not in index:
+            index[item.hint.rel] = len(images)
+            images.append({"rel": item.hint.rel, "file": item.hint.file, "existing": item.hint.document})
+    return _script_json({"format": "colorize-batch-hints", "version": 1, "store": store,
+                         "default_radius": 0.02, "images": images}), index
+
+
 def _write_atomic(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
@@ -342,9 +411,12 @@ def _picture(result: ThumbResult, thumb: Path, gallery: Path, link: Path | None)
 # --------------------------------------------------------------------------- entry point
 
 
-def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int = 100, workers: int = 2) -> Path:
+def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int = 100, workers: int = 2,
+                  hints_dir: Path | None = None) -> Path:
     """Write the review site into ``OUT/.colorize-batch/gallery/``; return its ``index.html``.
 
+    ``hints_dir``: where the images' hint files are (``input.hints_dir``; default: the one the
+    last run used, else beside the scans), to show their points in the hint editor.
     Raises :class:`NoManifestError` when ``out_dir`` has no manifest.
     """
     if page_size < 1:
@@ -357,6 +429,9 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path)
     src_root, src_warning = _source_root(source_dir, last_run)
+    if hints_dir is None and last_run and isinstance(last_run.get("hints_dir"), str):
+        hints_dir = Path(last_run["hints_dir"])
+    hints_root = Path(hints_dir).resolve() if hints_dir is not None else None
     gallery = gallery_dir(out_dir)
     thumbs = gallery / THUMB_DIR
     gallery.mkdir(parents=True, exist_ok=True)
@@ -407,7 +482,10 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
         key = display(str(rec["source"]))
         folder = display(str(source_rel.parent)) if str(source_rel.parent) != "." else ""
         name = display(source_rel.name) + (f" (page {page + 1})" if page else "")
-        items.append(Item(key, str(rec["status"]), display(output_rel.as_posix()), folder, name, src_pic, out_pic))
+        hint = _hint_target(source_rel, src_root, hints_root) if rec["status"] == "done" and out_pic.thumb_url else None
+        if hint is not None and hint.problem:
+            warnings.append(f"{display(source_rel.as_posix())}: {hint.problem}")
+        items.append(Item(key, str(rec["status"]), display(output_rel.as_posix()), folder, name, src_pic, out_pic, hint))
 
     # Summary shared by all pages.
     statuses = Counter(str(rec.get("status")) for rec in records)
@@ -430,12 +508,16 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
         "failures": failures[:MAX_FAILURES_SHOWN],
         "failures_total": len(failures),
         "total_items": len(items),
+        "hints_where": display(hints_root) if hints_root else display(src_root) if src_root else None,
+        "hints_beside": hints_root is None,
     }
+    store = hashlib.sha256(os.fsencode(str(out_dir))).hexdigest()[:16]  # this gallery's edits in localStorage
 
     pages = max(1, -(-len(items) // page_size))
     for number in range(1, pages + 1):
         chunk = items[(number - 1) * page_size: number * page_size]
         previous_folder = items[(number - 1) * page_size - 1].folder if number > 1 and chunk else None
+        hint_json, hint_index = _hint_data(chunk, store)
         html = _ENV.get_template("gallery.html").render(
             **common,
             page=number,
@@ -444,6 +526,8 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
             prev_url=page_filename(number - 1) if number > 1 else None,
             next_url=page_filename(number + 1) if number < pages else None,
             page_links=_page_links(number, pages),
+            hint_json=hint_json,
+            hint_index=hint_index,
         )
         _write_atomic(gallery / page_filename(number), html)
     for stale in gallery.glob("page-*.html"):  # a previous, longer build's pages

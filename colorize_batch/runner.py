@@ -174,6 +174,7 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
         config_hash=ident.config_hash,
         input=str(plan.in_path),
         output=str(plan.out_path),
+        hints_dir=str(config.input.hints_dir) if config.input.hints_dir else None,  # where the gallery's hint editor looks
         device=device_label,
         host=platform.node(),
     )

@@ -24,3 +24,116 @@
   try { saved = localStorage.getItem(KEY); } catch (e) { /* ignore */ }
   setView(saved === "slider" ? "slider" : "side");
 })();
+
+// The hint editor: a click on a colour result adds a point (x, y relative to the upright image,
+// 0-1) of the picker's colour; a click on a point removes it. Edits are kept in localStorage
+// (per gallery, across its pages) until they match the image's hint file again.
+(function () {
+  var dataBlock = document.getElementById("hint-data");
+  var data = dataBlock ? JSON.parse(dataBlock.textContent) : null;
+  if (!data || !data.images.length) return;
+  var STORE = "colorize-batch-hints:" + data.store, COLOR = "colorize-batch-hint-color", RADIUS = "colorize-batch-hint-radius";
+  var picker = document.getElementById("hint-color"), radiusInput = document.getElementById("hint-radius");
+  var status = document.getElementById("hint-status");
+  var edits = {};  // input relative path -> edited hint document
+  function storage(fn) { try { return fn(localStorage); } catch (e) { return null; } }  // file:// storage may be off
+  edits = storage(function (s) { return JSON.parse(s.getItem(STORE) || "{}"); }) || {};
+  var savedColor = storage(function (s) { return s.getItem(COLOR); });
+  if (savedColor && /^#[0-9a-f]{6}$/i.test(savedColor)) picker.value = savedColor;
+  var savedRadius = Number(storage(function (s) { return s.getItem(RADIUS); }));
+  radiusInput.value = String(savedRadius > 0 && savedRadius <= 0.5 ? savedRadius : data.default_radius);
+
+  function existing(image) { return image.existing || { points: [] }; }
+  function documentOf(image) { return edits[image.rel] || existing(image); }
+  function same(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+  function save() { storage(function (s) { s.setItem(STORE, JSON.stringify(edits)); }); }
+  function round(v) { return Math.round(Math.min(1, Math.max(0, v)) * 1e5) / 1e5; }
+  function radius() {
+    var r = Number(radiusInput.value);
+    return r >= 0.0005 && r <= 0.5 ? r : data.default_radius;
+  }
+  function setPoints(image, points) {
+    var doc = { points: points };
+    if (existing(image).global) doc.global = existing(image).global;
+    if (same(doc, existing(image))) delete edits[image.rel]; else edits[image.rel] = doc;
+    save();
+    render();
+  }
+  function render() {
+    document.querySelectorAll(".hint-area").forEach(function (area) {
+      var image = data.images[Number(area.getAttribute("data-hint"))];
+      var img = area.querySelector("img");
+      var w = Number(img.getAttribute("width")) || 1, h = Number(img.getAttribute("height")) || 1;
+      area.querySelectorAll(".hint-dot").forEach(function (dot) { dot.remove(); });
+      documentOf(image).points.forEach(function (p, i) {
+        var dot = document.createElement("span");
+        dot.className = "hint-dot";
+        dot.setAttribute("data-point", String(i));
+        dot.title = p.color + " at " + p.x.toFixed(3) + ", " + p.y.toFixed(3) + " (click to remove)";
+        dot.style.left = p.x * 100 + "%";
+        dot.style.top = p.y * 100 + "%";
+        dot.style.width = 2 * p.radius * Math.min(w, h) / w * 100 + "%";  // radius: share of the shorter side
+        dot.style.background = p.color;
+        area.appendChild(dot);
+      });
+    });
+    document.querySelectorAll(".hint-bar").forEach(function (bar) {
+      var image = data.images[Number(bar.getAttribute("data-hint"))];
+      var n = documentOf(image).points.length;
+      bar.classList.toggle("edited", image.rel in edits);
+      bar.querySelector(".hint-count").textContent = n + " hint point" + (n === 1 ? "" : "s") + (image.rel in edits ? " (edited)" : "");
+    });
+    var count = Object.keys(edits).length;
+    status.textContent = count ? count + " edited image(s) in this gallery" : "no edits yet";
+  }
+  function download(name, obj) {
+    var url = URL.createObjectURL(new Blob([JSON.stringify(obj, null, 1) + "\n"], { type: "application/json" }));
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+  }
+
+  document.addEventListener("click", function (e) {
+    var dot = e.target.closest(".hint-dot"), area = e.target.closest(".hint-area");
+    var bar = e.target.closest(".hint-bar"), button = e.target.closest("[data-hint-action]");
+    if (area) {
+      var image = data.images[Number(area.getAttribute("data-hint"))];
+      var points = documentOf(image).points.slice();
+      if (dot) {
+        points.splice(Number(dot.getAttribute("data-point")), 1);
+      } else {
+        var box = area.querySelector("img").getBoundingClientRect();
+        points.push({ x: round((e.clientX - box.left) / box.width), y: round((e.clientY - box.top) / box.height),
+                      color: picker.value.toLowerCase(), radius: radius() });
+      }
+      setPoints(image, points);
+    } else if (bar && button) {
+      var target = data.images[Number(bar.getAttribute("data-hint"))];
+      var action = button.getAttribute("data-hint-action");
+      if (action === "download") download(target.file, documentOf(target));
+      else if (action === "undo") setPoints(target, documentOf(target).points.slice(0, -1));
+      else if (action === "clear") setPoints(target, []);
+    } else if (e.target.id === "hint-bundle") {
+      var names = Object.keys(edits).sort();
+      if (!names.length) { status.textContent = "nothing to download: no image has edited hints"; return; }
+      var images = {};
+      names.forEach(function (rel) { images[rel] = edits[rel]; });
+      download("colorize-batch-hints.json", { format: data.format, version: data.version, images: images });
+    } else if (e.target.id === "hint-forget") {
+      edits = {};
+      save();
+      render();
+    }
+  });
+  data.images.forEach(function (image) {  // hint files imported since: those edits are done
+    if (edits[image.rel] && same(edits[image.rel], existing(image))) delete edits[image.rel];
+  });
+  save();
+  picker.addEventListener("change", function () { storage(function (s) { s.setItem(COLOR, picker.value); }); });
+  radiusInput.addEventListener("change", function () { storage(function (s) { s.setItem(RADIUS, String(radius())); }); });
+  render();
+})();
