@@ -17,8 +17,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: install  ## build a small tree of grey photos and colorize it with the shipped weights
-	rm -rf demo/in
-	$(BIN)/python -m colorize_batch.examples demo/in
+	rm -rf demo/in demo/hints
+	$(BIN)/python -m colorize_batch.examples demo/in demo/hints
 	$(BIN)/colorize-batch run demo/in demo/out --report demo/report.json
 	@echo "colour results: demo/out (report: demo/report.json)"
 
@@ -32,10 +32,11 @@ lint: install
 	$(BIN)/ruff check colorize_batch tests benchmarks
 	$(BIN)/mypy colorize_batch
 
-train: install  ## reproduce the shipped default weights (effnet-lite0: two stages, about 50 min on 2 idle CPU cores)
+train: install  ## reproduce the shipped default weights (effnet-lite0 + hint branch: three stages, about 75 min on 2 idle CPU cores)
 	$(BIN)/colorize-batch train --config effnet-stage1.yaml --out runs/eff-s1
 	$(BIN)/colorize-batch train --init runs/eff-s1/generator.pt --config effnet-stage2.yaml --out runs/eff-s2
-	$(BIN)/colorize-batch export runs/eff-s2 weights/colorize-effnet-lite0.pt
+	$(BIN)/colorize-batch train --init runs/eff-s2/generator.pt --config effnet-hints.yaml --out runs/eff-hints
+	$(BIN)/colorize-batch export runs/eff-hints weights/colorize-effnet-lite0.pt
 
 train-lite: install  ## reproduce the previous default, colorize-lite.pt (three stages, about 2 hours)
 	$(BIN)/colorize-batch train --out runs/lite-v1

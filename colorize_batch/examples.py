@@ -1,11 +1,13 @@
 """Example inputs built from the photos scikit-image ships (no downloads).
 
 Used by ``make demo``, the tests and the benchmark: a nested tree of grey photos in mixed
-formats and modes, including a 16-bit TIFF and an EXIF-rotated JPEG.
+formats and modes, including a 16-bit TIFF and an EXIF-rotated JPEG, and (the README's worked
+example of colour hints) a hint file that makes the red cup and saucer of the coffee photo blue.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,24 @@ def grey_photo(name: str) -> np.ndarray:
     return grey_from_rgb(np.ascontiguousarray(colour_photo(name)))
 
 
-def build_example_tree(root: Path) -> list[Path]:
-    """Write the demo tree under ``root``; returns the files written."""
+# The README's worked example (keep the two the same: a test compares them): five points on the
+# saucer and one on the cup, in the upright image's coordinates (0-1, from the top left).
+COFFEE_HINTS: dict = {
+    "points": [
+        {"x": 0.20, "y": 0.50, "color": "#2456b4", "radius": 0.03},
+        {"x": 0.25, "y": 0.76, "color": "#2456b4", "radius": 0.03},
+        {"x": 0.47, "y": 0.87, "color": "#2456b4", "radius": 0.03},
+        {"x": 0.73, "y": 0.68, "color": "#2456b4", "radius": 0.03},
+        {"x": 0.76, "y": 0.42, "color": "#2456b4", "radius": 0.03},
+        {"x": 0.45, "y": 0.60, "color": "#2456b4", "radius": 0.03},
+    ]
+}
+COFFEE = "still life/coffee.jpg"
+
+
+def build_example_tree(root: Path, hints_root: Path | None = None) -> list[Path]:
+    """Write the demo tree under ``root`` (and, with ``hints_root``, the coffee photo's hint file
+    under it, mirrored: ``hints_root/still life/coffee.hints.json``); returns the files written."""
     root = Path(root)
     files: list[tuple[str, Image.Image, dict]] = []
     astronaut = Image.fromarray(grey_photo("astronaut"))
@@ -48,11 +66,17 @@ def build_example_tree(root: Path) -> list[Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         im.save(dest, **kwargs)
         written.append(dest)
+    if hints_root is not None:
+        dest = Path(hints_root) / "still life" / "coffee.hints.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(COFFEE_HINTS, indent=1) + "\n", encoding="utf-8")
+        written.append(dest)
     return written
 
 
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    for path in build_example_tree(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/in")):
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo/in")
+    for path in build_example_tree(root, Path(sys.argv[2]) if len(sys.argv) > 2 else None):
         print(path)
