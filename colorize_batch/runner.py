@@ -92,7 +92,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         for path, reason in plan.problems:
             click.echo(f"would fail {path}: {reason}")
         click.echo(f"dry run: {len(plan.jobs)} to colorize, {plan.up_to_date} up to date, {len(plan.problems)} problems; nothing written")
-        return 0
+        return ExitCode.OK
 
     stats = RunStats()
     if single:

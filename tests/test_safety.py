@@ -15,6 +15,7 @@ from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch.manifest import Manifest, state_dir
+from colorize_batch.writing import is_temp_name
 
 
 def digest(path: Path) -> str:
@@ -154,7 +155,7 @@ def test_name_that_is_not_utf8_round_trips(tmp_path, run_cli):
     manifest = state_dir(out) / "manifest.jsonl"
     manifest.read_bytes().decode("utf-8")  # valid UTF-8 text
     assert name in Manifest(out).records
-    assert not list(state_dir(out).glob("*.tmp"))
+    assert not [p for p in state_dir(out).iterdir() if is_temp_name(p.name)]
     rerun = run_cli("run", src_dir, out, "--workers", "0", "--report", tmp_path / "r.json", expect=0)
     assert json.loads((tmp_path / "r.json").read_text())["counts"]["skipped_up_to_date"] == 2, rerun.output
 

@@ -31,7 +31,9 @@ def test_wheel_install_runs_with_the_shipped_weights_from_anywhere(tmp_path):
                            capture_output=True, text=True, cwd=elsewhere, env=env)
     module_file, weights = where.stdout.split()
     assert module_file.startswith(str(site)) and weights.startswith(str(site)), where.stdout
-    run = subprocess.run([sys.executable, "-m", "colorize_batch", "run", "in", "out", "-q"],
+    script = site / "bin" / "colorize-batch"  # the console script the wheel installs
+    assert script.is_file(), sorted(p.name for p in (site / "bin").glob("*")) if (site / "bin").is_dir() else "no bin/"
+    run = subprocess.run([str(script), "run", "in", "out", "-q"],
                          capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     out = np.asarray(Image.open(elsewhere / "out" / "a" / "photo.jpg").convert("RGB")).astype(int)
