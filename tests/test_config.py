@@ -17,11 +17,9 @@ from colorize_batch.config import (
     read_layer,
 )
 
-# model.temperature and model.chroma_gain are being chosen by measurement: pipeline.yaml holds the
-# chosen values while the code defaults follow later, so they are left out of the agreement check.
 # train.data / train.val_dir are where this checkout keeps its training photos (../shared/data):
 # the code's default is "no data", a layout is not a default.
-NOT_COMPARED = {"model.temperature", "model.chroma_gain", "train.data", "train.val_dir"}
+NOT_COMPARED = {"train.data", "train.val_dir"}
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
