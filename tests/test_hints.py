@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -311,3 +312,22 @@ def test_hint_files_are_found_beside_the_scan_or_under_the_hints_root(tmp_path):
     assert batch_planes([None, parse_hints({"points": []})], [(10, 20), (10, 20)], 32) is None
     planes = batch_planes([None, one], [(10, 20), (30, 20)], 32)
     assert planes.shape == (2, 3, 32, 32) and float(planes[0].abs().sum()) == 0 and float(planes[1, 2].sum()) > 0
+
+
+def test_the_shipped_default_serves_both_with_and_without_hints():
+    """One weights file: the default has a hint branch, and without hints it is exactly the
+    automatic model inside it (the branch stripped off)."""
+    from colorize_batch.config import DEFAULT_WEIGHTS
+
+    net, info = load_weights(DEFAULT_WEIGHTS)
+    assert net.hints is not None, f"{DEFAULT_WEIGHTS} has no hint branch"
+    base = build_generator(dataclasses.replace(net.config, hint_channels=())).eval()
+    missing, unexpected = base.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("hints.") for k in unexpected)
+    grey = np.asarray(Image.fromarray(colour_photo("coffee")).convert("L").resize((128, 128)))
+    x = torch.from_numpy(grey).float()[None, None] / 127.5 - 1.0  # the network's square, L in [-1, 1]
+    planes = rasterize([HintPoint(0.3, 0.7, 0.0, -60.0, 0.05)], 128, 600, 400)[None]
+    with torch.no_grad():
+        automatic = base(x)
+        assert torch.equal(net(x), automatic)
+        assert float((net(x, planes) - automatic).abs().max()) > 0.05  # the branch is trained: hints matter
