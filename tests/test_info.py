@@ -29,7 +29,7 @@ def test_info_names_version_weights_hash_architecture_and_device(run_cli, tiny_w
 def test_info_without_flags_describes_the_shipped_default(run_cli):
     facts = json.loads(run_cli("info", "--json", expect=0).output)
     assert facts["weights"] == str(DEFAULT_WEIGHTS.resolve()) and facts["weights_from"] == str(DEFAULT_CONFIG)
-    assert facts["family"] == "effunet" and facts["preset"] == "effnet-lite0"
+    assert facts["family"] == "effunet" and facts["preset"] == "effnet-lite0-hints"
 
 
 def test_info_on_a_missing_weights_file_is_a_usage_error(run_cli, tmp_path):
