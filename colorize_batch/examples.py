@@ -15,6 +15,7 @@ from PIL import Image
 from skimage import data
 
 from .evaluate import grey_from_rgb
+from .hints import hints_path_for
 
 COLOUR_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "coins", "camera")
 
@@ -67,7 +68,7 @@ def build_example_tree(root: Path, hints_root: Path | None = None) -> list[Path]
         im.save(dest, **kwargs)
         written.append(dest)
     if hints_root is not None:
-        dest = Path(hints_root) / "still life" / "coffee.hints.json"
+        dest = hints_path_for(COFFEE, Path(hints_root))
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(COFFEE_HINTS, indent=1) + "\n", encoding="utf-8")
         written.append(dest)

@@ -50,7 +50,7 @@ from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from . import __version__
-from .hints import DEFAULT_RADIUS, hints_path_for, locate, parse_hints
+from .hints import BUNDLE_FORMAT, DEFAULT_RADIUS, hints_path_for, locate, parse_hints
 from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, gallery_dir, report_path
 from .names import display
 from .writing import atomic_write, atomic_write_text
@@ -384,7 +384,7 @@ def _hint_data(items: Sequence[Item], store: str) -> tuple[Markup, dict[str, int
         if item.hint is not None and item.hint.rel not in index:
             index[item.hint.rel] = len(images)
             images.append({"rel": item.hint.rel, "file": item.hint.file, "existing": item.hint.document})
-    return _script_json({"format": "colorize-batch-hints", "version": 1, "store": store,
+    return _script_json({"format": BUNDLE_FORMAT, "version": 1, "store": store,
                          "default_radius": 0.02, "images": images}), index
 
 

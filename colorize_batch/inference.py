@@ -32,7 +32,8 @@ def tune_allocator() -> bool:
     By default glibc serves blocks above 128 KB-32 MB with ``mmap`` and returns them on free,
     so every forward pass page-faults its activations in again (a batch of 8 at 256² makes
     33 MB tensors). Raising the threshold keeps them in the heap (forward-only speed on the
-    2-core CPU: benchmarks/RESULTS.md). Memory stays bounded by the largest working set. No effect (and ``False``) where the C library has no ``mallopt`` (not glibc).
+    2-core CPU: benchmarks/RESULTS.md). Memory stays bounded by the largest working set.
+    No effect (and ``False``) where the C library has no ``mallopt`` (not glibc).
     """
     try:
         import ctypes
