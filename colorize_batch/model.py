@@ -590,22 +590,6 @@ def init_hint_branch(branch: HintBranch) -> HintBranch:
     return branch
 
 
-def load_widened_hint_branch(net: EffUNetGenerator, state: dict[str, torch.Tensor]) -> None:
-    """Load the state of the same model whose hint branch does not see the encoder's features into
-    ``net`` (``hint_features``): the extra input weights start at zero, so ``net`` gives exactly the
-    old model's colours, hints included, and training starts from there."""
-    own = net.state_dict()
-    if set(own) != set(state):
-        raise ValueError("the weights are not the same model without hint_features")
-    for key, value in own.items():
-        old = state[key]
-        if old.shape != value.shape:  # a hint conv that now also takes encoder features
-            if old.shape[0] != value.shape[0] or old.shape[2:] != value.shape[2:] or old.shape[1] >= value.shape[1]:
-                raise ValueError(f"{key}: {tuple(old.shape)} cannot widen to {tuple(value.shape)}")
-            old = torch.cat([old, old.new_zeros((old.shape[0], value.shape[1] - old.shape[1], *old.shape[2:]))], 1)
-        value.copy_(old)
-
-
 def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGenerator:
     """Decoder: the pix2pix initialisation; encoder: ImageNet weights (``pretrained``); bins: the sRGB gamut."""
     init_weights(net.lateral), init_weights(net.up16), init_weights(net.up8), init_weights(net.up4)

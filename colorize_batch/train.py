@@ -40,7 +40,7 @@ from .discovery import find_images
 from .evaluate import colour_photos, contact_sheet, evaluate
 from .hints import hint_count, rasterize, sample_points
 from .inference import Colorizer
-from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, load_widened_hint_branch, build_generator, count_parameters
+from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
 from .weights import load_weights, save_weights, torch_save_atomic
 
 log = logging.getLogger("colorize_batch.train")
@@ -202,14 +202,9 @@ class Trainer:
 
     def _load_init(self, path: Path) -> None:
         """Start from a weights file of the same architecture, or of the same one without the hint
-        branch (the branch then starts as built: contributing nothing), or, for a branch that sees
-        the encoder's features, of the same one whose branch does not (it starts as that one)."""
+        branch (the branch then starts as built: contributing nothing)."""
         start, info = load_weights(path, self.device)
         own = self.generator.config
-        if isinstance(own, EffUNetConfig) and own.hint_features and info.architecture == dataclasses.replace(own, hint_features=False):
-            load_widened_hint_branch(self.generator, start.state_dict())  # type: ignore[arg-type]
-            self.generator.train()
-            return
         plain = dataclasses.replace(own, hint_channels=(), hint_features=False) if isinstance(own, EffUNetConfig) else own
         if info.architecture not in (own, plain):
             raise TrainingError(f"{path}: architecture differs from train.preset {self.config.train.preset!r}")

@@ -346,24 +346,3 @@ def test_the_shipped_default_serves_both_with_and_without_hints():
         automatic = base(x)
         assert torch.equal(net(x), automatic)
         assert float((net(x, planes) - automatic).abs().max()) > 0.05  # the branch is trained: hints matter
-
-
-def test_a_guided_branch_starts_as_the_plain_branch_it_widens():
-    """effnet-guided.yaml starts from the plain hint branch (train --init): the feature inputs start
-    at zero, so the widened model gives exactly the same colours, with hints and without."""
-    from colorize_batch.model import load_widened_hint_branch
-
-    torch.manual_seed(0)
-    plain = build_generator("effnet-lite0-hints").eval()
-    with torch.no_grad():
-        for proj in (plain.hints.to32, plain.hints.to16, plain.hints.to8, plain.hints.to4, plain.hints.to_logits):
-            proj.weight.normal_(0.0, 0.2)
-    guided = build_generator("effnet-lite0-guided").eval()
-    load_widened_hint_branch(guided, plain.state_dict())
-    x = torch.rand(2, 1, 64, 64) * 2 - 1
-    planes = rasterize([HintPoint(0.4, 0.6, -30.0, 40.0, 0.1)], 64, 64, 64)[None].repeat(2, 1, 1, 1)
-    with torch.no_grad():
-        assert torch.allclose(guided(x, planes), plain(x, planes), atol=1e-5)
-        assert torch.equal(guided(x), plain(x))
-    with pytest.raises(ValueError, match="not the same model"):
-        load_widened_hint_branch(guided, build_generator("effnet-lite0").state_dict())
