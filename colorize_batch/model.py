@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -613,8 +613,7 @@ PRESETS["effnet-lite0"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_g
 PRESETS["effnet-lite0-hints"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
                                               hint_channels=(32, 64, 96, 128))
 # The same, its hint branch also seeing the encoder's features: hints follow object edges (issue 15).
-PRESETS["effnet-lite0-guided"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
-                                               hint_channels=(32, 64, 96, 128), hint_features=True)
+PRESETS["effnet-lite0-guided"] = replace(PRESETS["effnet-lite0-hints"], hint_features=True)
 
 
 def build_generator(config: UNetConfig | EffUNetConfig | str = "lite", pretrained: bool = False) -> UNetGenerator | EffUNetGenerator:
