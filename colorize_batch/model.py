@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -245,8 +245,6 @@ class EffUNetConfig:
     cells (:func:`gamut_ab_bins`) are the classes of the output layer (logits at 1/4 resolution).
     hint_channels: widths of the colour-hint branch at /4, /8, /16 and /32 (:class:`HintBranch`);
     empty: a generator without hint inputs.
-    hint_features: the hint branch also sees the encoder's /4, /8 and /16 features (only in images
-    that have hints), so a hint can follow the object it was put on instead of spreading evenly.
     """
 
     in_channels: int = 1
@@ -257,7 +255,6 @@ class EffUNetConfig:
     bins: int = 0
     norm: str = "batch"
     hint_channels: tuple[int, ...] = ()
-    hint_features: bool = False
 
     @property
     def multiple(self) -> int:
@@ -422,39 +419,27 @@ class HintBranch(nn.Module):
     automatic model without changing it (its weights stay frozen while the branch trains).
     """
 
-    def __init__(self, widths: tuple[int, ...], decoder_channels: tuple[int, ...], bins: int,
-                 feature_channels: tuple[int, int, int] = (0, 0, 0)):
+    def __init__(self, widths: tuple[int, ...], decoder_channels: tuple[int, ...], bins: int):
         super().__init__()
         c4, c8, c16, c32 = widths
         d32, d16, d8, d4 = decoder_channels
-        e4, e8, e16 = feature_channels  # encoder features joined at /4, /8, /16 (0: none)
-        self.sees_features = any(feature_channels)
-        self.down4 = nn.Sequential(hint_block(3 + e4, c4), hint_block(c4, c4))
-        self.down8 = nn.Sequential(hint_block(c4, c8, 2), hint_block(c8 + e8, c8))
-        self.down16 = nn.Sequential(hint_block(c8, c16, 2), hint_block(c16 + e16, c16))
+        self.down4 = nn.Sequential(hint_block(3, c4), hint_block(c4, c4))
+        self.down8 = nn.Sequential(hint_block(c4, c8, 2), hint_block(c8, c8))
+        self.down16 = nn.Sequential(hint_block(c8, c16, 2), hint_block(c16, c16))
         self.down32 = nn.Sequential(hint_block(c16, c32, 2), hint_block(c32, c32))
         self.to32, self.to16 = nn.Conv2d(c32, d32, 1, bias=False), nn.Conv2d(c16, d16, 1, bias=False)
         self.to8, self.to4 = nn.Conv2d(c8, d8, 1, bias=False), nn.Conv2d(c4, d4, 1, bias=False)
         self.to_logits = nn.Conv2d(c4, bins, 1, bias=False)
 
-    def forward(self, planes: torch.Tensor, features: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
-        """Additions for (/32, /16, /8, /4 features, logits). ``features``: the encoder's /4, /8, /16
-        maps when the branch sees them; they are zeroed in images without a hint, so those images
-        still get exactly zero."""
+    def forward(self, planes: torch.Tensor) -> list[torch.Tensor]:
+        """Additions for (/32, /16, /8, /4 features, logits)."""
         pooled = F.avg_pool2d(planes, 4)
         coverage = pooled[:, 2:3]
         present = (coverage > 0).to(planes.dtype)
         x = torch.cat([pooled[:, :2] / coverage.clamp_min(1e-6) * present, present], 1)
-        if self.sees_features:
-            hinted = present.amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1): 1 where the image has a hint
-            f4, f8, f16 = (f * hinted for f in features)
-            h4 = self.down4(torch.cat([x, f4], 1))
-            h8 = self.down8[1](torch.cat([self.down8[0](h4), f8], 1))
-            h16 = self.down16[1](torch.cat([self.down16[0](h8), f16], 1))
-        else:
-            h4 = self.down4(x)
-            h8 = self.down8(h4)
-            h16 = self.down16(h8)
+        h4 = self.down4(x)
+        h8 = self.down8(h4)
+        h16 = self.down16(h8)
         h32 = self.down32(h16)
         return [self.to32(h32), self.to16(h16), self.to8(h8), self.to4(h4), self.to_logits(h4)]
 
@@ -489,8 +474,7 @@ class EffUNetGenerator(nn.Module):
         self.up8 = decoder_block(d16 + taps[1], d8, norm_layer)
         self.up4 = decoder_block(d8 + taps[0], d4, norm_layer)
         self.classifier = nn.Conv2d(d4, config.bins, 1)
-        seen = (taps[0], taps[1], taps[2]) if config.hint_features else (0, 0, 0)
-        self.hints = HintBranch(config.hint_channels, config.decoder_channels, config.bins, seen) if config.hint_channels else None
+        self.hints = HintBranch(config.hint_channels, config.decoder_channels, config.bins) if config.hint_channels else None
         self.register_buffer("ab_bins", torch.zeros(config.bins, 2))  # Lab units; filled by build_generator / the weights file
         self.temperature = 1.0
         self.frozen_base = False  # set by freeze_base(): only the hint branch trains
@@ -521,9 +505,7 @@ class EffUNetGenerator(nn.Module):
         # L/50 - 1 in [-1, 1] -> grey 0..255 -> (grey - 127) / 128, as 3 equal channels
         x = ((l_norm + 1) * 127.5 - 127.0) / 128.0
         f4, f8, f16, f32 = self.encoder.features(x.expand(-1, 3, -1, -1))
-        add = None
-        if hints is not None and self.hints is not None:
-            add = self.hints(hints.to(l_norm.dtype), (f4, f8, f16) if self.config.hint_features else ())
+        add = self.hints(hints.to(l_norm.dtype)) if hints is not None and self.hints is not None else None
         y = self.lateral(f32)
         y = y if add is None else y + add[0]
         y = self.up16(torch.cat([F.interpolate(y, size=f16.shape[-2:], mode="bilinear", align_corners=False), f16], 1))
@@ -612,8 +594,6 @@ PRESETS["effnet-lite0"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_g
 # The same with a colour-hint branch (0.3M parameters more): one weights file for automatic and guided runs.
 PRESETS["effnet-lite0-hints"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
                                               hint_channels=(32, 64, 96, 128))
-# The same, its hint branch also seeing the encoder's features: hints follow object edges (issue 15).
-PRESETS["effnet-lite0-guided"] = replace(PRESETS["effnet-lite0-hints"], hint_features=True)
 
 
 def build_generator(config: UNetConfig | EffUNetConfig | str = "lite", pretrained: bool = False) -> UNetGenerator | EffUNetGenerator:

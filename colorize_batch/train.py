@@ -205,7 +205,7 @@ class Trainer:
         branch (the branch then starts as built: contributing nothing)."""
         start, info = load_weights(path, self.device)
         own = self.generator.config
-        plain = dataclasses.replace(own, hint_channels=(), hint_features=False) if isinstance(own, EffUNetConfig) else own
+        plain = dataclasses.replace(own, hint_channels=()) if isinstance(own, EffUNetConfig) else own
         if info.architecture not in (own, plain):
             raise TrainingError(f"{path}: architecture differs from train.preset {self.config.train.preset!r}")
         missing, unexpected = self.generator.load_state_dict(start.state_dict(), strict=False)
