@@ -29,16 +29,15 @@ def grey_photo(name: str) -> np.ndarray:
     return grey_from_rgb(np.ascontiguousarray(colour_photo(name)))
 
 
-# The README's worked example (keep the two the same: a test compares them): five points on the
-# saucer and one on the cup, in the upright image's coordinates (0-1, from the top left).
+# The README's worked example (keep the two the same: tests/test_hints_example.py compares them):
+# two points on the saucer and one on the cup, in the upright image's coordinates (0-1, from the
+# top left). Six points of the same colour (four more on the saucer's rim) made the shipped hint
+# branch tint the whole table blue as well: it sees the hints, not the image's edges.
 COFFEE_HINTS: dict = {
     "points": [
-        {"x": 0.20, "y": 0.50, "color": "#2456b4", "radius": 0.03},
-        {"x": 0.25, "y": 0.76, "color": "#2456b4", "radius": 0.03},
-        {"x": 0.47, "y": 0.87, "color": "#2456b4", "radius": 0.03},
-        {"x": 0.73, "y": 0.68, "color": "#2456b4", "radius": 0.03},
-        {"x": 0.76, "y": 0.42, "color": "#2456b4", "radius": 0.03},
-        {"x": 0.45, "y": 0.60, "color": "#2456b4", "radius": 0.03},
+        {"x": 0.25, "y": 0.76, "color": "#2456b4", "radius": 0.02},
+        {"x": 0.73, "y": 0.68, "color": "#2456b4", "radius": 0.02},
+        {"x": 0.45, "y": 0.60, "color": "#2456b4", "radius": 0.02},
     ]
 }
 COFFEE = "still life/coffee.jpg"
