@@ -24,8 +24,9 @@ from colorize_batch.hints import hex_to_ab
 REPO = Path(__file__).resolve().parents[1]
 
 
-def hue_degrees(a: float, b: float) -> float:
-    return float(np.degrees(np.arctan2(b, a)))
+def hue_degrees(a, b):
+    """Lab hue angle in degrees (scalars or arrays)."""
+    return np.degrees(np.arctan2(b, a))
 
 
 def hue_gap(h1: float, h2: float) -> float:
@@ -57,7 +58,7 @@ def test_the_coffee_hints_turn_the_cup_blue_and_leave_the_table(tmp_path, run_cl
     truth = rgb2lab(colour_photo("coffee") / 255.0)
     height, width = truth.shape[:2]
     chroma = np.hypot(truth[..., 1], truth[..., 2])
-    hue = np.degrees(np.arctan2(truth[..., 2], truth[..., 1]))
+    hue = hue_degrees(truth[..., 1], truth[..., 2])
     region = (chroma > 45) & (hue > 5) & (hue < 45) & (np.arange(height)[:, None] >= 0.3 * height)
     far = np.zeros((height, width), bool)
     far[: int(0.2 * height), int(0.85 * width):] = True
