@@ -332,8 +332,11 @@ def _export_checkpoint(run_dir: Path, dest: Path) -> Path:
 @click.option("--sheet-images", type=int, default=12, show_default=True)
 @click.option("--hints", "hint_points", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Reveal N points of each photo's truth to the model as colour hints (fixed seed; models with a hint branch).")
+@click.option("--degrade", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True,
+              help="Make each grey input look like an old scan at this strength (fading, blur, grain, JPEG...; fixed seed).")
 @click.pass_context
-def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device, limit, report_path, sheet, sheet_images, hint_points):
+def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device, limit, report_path, sheet, sheet_images, hint_points,
+                 degrade):
     """Score a model on colour photos: PSNR, SSIM, colourfulness, ΔCF and AuC, against grey.
 
     Each photo is made grey, colorized through the same code as `run`, and compared with
@@ -363,10 +366,10 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device
     result = evaluate(Colorizer(generator, dev, config.model.precision, config.model.temperature), photos, config.model.size,
                       batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
                       method=config.output.recombination,
-                      sheet_limit=sheet_images if sheet else 0, hints=hint_points)
+                      sheet_limit=sheet_images if sheet else 0, hints=hint_points, degrade=degrade)
     summary = result.summary()
     summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir), temperature=config.model.temperature,
-                   hints=hint_points)
+                   hints=hint_points, degrade=degrade)
     click.echo(format_table(summary))
     if report_path:
         write_json_atomic(report_path, summary)

@@ -128,6 +128,9 @@ class TrainSection(_Section):
     disc_layers: int = Field(3, ge=1, le=5)
     disc_channels: int = Field(32, ge=8, le=256)
     min_chroma: float = Field(3.0, ge=0, description="skip near-grey crops (mean ab magnitude)")
+    degrade: float = Field(0.0, ge=0, le=1, description="share of crops whose grey input is degraded like an old scan "
+                           "(fading, uneven exposure, blur, halftone, grain, dust and scratches, JPEG); the colour target stays clean")
+    degrade_strength: float = Field(1.0, ge=0, le=2, description="scale of every degradation's magnitude (degrade.py)")
     workers: int = Field(1, ge=0)
     threads: int = Field(0, ge=0)
     checkpoint_every: int = Field(250, ge=1)

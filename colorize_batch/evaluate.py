@@ -17,6 +17,7 @@ truth. Metrics, averaged per image:
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from skimage.metrics import structural_similarity
 
 from .color import XYZ_FROM_RGB, linear_to_srgb, rgb_to_lab, srgb_to_linear
 from .decoding import network_input
+from .degrade import degrade_grey
 from .discovery import find_images
 from .hints import rasterize, sample_points
 from .inference import Colorizer
@@ -120,16 +122,21 @@ def evaluate(
     method: str = "fast",
     hints: int = 0,
     hint_seed: int = 0,
+    degrade: float = 0.0,
 ) -> EvalResult:
     """Score ``colorizer`` on colour photos ``paths`` (see the module docstring).
 
     ``hints``: reveal that many points of each photo's truth to the model (:func:`revealed_hints`).
+    ``degrade``: make each grey input look like an old scan at this strength (:func:`degrade.degrade_grey`,
+    seeded by the photo's position), as a user's scans would; the grey baseline is that degraded grey.
     """
     result = EvalResult()
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         truths = [load_rgb(p) for p in chunk]
         greys = [grey_from_rgb(t) for t in truths]
+        if degrade:
+            greys = [degrade_grey(g, random.Random(1_000_003 + start + i), degrade) for i, g in enumerate(greys)]
         net = torch.stack([torch.from_numpy(network_input(g, size)) for g in greys]).unsqueeze(1)
         planes = (torch.stack([revealed_hints(t, size, hints, hint_seed * 1_000_003 + start + i) for i, t in enumerate(truths)])
                   if hints else None)

@@ -37,7 +37,8 @@ from . import __version__
 from .color import normalize_ab, normalize_l, rgb_to_lab
 from .config import PipelineConfig, TrainSection
 from .discovery import find_images
-from .evaluate import colour_photos, contact_sheet, evaluate
+from .degrade import degrade_grey
+from .evaluate import colour_photos, contact_sheet, evaluate, grey_from_rgb
 from .hints import hint_count, rasterize, sample_points
 from .inference import Colorizer
 from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
@@ -52,11 +53,18 @@ class TrainingError(Exception):
 
 
 class CropDataset(Dataset):
-    """Random resized crop + horizontal flip of a colour photo, fixed by the sample's seed."""
+    """Random resized crop + horizontal flip of a colour photo, fixed by the sample's seed.
 
-    def __init__(self, files: list[Path], crop: int):
+    With ``degrade`` > 0 a fourth channel carries the network's grey input: the crop's exact
+    lightness as 8-bit grey, for that share of crops degraded like an old scan
+    (:func:`degrade.degrade_grey` at ``strength``). The colour channels stay clean: they are the target.
+    """
+
+    def __init__(self, files: list[Path], crop: int, degrade: float = 0.0, strength: float = 1.0):
         self.files = files
         self.crop = crop
+        self.degrade = degrade
+        self.strength = strength
 
     def __len__(self) -> int:
         return len(self.files)
@@ -69,7 +77,7 @@ class CropDataset(Dataset):
                 im.draft("RGB", (self.crop, self.crop))
                 im = ImageOps.exif_transpose(im).convert("RGB")
         except OSError:
-            return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8)  # dropped as near-grey
+            return torch.zeros(4 if self.degrade else 3, self.crop, self.crop, dtype=torch.uint8)  # dropped as near-grey
         w, h = im.size
         area = w * h * rng.uniform(0.3, 1.0)
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -79,7 +87,13 @@ class CropDataset(Dataset):
         im = im.resize((self.crop, self.crop), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
         if rng.random() < 0.5:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        rgb = np.asarray(im)
+        if not self.degrade:
+            return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+        grey = grey_from_rgb(rgb)
+        if rng.random() < self.degrade:
+            grey = degrade_grey(grey, rng, self.strength)
+        return torch.from_numpy(np.concatenate([rgb, grey[..., None]], axis=2)).permute(2, 0, 1)
 
 
 class StepBatchSampler(Sampler):
@@ -201,14 +215,21 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def _load_init(self, path: Path) -> None:
-        """Start from a weights file of the same architecture, or of the same one without the hint
-        branch (the branch then starts as built: contributing nothing)."""
+        """Start from a weights file of the same architecture, or of the same one with or without
+        the hint branch (a missing branch starts as built, contributing nothing; a branch the
+        preset lacks is left out: its automatic model is trained on)."""
         start, info = load_weights(path, self.device)
         own = self.generator.config
-        plain = dataclasses.replace(own, hint_channels=()) if isinstance(own, EffUNetConfig) else own
-        if info.architecture not in (own, plain):
+
+        def plain(config: object) -> object:
+            return dataclasses.replace(config, hint_channels=()) if isinstance(config, EffUNetConfig) else config
+
+        if plain(info.architecture) != plain(own):
             raise TrainingError(f"{path}: architecture differs from train.preset {self.config.train.preset!r}")
-        missing, unexpected = self.generator.load_state_dict(start.state_dict(), strict=False)
+        state = start.state_dict()
+        if isinstance(own, EffUNetConfig) and not own.hint_channels:
+            state = {k: v for k, v in state.items() if not k.startswith("hints.")}
+        missing, unexpected = self.generator.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("hints.") for k in missing):
             raise TrainingError(f"{path}: weights do not fit train.preset (missing {missing[:3]}, unexpected {unexpected[:3]})")
         self.generator.train()
@@ -268,14 +289,18 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------
     def train_step(self, rgb_u8: torch.Tensor) -> dict[str, float] | None:
         cfg = self.config.train
-        rgb = rgb_u8.to(self.device, non_blocking=True).float().div_(255)
-        lab = rgb_to_lab(rgb)
+        batch = rgb_u8.to(self.device, non_blocking=True).float().div_(255)
+        lab = rgb_to_lab(batch[:, :3])
         chroma = lab[:, 1:].pow(2).sum(1).sqrt().mean(dim=(1, 2))
         keep = chroma >= cfg.min_chroma
         if int(keep.sum()) < 2:
             return None
         lab = lab[keep]
-        real_l, real_ab = normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:])
+        if batch.shape[1] == 4:  # the grey input comes with the batch (possibly degraded: CropDataset)
+            lightness = rgb_to_lab(batch[keep, 3:].expand(-1, 3, -1, -1))[:, :1]
+        else:
+            lightness = lab[:, :1]
+        real_l, real_ab = normalize_l(lightness), normalize_ab(lab[:, 1:])
         gan_phase = self.step >= cfg.l1_steps
         for group in self.opt_g.param_groups:
             group["lr"] = self.learning_rate(gan_phase) * group.get("lr_scale", 1.0)
@@ -368,7 +393,7 @@ class Trainer:
             cfg.preset, count_parameters(self.generator) / 1e6, len(files), self.device, self.step, cfg.steps,
         )
         loader = DataLoader(
-            CropDataset(files, cfg.crop),
+            CropDataset(files, cfg.crop, cfg.degrade, cfg.degrade_strength),
             batch_sampler=StepBatchSampler(weights, cfg.batch_size, cfg.seed, self.step),
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
