@@ -118,7 +118,7 @@ def distinct_colours(probs: torch.Tensor, bins: torch.Tensor, lightness: float, 
     p = probs.double()
     merged = near @ p
     available = torch.ones_like(p, dtype=torch.bool)
-    light = min(max(lightness, SWATCH_LIGHTNESS[0]), SWATCH_LIGHTNESS[1])
+    light = _swatch_lightness(lightness)
     out: list[dict] = []
     while len(out) < count:
         best = int(torch.where(available, merged, torch.full_like(merged, -1.0)).argmax())
@@ -131,10 +131,14 @@ def distinct_colours(probs: torch.Tensor, bins: torch.Tensor, lightness: float, 
     return out
 
 
+def _swatch_lightness(lightness: float) -> float:
+    return min(max(lightness, SWATCH_LIGHTNESS[0]), SWATCH_LIGHTNESS[1])
+
+
 def _hex(lightness: float, a: float, b: float) -> str:
+    """sRGB hex of Lab ``(lightness, a, b)``, desaturated into the gamut (lightness kept)."""
     rgb = lab_to_rgb(torch.tensor([lightness, a, b], dtype=torch.float64).view(3, 1, 1), gamut="chroma")
-    r, g, b8 = (int(round(float(v) * 255)) for v in rgb.flatten())
-    return f"#{r:02x}{g:02x}{b8:02x}"
+    return "#" + "".join(f"{round(float(v) * 255):02x}" for v in rgb.flatten())
 
 
 # --------------------------------------------------------------------------- the editing back end
@@ -185,15 +189,15 @@ class Reviewer:
         sha = file_sha256(weights)
         self.ident = RunIdentity(sha, config.pixel_hash())
         try:
-            generator, info = load_weights(weights, resolve_device(config.model.device), sha)
+            device = resolve_device(config.model.device)
+            generator, info = load_weights(weights, device, sha)
         except (WeightsError, InferenceError) as exc:
             raise ReviewError(str(exc)) from None
         problem = check_size(config.model.size, info, "model.size")
         if problem:
             raise ReviewError(problem)
         self.model_id = info.model_id
-        self.colorizer = Colorizer(generator, resolve_device(config.model.device), config.model.precision,
-                                   config.model.temperature)
+        self.colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature)
         self._lock = threading.Lock()
         self._editing: Editing | None = None
 
@@ -286,15 +290,15 @@ class Reviewer:
             squares = network_squares([photo.item])
             planes = network_hints(self.colorizer, [photo.item], [hints], squares.shape[-1])
             belief = self.colorizer.bin_probabilities(squares, planes)
-            if belief is None:  # a generator without bins: its one prediction there
-                ab = self.colorizer.predict(squares, hints=planes)
+            ab = self.colorizer.predict(squares, hints=planes) if belief is None else None
         height, width = photo.display.shape
         grey = photo.display[min(int(py * height), height - 1), min(int(px * width), width - 1)]
         lightness = float(grey_to_lightness(torch.tensor(int(grey))))
-        if belief is None:
+        if belief is None:  # a generator without bins (pix2pix family): its one prediction there
+            assert ab is not None
             side = ab.shape[-1]
             a, b = ab[0, :, min(int(py * side), side - 1), min(int(px * side), side - 1)].tolist()
-            return [{"color": _hex(min(max(lightness, SWATCH_LIGHTNESS[0]), SWATCH_LIGHTNESS[1]), a, b), "share": 1.0}]
+            return [{"color": _hex(_swatch_lightness(lightness), a, b), "share": 1.0}]
         probs, bins = belief
         rows, cols = probs.shape[-2:]
         r, c = min(int(py * rows), rows - 1), min(int(px * cols), cols - 1)
@@ -479,13 +483,12 @@ def listen(port: int) -> socket.socket:
     return sock
 
 
-def serve(reviewer: Reviewer, port: int = 0, page_size: int = 100) -> int:
-    """Print the address (one line on stdout) and serve until SIGINT/SIGTERM; the exit code."""
+def serve(reviewer: Reviewer, sock: socket.socket, page_size: int = 100) -> int:
+    """Print the address (one line on stdout) and serve on ``sock`` until SIGINT/SIGTERM; the exit code."""
     import uvicorn
 
     token = secrets.token_urlsafe(24)
     app = create_app(reviewer, token, page_size)
-    sock = listen(port)
     click.echo(f"http://{HOST}:{sock.getsockname()[1]}/?token={token}")
     sys.stdout.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
@@ -495,8 +498,6 @@ def serve(reviewer: Reviewer, port: int = 0, page_size: int = 100) -> int:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
             return ExitCode.INTERRUPTED
-        finally:
-            sock.close()
     return ExitCode.INTERRUPTED if stop else ExitCode.OK
 
 
@@ -508,13 +509,13 @@ def run_review(out_dir: Path, config: PipelineConfig, port: int = 0, source_dir:
         click.echo(f"Error: {display(out_dir)}: no finished run here (no .colorize-batch/manifest.jsonl)", err=True)
         return ExitCode.USAGE
     try:
-        with RunLock(out_dir):
+        with RunLock(out_dir), listen(port) as sock:  # a taken port is found before the model loads
             reviewer = Reviewer(out_dir, config, source_dir, workers)
             try:
                 problem = reviewer.settings_mismatch()
                 if problem:
                     log.warning("review: %s", problem)
-                return serve(reviewer, port, page_size)
+                return serve(reviewer, sock, page_size)
             finally:
                 reviewer.close()
     except LockedError as exc:

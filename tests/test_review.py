@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -391,3 +392,51 @@ def _browser_loop(sync_api, url: str, tmp_path: Path) -> list[int]:
             context.close()
     assert errors == [], errors
     return trips
+
+
+def test_weights_without_bins_suggest_their_own_prediction(tmp_path, tiny_weights):
+    src, out = tmp_path / "IN", tmp_path / "OUT"
+    save(src / "a.png", Image.fromarray(grey_image(96, 64)))
+    assert cli("run", src, out, "--weights", tiny_weights, "--size", "64", "--workers", "0", "-q")[0] == 0
+    config = load_config(None, {"model.weights": str(tiny_weights), "model.size": 64})
+    with RunLock(out):
+        reviewer = Reviewer(out, config)
+        try:
+            assert reviewer.settings_mismatch() is None
+            colours = reviewer.suggest("a.png", [], 0.5, 0.5)  # the pix2pix family has no bins
+            assert len(colours) == 1 and re.fullmatch(r"#[0-9a-f]{6}", colours[0]["color"])
+        finally:
+            reviewer.close()
+    config = load_config(None, {"model.weights": str(tiny_weights), "model.size": 96})
+    with RunLock(out):
+        reviewer = Reviewer(out, config)
+        try:
+            assert "1 of 1 photo(s) were made with other weights or settings" in (reviewer.settings_mismatch() or "")
+        finally:
+            reviewer.close()
+
+
+def test_sigterm_exits_130_and_a_taken_port_is_a_usage_error(tmp_path, tiny_weights):
+    src, out = tmp_path / "IN", tmp_path / "OUT"
+    save(src / "a.png", Image.fromarray(grey_image(96, 64)))
+    assert cli("run", src, out, "--weights", tiny_weights, "--size", "64", "--workers", "0", "-q")[0] == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "colorize_batch", "review", str(out), "--weights", str(tiny_weights), "--size", "64"]
+    proc = subprocess.Popen(command + ["--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        port = int(urlsplit(proc.stdout.readline().strip()).port or 0)
+        assert port > 0
+        busy = subprocess.run(command + ["--port", str(port)], capture_output=True, text=True, env=env, timeout=120)
+        assert busy.returncode == 75 and "holds the lock" in busy.stderr  # OUT's lock refuses it before the port does
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130
+    finally:
+        proc.kill()
+    with socket.socket() as taken:  # another program's port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = subprocess.run(command + ["--port", str(port)], capture_output=True, text=True, env=env, timeout=120)
+    assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
+    assert busy.stdout == ""
