@@ -493,7 +493,7 @@ def serve(reviewer: Reviewer, sock: socket.socket, page_size: int = 100) -> int:
     sys.stdout.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=5))
-    with StopFlag() as stop:  # uvicorn hands the signal that stopped it on to this handler
+    with StopFlag("the review server stopped") as stop:  # uvicorn hands on the signal that stopped it
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:
