@@ -14,7 +14,9 @@ Design points:
   releases the GIL while decoding and resampling), and reused on later builds while they
   are newer than their image. A thumbnail that cannot be made becomes a placeholder text.
 * The page, its CSS and its script are Jinja2 templates in ``colorize_batch/templates/``
-  (package data), inlined into every page.
+  (package data), inlined into every page. :func:`collect_site` gathers what the pages show
+  and :func:`render_page` renders one; ``colorize-batch review`` (:mod:`~colorize_batch.review`)
+  serves the same pages live (pictures by position, its editor instead of the downloads).
 * Everything is relative and local: no CDN, fonts or external scripts, so the folder can
   be copied or opened from a NAS. Page, thumbnail and file links are percent-encoded
   relative URLs; every file and folder name goes through Jinja2 with autoescaping, so a
@@ -444,11 +446,15 @@ class Site:
         return max(1, -(-len(self.items) // page_size))
 
     def refresh(self, index: int) -> None:
-        """Item ``index`` after its output (and hint file) changed: its thumbnail and hint points again."""
-        files, item = self.files[index], self.items[index]
+        """Item ``index`` after its output and hint file changed: its thumbnail again, and the hint
+        points of every item of that source (the pages of a TIFF share one hint file)."""
+        files = self.files[index]
         result = make_thumbnail(ThumbJob(files.output, files.thumb_out))
-        self.items[index] = replace(item, output=_picture(result, files.thumb_out, self.gallery, files.output),
-                                    hint=_hint_target(files.source_rel, self.src_root, self.hints_root) if item.hint else None)
+        self.items[index] = replace(self.items[index], output=_picture(result, files.thumb_out, self.gallery, files.output))
+        hint = _hint_target(files.source_rel, self.src_root, self.hints_root)
+        for i, other in enumerate(self.files):
+            if other.source_rel == files.source_rel and self.items[i].hint is not None:
+                self.items[i] = replace(self.items[i], hint=hint)
 
 
 def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2, hints_dir: Path | None = None) -> Site:
