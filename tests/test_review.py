@@ -298,7 +298,7 @@ def test_browser_loop_on_a_real_review_server(tmp_path, capsys):
             conn.request("GET", f"{raw}?token={token}")
             assert conn.getresponse().status == 404, raw
             conn.close()
-        round_trips = _browser_loop(sync_api, url, tmp_path)
+        round_trips, picked = _browser_loop(sync_api, url, tmp_path)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -310,6 +310,8 @@ def test_browser_loop_on_a_real_review_server(tmp_path, capsys):
     rel = "scans/big scan.jpg"
     document = json.loads((src / "scans" / "big scan.hints.json").read_text(encoding="utf-8"))
     assert len(parse_hints(document).points) == 1
+    point = document["points"][0]  # where it was dragged to, in the suggested colour picked
+    assert abs(point["x"] - 0.4) < 0.01 and abs(point["y"] - 0.45) < 0.01 and point["color"] == picked
     code, output = cli("run", src, out, "--weights", WEIGHTS, "--workers", "0", "-q")
     assert code == 0, output
     counts = last_run(out)["counts"]
@@ -340,8 +342,9 @@ def _distance(a: list[float], b: list[float]) -> float:
     return float(np.linalg.norm(np.subtract(a, b)))
 
 
-def _browser_loop(sync_api, url: str, tmp_path: Path) -> list[int]:
-    """Open the printed address, open the scan, click a point, pick a suggested colour, accept."""
+def _browser_loop(sync_api, url: str, tmp_path: Path) -> tuple[list[int], str]:
+    """Open the printed address, open the scan, click a point, pick a suggested colour, move the
+    point, add and remove another, accept; the click round trips (ms) and the colour picked."""
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
@@ -383,6 +386,18 @@ def _browser_loop(sync_api, url: str, tmp_path: Path) -> list[int]:
             after = image.evaluate(_BOXES)
             near, far = _distance(after["near"], before["near"]), _distance(after["far"], before["far"])
             assert near > 8 and far < 3, (near, far, colours[pick])
+            # Move the point (drag its dot), add a second one and remove it again.
+            page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.5 * box["height"])
+            page.mouse.down()
+            page.mouse.move(box["x"] + 0.4 * box["width"], box["y"] + 0.45 * box["height"], steps=5)
+            page.mouse.up()
+            rendered(4)
+            image.click(position={"x": 0.7 * box["width"], "y": 0.3 * box["height"]})
+            rendered(5)
+            assert page.locator("#editor-area .hint-dot").count() == 2
+            page.locator("#editor-remove").click()  # the selected point: the new one
+            rendered(6)
+            assert page.locator("#editor-area .hint-dot").count() == 1
             page.locator("#editor-accept").click()
             page.wait_for_function("document.getElementById('editor').getAttribute('data-accepted') === '1'", timeout=60_000)
             assert "accepted: 1 point(s)" in page.locator("#editor-status").inner_text()
@@ -391,7 +406,7 @@ def _browser_loop(sync_api, url: str, tmp_path: Path) -> list[int]:
         finally:
             context.close()
     assert errors == [], errors
-    return trips
+    return trips, colours[pick]
 
 
 def test_weights_without_bins_suggest_their_own_prediction(tmp_path, tiny_weights):
