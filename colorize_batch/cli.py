@@ -437,6 +437,49 @@ def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, 
         webbrowser.open(index.resolve().as_uri())
 
 
+# ----------------------------------------------------------------------------- review
+REVIEW_FLAGS = {key: RUN_FLAGS[key] for key in ("weights", "device", "size", "fmt", "temperature", "hints_dir")}
+
+
+@main.command("review")
+@click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path, file_okay=False))
+@config_option
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port on 127.0.0.1 to listen on; 0 = any free port.")
+@click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the grey originals (default: the input recorded in the run's last report).")
+@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Generator weights file (model.weights).")
+@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (model.device).")
+@click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
+@click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
+@click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
+@click.option("--hints", "hints_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Folder of the hint files, mirroring IN (input.hints_dir; default: the last run's, else beside the scans).")
+@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Photos per gallery page.")
+@click.option("-v", "--verbose", count=True, help="More log lines.")
+@click.pass_context
+def review(ctx, out_dir, config_path, port, source_dir, weights, device, size, fmt, temperature, hints_dir, page_size, verbose):
+    """Serve a live review of a finished run on 127.0.0.1 until Ctrl-C.
+
+    Prints one line, the address with its access token (http://127.0.0.1:PORT/?token=...).
+    The page is the review gallery; a click on a photo opens it in the editor, where a click
+    adds a colour hint and the photo is re-colorized at once (the model is loaded once);
+    points can be moved, recoloured (the model's suggested colours or any colour) and removed.
+    "accept" writes the photo's hint file and its output as a run would, so the next run
+    with the same settings finds it up to date: give review the run's --config, --weights,
+    --size, --format and --temperature. OUT stays locked while it serves.
+
+    \b
+    Exit codes: 130 stopped by Ctrl-C/SIGTERM, 2 usage (no run in OUT, bad weights, port in use),
+    75 OUT is locked by a run or another review.
+    """
+    config = _resolve_config(ctx, config_path, REVIEW_FLAGS)
+    _setup_logging(verbose)
+    from .review import run_review
+
+    ctx.exit(run_review(out_dir, config, port=port, source_dir=source_dir, page_size=page_size))
+
+
 # ----------------------------------------------------------------------------- hints
 @main.group("hints")
 def hints_group() -> None:

@@ -14,7 +14,9 @@ Design points:
   releases the GIL while decoding and resampling), and reused on later builds while they
   are newer than their image. A thumbnail that cannot be made becomes a placeholder text.
 * The page, its CSS and its script are Jinja2 templates in ``colorize_batch/templates/``
-  (package data), inlined into every page.
+  (package data), inlined into every page. :func:`collect_site` gathers what the pages show
+  and :func:`render_page` renders one; ``colorize-batch review`` (:mod:`~colorize_batch.review`)
+  serves the same pages live (pictures by position, its editor instead of the downloads).
 * Everything is relative and local: no CDN, fonts or external scripts, so the folder can
   be copied or opened from a NAS. Page, thumbnail and file links are percent-encoded
   relative URLs; every file and folder name goes through Jinja2 with autoescaping, so a
@@ -39,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
@@ -375,16 +377,17 @@ def _hint_target(source_rel: PurePosixPath, src_root: Path | None, hints_root: P
     return HintTarget(target.rel, target.file, document)
 
 
-def _hint_data(items: Sequence[Item], store: str) -> tuple[Markup, dict[str, int]]:
-    """The page's hint JSON (one entry per image: the pages of a TIFF share its one hint file)
+def _hint_data(items: Sequence[Item], files: Sequence[ItemFiles], store: str, live: bool = False) -> tuple[Markup, dict[str, int]]:
+    """The page's hint JSON (one entry per image: the pages of a TIFF share its one hint file;
+    ``key``: the manifest key of its first item on the page, which the review server edits)
     and each relative path's index in it."""
     index: dict[str, int] = {}
     images: list[dict] = []
-    for item in items:
+    for item, where in zip(items, files):
         if item.hint is not None and item.hint.rel not in index:
             index[item.hint.rel] = len(images)
-            images.append({"rel": item.hint.rel, "file": item.hint.file, "existing": item.hint.document})
-    return _script_json({"format": BUNDLE_FORMAT, "version": 1, "store": store,
+            images.append({"rel": item.hint.rel, "key": where.key, "file": item.hint.file, "existing": item.hint.document})
+    return _script_json({"format": BUNDLE_FORMAT, "version": 1, "store": store, "live": live,
                          "default_radius": 0.02, "images": images}), index
 
 
@@ -411,16 +414,56 @@ def _picture(result: ThumbResult, thumb: Path, gallery: Path, link: Path | None)
 # --------------------------------------------------------------------------- entry point
 
 
-def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int = 100, workers: int = 2,
-                  hints_dir: Path | None = None) -> Path:
-    """Write the review site into ``OUT/.colorize-batch/gallery/``; return its ``index.html``.
+@dataclass(frozen=True)
+class ItemFiles:
+    """Where one shown item's files are: what the review server (:mod:`~colorize_batch.review`)
+    serves and edits by the item's position, never by a path a client sends."""
+
+    key: str  # the exact manifest key (source relative path, "#pN" for TIFF pages)
+    source_rel: PurePosixPath
+    page: int  # 0-based page of a multi-page TIFF
+    output: Path
+    source: Path | None  # None: the source folder is unknown
+    thumb_out: Path
+    thumb_src: Path
+
+
+@dataclass
+class Site:
+    """Everything a gallery page shows, gathered once (:func:`collect_site`): the items in page
+    order with their files, and the header shared by all pages."""
+
+    out_dir: Path
+    gallery: Path
+    items: list[Item]
+    files: list[ItemFiles]
+    common: dict
+    store: str  # this gallery's key for the browser's localStorage
+    src_root: Path | None
+    hints_root: Path | None
+
+    def pages(self, page_size: int) -> int:
+        return max(1, -(-len(self.items) // page_size))
+
+    def refresh(self, index: int) -> None:
+        """Item ``index`` after its output and hint file changed: its thumbnail again, and the hint
+        points of every item of that source (the pages of a TIFF share one hint file)."""
+        files = self.files[index]
+        result = make_thumbnail(ThumbJob(files.output, files.thumb_out))
+        self.items[index] = replace(self.items[index], output=_picture(result, files.thumb_out, self.gallery, files.output))
+        hint = _hint_target(files.source_rel, self.src_root, self.hints_root)
+        for i, other in enumerate(self.files):
+            if other.source_rel == files.source_rel and self.items[i].hint is not None:
+                self.items[i] = replace(self.items[i], hint=hint)
+
+
+def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2, hints_dir: Path | None = None) -> Site:
+    """Read the run's manifest and last report and make (or reuse) every thumbnail.
 
     ``hints_dir``: where the images' hint files are (``input.hints_dir``; default: the one the
     last run used, else beside the scans), to show their points in the hint editor.
     Raises :class:`NoManifestError` when ``out_dir`` has no manifest.
     """
-    if page_size < 1:
-        raise ValueError("page_size must be at least 1")
     out_dir = Path(out_dir).resolve()
     manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add()
     if not manifest.path.is_file():
@@ -470,6 +513,7 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
              sum(1 for r in results.values() if r.thumb_size and not r.made), time.monotonic() - started)
 
     items: list[Item] = []
+    files: list[ItemFiles] = []
     for rec, source_rel, output_rel, page in entries:
         out_thumb, s_thumb = thumbs / "out" / f"{output_rel}.jpg", src_thumb(source_rel, page)
         source_path = src_root / source_rel if src_root else None
@@ -486,6 +530,7 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
         if hint is not None and hint.problem:
             warnings.append(f"{display(source_rel.as_posix())}: {hint.problem}")
         items.append(Item(key, str(rec["status"]), display(output_rel.as_posix()), folder, name, src_pic, out_pic, hint))
+        files.append(ItemFiles(str(rec["source"]), source_rel, page, out_dir / output_rel, source_path, out_thumb, s_thumb))
 
     # Summary shared by all pages.
     statuses = Counter(str(rec.get("status")) for rec in records)
@@ -513,26 +558,57 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
     }
     store = hashlib.sha256(os.fsencode(str(out_dir))).hexdigest()[:16]  # this gallery's edits in localStorage
 
-    pages = max(1, -(-len(items) // page_size))
+    return Site(out_dir, gallery, items, files, common, store, src_root, hints_root)
+
+
+def _live_picture(picture: Picture, index: int, side: str) -> Picture:
+    """The review server's URLs of a picture: by the item's position, never by a path."""
+    return replace(picture, thumb_url=f"thumb/{index}/{side}" if picture.thumb_url else None,
+                   link_url=f"full/{index}/{side}" if picture.link_url else None)
+
+
+def render_page(site: Site, number: int, page_size: int = 100, live: bool = False) -> str:
+    """Page ``number`` (1-based) of the gallery. ``live``: for the review server
+    (:mod:`~colorize_batch.review`): its URLs, and its editor instead of the downloads."""
+    pages = site.pages(page_size)
+    first = (number - 1) * page_size
+    chunk = site.items[first: first + page_size]
+    if live:
+        chunk = [replace(item, source=_live_picture(item.source, first + i, "src"),
+                         output=_live_picture(item.output, first + i, "out")) for i, item in enumerate(chunk)]
+    previous_folder = site.items[first - 1].folder if number > 1 and chunk else None
+    hint_json, hint_index = _hint_data(chunk, site.files[first: first + page_size], site.store, live)
+    return _ENV.get_template("gallery.html").render(
+        **site.common,
+        page=number,
+        pages=pages,
+        groups=_groups(chunk, previous_folder),
+        prev_url=page_filename(number - 1) if number > 1 else None,
+        next_url=page_filename(number + 1) if number < pages else None,
+        page_links=_page_links(number, pages),
+        hint_json=hint_json,
+        hint_index=hint_index,
+        live=live,
+    )
+
+
+def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int = 100, workers: int = 2,
+                  hints_dir: Path | None = None) -> Path:
+    """Write the review site into ``OUT/.colorize-batch/gallery/``; return its ``index.html``.
+
+    ``hints_dir``: see :func:`collect_site`. Raises :class:`NoManifestError` when ``out_dir``
+    has no manifest.
+    """
+    if page_size < 1:
+        raise ValueError("page_size must be at least 1")
+    site = collect_site(out_dir, source_dir, workers, hints_dir)
+    gallery = site.gallery
+    pages = site.pages(page_size)
     for number in range(1, pages + 1):
-        chunk = items[(number - 1) * page_size: number * page_size]
-        previous_folder = items[(number - 1) * page_size - 1].folder if number > 1 and chunk else None
-        hint_json, hint_index = _hint_data(chunk, store)
-        html = _ENV.get_template("gallery.html").render(
-            **common,
-            page=number,
-            pages=pages,
-            groups=_groups(chunk, previous_folder),
-            prev_url=page_filename(number - 1) if number > 1 else None,
-            next_url=page_filename(number + 1) if number < pages else None,
-            page_links=_page_links(number, pages),
-            hint_json=hint_json,
-            hint_index=hint_index,
-        )
-        _write_atomic(gallery / page_filename(number), html)
+        _write_atomic(gallery / page_filename(number), render_page(site, number, page_size))
     for stale in gallery.glob("page-*.html"):  # a previous, longer build's pages
         match = _PAGE_FILE.fullmatch(stale.name)
         if match and int(match.group(1)) > pages:
             stale.unlink()
-    log.info("gallery: %d file(s) on %d page(s): %s", len(items), pages, gallery / "index.html")
+    log.info("gallery: %d file(s) on %d page(s): %s", len(site.items), pages, gallery / "index.html")
     return gallery / "index.html"

@@ -150,3 +150,16 @@ class Colorizer:
             self.forward_seconds += time.perf_counter() - start
             self.images += grey_batch.shape[0]
         return ab
+
+    @torch.inference_mode()
+    def bin_probabilities(self, grey_batch: torch.Tensor, hints: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The model's belief over colours: ``(B, Q, S/4, S/4)`` probabilities of its ab bins
+        (softmax at temperature 1, not the annealed decode that :meth:`predict` returns) and the
+        bins' ab centres ``(Q, 2)`` in Lab units, on the CPU. ``None`` for a generator that
+        predicts ab directly (the pix2pix family has no bins)."""
+        if not isinstance(self.generator, EffUNetGenerator):
+            return None
+        l_norm = normalize_l(grey_to_lightness(grey_batch.to(self.device)))
+        extra = None if hints is None or not self.takes_hints else hints.to(self.device)
+        logits = self.generator.logits(l_norm, extra)
+        return torch.softmax(logits.float(), dim=1).cpu(), self.generator.ab_bins.float().cpu()

@@ -19,7 +19,8 @@ log = logging.getLogger("colorize_batch")
 class StopFlag:
     """Set by SIGINT/SIGTERM: finish in-flight writes, flush, exit 130."""
 
-    def __init__(self) -> None:
+    def __init__(self, stopping: str = "finishing in-flight files, then stopping") -> None:
+        self.stopping = stopping  # what the log says happens next
         self.event = threading.Event()
         self._previous: dict[int, Any] = {}
 
@@ -32,7 +33,7 @@ class StopFlag:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set():  # a second signal: stop now
             raise KeyboardInterrupt
-        log.warning("%s received: finishing in-flight files, then stopping", signal.Signals(signum).name)
+        log.warning("%s received: %s", signal.Signals(signum).name, self.stopping)
         self.event.set()
 
     def __exit__(self, *exc: object) -> None:

@@ -144,6 +144,20 @@ def _network_square(item: DecodedItem) -> torch.Tensor:
     return item.net
 
 
+def network_squares(items: list[DecodedItem]) -> torch.Tensor:
+    """The ``(B, 1, S, S)`` uint8 squares the network sees."""
+    return torch.stack([_network_square(it) for it in items])
+
+
+def network_hints(colorizer: Colorizer, items: list[DecodedItem], hints: Sequence[Hints | None], size: int) -> torch.Tensor | None:
+    """The batch's hint planes at the network's ``size`` (each image's points placed on its upright
+    shape), or ``None`` when the generator has no hint branch or no image has points."""
+    if not colorizer.takes_hints:
+        return None
+    shapes = [tuple(it.grey.shape[-2:]) if it.grey is not None else (1, 1) for it in items]
+    return batch_planes(hints, shapes, size)  # type: ignore[arg-type]
+
+
 def predict_planes(colorizer: Colorizer, items: list[DecodedItem], config: PipelineConfig,
                    hints: Sequence[Hints | None] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """One batched forward pass + chroma planes on the device; returns CPU (ab, cb, cr, plane seconds).
@@ -151,13 +165,9 @@ def predict_planes(colorizer: Colorizer, items: list[DecodedItem], config: Pipel
     ``hints``: each item's colour hints (its job's), points as extra network inputs and a global
     tint mixed into the prediction; none at all leaves the batch exactly as without hints.
     """
-    grey_small = torch.stack([_network_square(it) for it in items])
+    grey_small = network_squares(items)
     hints = list(hints) or [None] * len(items)
-    planes = None
-    if colorizer.takes_hints:
-        shapes = [tuple(it.grey.shape[-2:]) if it.grey is not None else (1, 1) for it in items]
-        planes = batch_planes(hints, shapes, grey_small.shape[-1])  # type: ignore[arg-type]
-    ab = colorizer.predict(grey_small, on_device=True, hints=planes)
+    ab = colorizer.predict(grey_small, on_device=True, hints=network_hints(colorizer, items, hints, grey_small.shape[-1]))
     for i, h in enumerate(hints):
         if h is not None and h.tint is not None:
             ab[i] = apply_tint(ab[i], h.tint)

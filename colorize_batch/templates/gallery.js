@@ -31,7 +31,7 @@
 (function () {
   var dataBlock = document.getElementById("hint-data");
   var data = dataBlock ? JSON.parse(dataBlock.textContent) : null;
-  if (!data || !data.images.length) return;
+  if (!data || data.live || !data.images.length) return;  // live: review.js edits instead
   var STORE = "colorize-batch-hints:" + data.store, COLOR = "colorize-batch-hint-color", RADIUS = "colorize-batch-hint-radius";
   var picker = document.getElementById("hint-color"), radiusInput = document.getElementById("hint-radius");
   var status = document.getElementById("hint-status");
