@@ -158,9 +158,11 @@ def predict_planes(colorizer: Colorizer, items: list[DecodedItem], config: Pipel
         shapes = [tuple(it.grey.shape[-2:]) if it.grey is not None else (1, 1) for it in items]
         planes = batch_planes(hints, shapes, grey_small.shape[-1])  # type: ignore[arg-type]
     ab = colorizer.predict(grey_small, on_device=True, hints=planes)
-    for i, h in enumerate(hints):
-        if h is not None and h.tint is not None:
-            ab[i] = apply_tint(ab[i], h.tint)
+    if any(h is not None and h.tint is not None for h in hints):
+        ab = ab.clone()  # predict's result is an inference tensor: not writable outside inference mode
+        for i, h in enumerate(hints):
+            if h is not None and h.tint is not None:
+                ab[i] = apply_tint(ab[i], h.tint)
     t0 = time.perf_counter()
     cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, config.model.chroma_gain)
     ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()
