@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .exit_codes import ExitCode
 from .manifest import SHARD_REPORT_GLOB, shard_report_paths, shard_tag
 
 
@@ -99,5 +100,5 @@ def merge_reports(out_root: Path) -> dict:
         for key, value in rep.get("stage_seconds", {}).items():
             stages[key] = round(stages.get(key, 0) + value, 3)
     merged["stage_seconds"] = stages
-    merged["exit_code"] = max(rep.get("exit_code", 0) for rep in reports)
+    merged["exit_code"] = int(ExitCode.worst(rep.get("exit_code", 0) for rep in reports))
     return merged
