@@ -394,7 +394,6 @@ def report() -> None:
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
     from .manifest import report_path
-    from .reporting import write_json_atomic
     from .sharding import ShardError, merge_reports
 
     try:
@@ -402,13 +401,13 @@ def report_merge(out_dir, dest):
     except ShardError as exc:
         raise click.UsageError(str(exc)) from None
     dest = dest or report_path(out_dir)
-    write_json_atomic(dest, merged)
-    c = merged["counts"]
-    click.echo(f"{len(merged['shards'])} shard report(s): done {c.get('done', 0)}, up to date {c.get('skipped_up_to_date', 0)}, "
-               f"colour {c.get('skipped_color', 0)}, failed {c.get('failed', 0)} -> {dest}")
-    for failure in merged["failures"]:
-        click.echo(f"failed {failure['path']}: {failure['reason']}")
-    raise SystemExit(merged["exit_code"])
+    merged.write(dest)
+    c = merged.counts
+    click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
+               f"colour {c.skipped_color}, failed {c.failed} -> {dest}")
+    for failure in merged.failures:
+        click.echo(f"failed {failure.get('path')}: {failure.get('reason')}")
+    raise SystemExit(merged.exit_code)
 
 
 # ----------------------------------------------------------------------------- gallery

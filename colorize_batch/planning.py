@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,22 @@ class Job:
     @property
     def source_key(self) -> str:
         """The manifest's key: the relative path, ``#pN`` for a page of a multi-page TIFF."""
-        return str(self.item.relative) + (f"#p{self.page + 1}" if self.pages > 1 else "")
+        return source_key(str(self.item.relative), self.page, self.pages)
+
+
+_PAGE_KEY = re.compile(r"#p(\d+)$")
+
+
+def source_key(relative: str, page: int = 0, pages: int = 1) -> str:
+    """The manifest key of page ``page`` (0-based) of an input with ``pages`` pages: its relative
+    path, with ``#pN`` (N = page + 1) for a page of a multi-page TIFF (``scan.tif#p2``)."""
+    return relative + (f"#p{page + 1}" if pages > 1 else "")
+
+
+def parse_source_key(key: str) -> tuple[str, int]:
+    """The relative path and 0-based page of a manifest key (:func:`source_key`'s inverse)."""
+    match = _PAGE_KEY.search(key)
+    return (key[: match.start()], int(match.group(1)) - 1) if match else (key, 0)
 
 
 @dataclass
