@@ -11,8 +11,9 @@ An image goes through the same stages as one file of a ``run``: the same decodin
 with the image's own full-resolution grey levels
 (:func:`~colorize_batch.recombination.recombine`). The result has the input's pixel size and
 grey levels and equals, pixel for pixel, what ``run`` writes for that file as an 8-bit PNG
-with the same settings (on a CPU the forward pass uses as many threads as one of ``run``'s
-lanes for that: see :meth:`ColorizeSession._lane_threads`). Unlike ``run``, an input that is already in colour is colorized from
+with the same settings on a CPU (the forward pass uses as many threads as one of ``run``'s
+lanes for that: see :meth:`ColorizeSession._lane_threads`); on CUDA, reduced-precision
+arithmetic may differ between batch sizes by a level here and there (not tested here). Unlike ``run``, an input that is already in colour is colorized from
 its grey levels (``input.color_inputs: recolor``): the caller asked for it.
 """
 
