@@ -60,7 +60,11 @@ config_option = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="colorize-batch")
 def main() -> None:
-    """Colorize folders of black-and-white photographs with a pix2pix U-Net.
+    """Colorize folders of black-and-white photographs.
+
+    The default model is a U-Net on an EfficientNet-Lite0 encoder that predicts
+    colour (ab bins of CIE Lab) at low resolution; each output keeps the scan's own
+    full-resolution grey levels. The older pix2pix U-Net weights still load.
 
     \b
     Exit codes: 0 all good (skips included), 1 some files failed,
@@ -236,7 +240,11 @@ def info(ctx, config_path, weights, device, as_json):
 @click.option("-v", "--verbose", count=True)
 @click.pass_context
 def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minutes, steps, device, print_config, verbose):
-    """Train the generator (U-Net + PatchGAN, GAN loss + L1) on folders of colour photos.
+    """Train a generator on folders of colour photos.
+
+    train.preset picks the family: effnet-lite0 / effnet-lite0-hints (the default
+    model: EfficientNet-Lite0 U-Net, class-rebalanced cross-entropy over ab bins + L1)
+    or the pix2pix presets lite, pix2pix-256, tiny (U-Net + PatchGAN, GAN loss + L1).
 
     DATA_DIRS override train.data from the config (each with weight 1).
     """
@@ -389,7 +397,6 @@ def report() -> None:
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
     from .manifest import report_path
-    from .reporting import write_json_atomic
     from .sharding import ShardError, merge_reports
 
     try:
@@ -397,13 +404,13 @@ def report_merge(out_dir, dest):
     except ShardError as exc:
         raise click.UsageError(str(exc)) from None
     dest = dest or report_path(out_dir)
-    write_json_atomic(dest, merged)
-    c = merged["counts"]
-    click.echo(f"{len(merged['shards'])} shard report(s): done {c.get('done', 0)}, up to date {c.get('skipped_up_to_date', 0)}, "
-               f"colour {c.get('skipped_color', 0)}, failed {c.get('failed', 0)} -> {dest}")
-    for failure in merged["failures"]:
-        click.echo(f"failed {failure['path']}: {failure['reason']}")
-    raise SystemExit(merged["exit_code"])
+    merged.write(dest)
+    c = merged.counts
+    click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
+               f"colour {c.skipped_color}, failed {c.failed} -> {dest}")
+    for failure in merged.failures:
+        click.echo(f"failed {failure.get('path')}: {failure.get('reason')}")
+    raise SystemExit(merged.exit_code)
 
 
 # ----------------------------------------------------------------------------- gallery

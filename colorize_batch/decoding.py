@@ -250,6 +250,24 @@ def decode(path: str | os.PathLike, size: int, page: int = 0, max_pixels: int | 
     return decoded
 
 
+def decode_image(im: Image.Image, size: int) -> Decoded:
+    """An image already in memory -> :class:`Decoded`, normalised as :func:`decode` does a file.
+
+    EXIF orientation is applied (a no-op for an image already turned upright), 16-bit grey is
+    kept, alpha is flattened on white, palette, 1-bit and CMYK are converted. A JPEG file read
+    by :func:`decode` gives its luma straight from the decoder, which can differ by a level from
+    Pillow's RGB decode converted to grey: pass the path to get exactly what ``run`` sees.
+    """
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block costs the orientation, never the photograph
+        upright = im.copy()
+    upright.load()
+    grey, bits, chroma = _to_grey(upright)
+    grey = np.array(grey, copy=True, order="C")
+    return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=upright.mode)
+
+
 ORIENTATION_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -363,6 +381,13 @@ class DecodedItem:
     layout: GreyLayout | None = None
     net_index: int = -1
 
+    @classmethod
+    def from_decoded(cls, index: int, d: Decoded, notes: list[str] | None = None, decode_s: float = 0.0) -> DecodedItem:
+        """The item of a decoded image (16-bit levels held as int32, the network square as ``(1, S, S)``)."""
+        grey = torch.from_numpy(d.grey.astype(np.int32) if d.bits == 16 else d.grey)
+        return cls(index, grey=grey, net=torch.from_numpy(d.net_input.copy()).unsqueeze(0), bits=d.bits,
+                   chroma=d.chroma, meta=d.meta, notes=d.notes if notes is None else notes, decode_s=decode_s)
+
 
 @dataclass
 class DecodedBatch:
@@ -446,17 +471,7 @@ class DecodeDataset(Dataset):
             return DecodedItem(index, error="out of memory while decoding")
         except Exception as exc:  # noqa: BLE001 - whatever a decoder raises is this file's failure, never the run's
             return DecodedItem(index, error=f"cannot decode: {type(exc).__name__}: {exc}")
-        grey = torch.from_numpy(d.grey.astype(np.int32) if d.bits == 16 else d.grey)
-        return DecodedItem(
-            index,
-            grey=grey,
-            net=torch.from_numpy(d.net_input.copy()).unsqueeze(0),
-            bits=d.bits,
-            chroma=d.chroma,
-            meta=d.meta,
-            notes=d.notes + self._stderr_lines(),
-            decode_s=time.perf_counter() - start,
-        )
+        return DecodedItem.from_decoded(index, d, d.notes + self._stderr_lines(), time.perf_counter() - start)
 
 
 def threading_is_main() -> bool:

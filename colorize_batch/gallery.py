@@ -53,8 +53,10 @@ from PIL import Image, ImageOps
 
 from . import __version__
 from .hints import BUNDLE_FORMAT, DEFAULT_RADIUS, hints_path_for, locate, parse_hints
-from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, gallery_dir, report_path
+from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, report_path
 from .names import display
+from .planning import parse_source_key
+from .reporting import RunReport
 from .writing import atomic_write, atomic_write_text
 
 log = logging.getLogger("colorize_batch")
@@ -63,8 +65,6 @@ THUMB_DIR = "thumbs"
 THUMB_LONG_SIDE = 320
 THUMB_QUALITY = 82
 MAX_FAILURES_SHOWN = 1000
-SHOWN_STATUSES = ("done", "copied")
-_PAGE_SUFFIX = re.compile(r"#p(\d+)$")  # manifest keys of multi-page TIFF pages: "scan.tif#p2"
 _PAGE_FILE = re.compile(r"page-(\d+)\.html$")
 _DIGITS = re.compile(r"(\d+)")
 
@@ -263,23 +263,22 @@ def _page_links(current: int, total: int, window: int = 3) -> list[PageLink]:
     return links
 
 
-def _read_last_run(path: Path) -> dict | None:
+def _read_last_run(path: Path) -> RunReport | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return RunReport.read(path)
     except (OSError, ValueError) as exc:
         log.warning("gallery: ignoring unreadable %s: %s", path, exc)
         return None
-    return data if isinstance(data, dict) else None
 
 
-def _source_root(source_dir: Path | None, last_run: dict | None) -> tuple[Path | None, str | None]:
+def _source_root(source_dir: Path | None, last_run: RunReport | None) -> tuple[Path | None, str | None]:
     """Where the sources are, and a warning for the header when that is unknown."""
     if source_dir is not None:
         root = Path(source_dir)
-    elif last_run and isinstance(last_run.get("input"), str):
-        root = Path(last_run["input"])
+    elif last_run and last_run.input is not None:
+        root = Path(last_run.input)
     else:
         return None, (f"The source folder is unknown (no {REPORT_STEM}{REPORT_SUFFIX}): pass --source IN_DIR to see the "
                       "grey originals.")
@@ -290,11 +289,8 @@ def _source_root(source_dir: Path | None, last_run: dict | None) -> tuple[Path |
     return root.resolve(), None
 
 
-def _run_date(last_run_path: Path, last_run: dict | None, records: Iterable[dict]) -> str:
+def _run_date(last_run_path: Path, last_run: RunReport | None, records: Iterable[ManifestRecord]) -> str:
     if last_run is not None:
-        for key in ("finished", "date", "time"):
-            if isinstance(last_run.get(key), str):
-                return last_run[key]
         try:
             return datetime.fromtimestamp(last_run_path.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M %z")
         except OSError:
@@ -302,33 +298,30 @@ def _run_date(last_run_path: Path, last_run: dict | None, records: Iterable[dict
     latest: datetime | None = None
     for rec in records:
         try:
-            when = datetime.strptime(rec.get("time", ""), "%Y-%m-%dT%H:%M:%S%z")
+            when = datetime.strptime(rec.time or "", "%Y-%m-%dT%H:%M:%S%z")
         except (TypeError, ValueError):
             continue
         latest = when if latest is None or when > latest else latest
     return latest.strftime("%Y-%m-%d %H:%M %z") if latest else "unknown"
 
 
-def _model_label(last_run: dict | None, records: Iterable[dict]) -> str:
-    if last_run and last_run.get("model"):
-        label = str(last_run["model"])
-        sha = last_run.get("model_sha256")
-        return f"{label} (sha256 {str(sha)[:12]})" if sha and str(sha)[:12] not in label else label
-    hashes = sorted({str(rec["model"]) for rec in records if rec.get("model")})
+def _model_label(last_run: RunReport | None, records: Iterable[ManifestRecord]) -> str:
+    if last_run and last_run.model:
+        label, sha = last_run.model, last_run.model_sha256
+        return f"{label} (sha256 {sha[:12]})" if sha and sha[:12] not in label else label
+    hashes = sorted({rec.model for rec in records if rec.model})
     if not hashes:
         return "unknown"
     return ", ".join(f"sha256 {h[:12]}" for h in hashes)
 
 
-def _failures(records: Iterable[dict], last_run: dict | None, input_roots: Sequence[str]) -> list[tuple[str, str]]:
+def _failures(records: Iterable[ManifestRecord], last_run: RunReport | None, input_roots: Sequence[str]) -> list[tuple[str, str]]:
     """(path, reason) of failed files from the manifest and from last-run.json, deduplicated."""
     found: dict[str, str] = {}
     for rec in records:
-        if rec.get("status") == "failed":
-            found[str(rec.get("source"))] = str(rec.get("reason") or "failed")
-    for failure in (last_run or {}).get("failures") or []:
-        if not isinstance(failure, dict):
-            continue
+        if rec.status is Status.FAILED:
+            found[rec.source] = rec.reason or "failed"
+    for failure in last_run.failures if last_run else []:
         path = str(failure.get("path", "?"))
         for root in input_roots:  # last-run.json has the paths as given on the command line
             try:
@@ -472,8 +465,8 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path)
     src_root, src_warning = _source_root(source_dir, last_run)
-    if hints_dir is None and last_run and isinstance(last_run.get("hints_dir"), str):
-        hints_dir = Path(last_run["hints_dir"])
+    if hints_dir is None and last_run and last_run.hints_dir is not None:
+        hints_dir = Path(last_run.hints_dir)
     hints_root = Path(hints_dir).resolve() if hints_dir is not None else None
     gallery = gallery_dir(out_dir)
     thumbs = gallery / THUMB_DIR
@@ -481,23 +474,21 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
     warnings: list[str] = [src_warning] if src_warning else []
 
     # Which records to show, and the thumbnails they need.
-    entries: list[tuple[dict, PurePosixPath, PurePosixPath, int]] = []
+    entries: list[tuple[ManifestRecord, PurePosixPath, PurePosixPath, int]] = []
     skipped_bad = 0
     for rec in records:
-        if rec.get("status") not in SHOWN_STATUSES:
+        if not rec.status.wrote_output:
             continue
-        key = str(rec.get("source", ""))
-        match = _PAGE_SUFFIX.search(key)
-        page = int(match.group(1)) - 1 if match else 0
-        source_rel = _safe_rel(key[: match.start()] if match else key)
-        output_rel = _safe_rel(rec.get("output"))
+        relative, page = parse_source_key(rec.source)
+        source_rel = _safe_rel(relative)
+        output_rel = _safe_rel(rec.output)
         if source_rel is None or output_rel is None:
             skipped_bad += 1
             continue
         entries.append((rec, source_rel, output_rel, page))
     if skipped_bad:
         warnings.append(f"{skipped_bad} manifest record(s) with unusable paths were left out.")
-    entries.sort(key=lambda e: _sort_key(str(e[0]["source"])))
+    entries.sort(key=lambda e: _sort_key(e[0].source))
 
     def src_thumb(source_rel: PurePosixPath, page: int) -> Path:
         return thumbs / "src" / f"{source_rel}{f'.p{page + 1}' if page else ''}.jpg"
@@ -523,25 +514,20 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
             src_pic = Picture(None, None, None, None, "source missing")
         if out_pic.placeholder == "file missing":
             out_pic = Picture(None, None, None, None, "output missing")
-        key = display(str(rec["source"]))
+        key = display(rec.source)
         folder = display(str(source_rel.parent)) if str(source_rel.parent) != "." else ""
         name = display(source_rel.name) + (f" (page {page + 1})" if page else "")
-        hint = _hint_target(source_rel, src_root, hints_root) if rec["status"] == "done" and out_pic.thumb_url else None
+        hint = _hint_target(source_rel, src_root, hints_root) if rec.status is Status.DONE and out_pic.thumb_url else None
         if hint is not None and hint.problem:
             warnings.append(f"{display(source_rel.as_posix())}: {hint.problem}")
-        items.append(Item(key, str(rec["status"]), display(output_rel.as_posix()), folder, name, src_pic, out_pic, hint))
-        files.append(ItemFiles(str(rec["source"]), source_rel, page, out_dir / output_rel, source_path, out_thumb, s_thumb))
+        items.append(Item(key, rec.status.value, display(output_rel.as_posix()), folder, name, src_pic, out_pic, hint))
+        files.append(ItemFiles(rec.source, source_rel, page, out_dir / output_rel, source_path, out_thumb, s_thumb))
 
     # Summary shared by all pages.
-    statuses = Counter(str(rec.get("status")) for rec in records)
-    totals = {s: statuses[s] for s in ("done", "copied", "skipped_color", "failed")}
-    last_counts = None
-    if last_run and isinstance(last_run.get("counts"), dict):
-        c = last_run["counts"]
-        up_to_date, skipped_color = int(c.get("skipped_up_to_date", 0)), int(c.get("skipped_color", 0))
-        last_counts = {"done": int(c.get("done", 0)), "skipped": up_to_date + skipped_color, "up_to_date": up_to_date,
-                       "skipped_color": skipped_color, "copied": int(c.get("copied", 0)), "failed": int(c.get("failed", 0))}
-    roots = [str(r) for r in (src_root, (last_run or {}).get("input")) if r]
+    statuses = Counter(rec.status for rec in records)
+    totals = {s.value: statuses[s] for s in Status}
+    last_counts = last_run.counts if last_run else None
+    roots = [str(r) for r in (src_root, last_run.input if last_run else None) if r]
     failures = _failures(records, last_run, roots)
     common = {
         "tool": f"colorize-batch {__version__} gallery",

@@ -111,8 +111,9 @@ class Colorizer:
         self.dtype = resolve_precision(precision, device)
         if device.type == "cpu":
             tune_allocator()
+        # the caller's generator is moved to the device, put in eval mode and given the temperature
         self.generator: UNetGenerator | EffUNetGenerator = generator.to(device).eval()
-        if isinstance(self.generator, EffUNetGenerator):  # BN folded into the convolutions: a copy, the caller's net is untouched
+        if isinstance(self.generator, EffUNetGenerator):  # BN folded into the convolutions of a copy
             self.generator = fused_for_inference(self.generator)
         if device.type == "cuda":
             self.generator = self.generator.to(memory_format=torch.channels_last)

@@ -2,7 +2,9 @@
 
 This module owns the state folder and names everything in it (the one place they are
 spelled): ``manifest<tag>.jsonl``, ``lock<tag>``, the run reports ``last-run<tag>.json`` and
-the review gallery's folder, where ``tag`` is empty or ``.shard-I-of-N``.
+the review gallery's folder, where ``tag`` is empty or ``.shard-I-of-N``. It also spells the
+words stored there: :class:`Status`, what became of a file, and :class:`ManifestRecord`, one
+line of the manifest (read and written here only).
 
 A rerun skips a source whose latest manifest record has the same source fingerprint
 (size + mtime, or sha256 with ``--checksum``), model hash, pixel-config hash and tool
@@ -18,8 +20,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from .names import display, to_json
@@ -57,7 +60,18 @@ def close_inherited_locks() -> None:
 
 
 def state_dir(out_root: Path) -> Path:
+    """``OUT/.colorize-batch/``: the run's memory."""
     return Path(out_root) / STATE_DIR
+
+
+def manifest_path(out_root: Path, tag: str = "") -> Path:
+    """``OUT/.colorize-batch/manifest<tag>.jsonl``: the records of finished files (of one shard)."""
+    return state_dir(out_root) / f"{MANIFEST_STEM}{tag}{MANIFEST_SUFFIX}"
+
+
+def lock_path(out_root: Path, tag: str = "") -> Path:
+    """``OUT/.colorize-batch/lock<tag>``: the run lock (of one shard)."""
+    return state_dir(out_root) / f"{LOCK_STEM}{tag}"
 
 
 def report_path(out_root: Path, tag: str = "") -> Path:
@@ -84,7 +98,7 @@ class RunLock:
     """Exclusive ``flock`` on ``OUT/.colorize-batch/lock``; released when the process dies."""
 
     def __init__(self, out_root: Path, tag: str = ""):
-        self.path = state_dir(out_root) / f"{LOCK_STEM}{tag}"
+        self.path = lock_path(out_root, tag)
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -131,22 +145,86 @@ class RunIdentity:
     version: str = __version__
 
 
-def _read_records(path: Path) -> dict[str, dict]:
+class Status(str, Enum):
+    """What became of one job: the manifest's ``status`` words, and the report's counters of the same name."""
+
+    DONE = "done"  # colorized and written
+    COPIED = "copied"  # a colour input copied unchanged (input.color_inputs: copy)
+    SKIPPED_COLOR = "skipped_color"  # a colour input left alone (input.color_inputs: skip)
+    FAILED = "failed"  # see the reason
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def wrote_output(self) -> bool:
+        return self in (Status.DONE, Status.COPIED)
+
+    @property
+    def is_kept(self) -> bool:
+        """A rerun keeps this result while nothing it depends on changed (a failure is retried)."""
+        return self is not Status.FAILED
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """One line of ``manifest.jsonl``: what became of one source (its manifest key, see
+    :func:`~colorize_batch.planning.source_key`) under which model, settings and tool version."""
+
+    source: str
+    status: Status
+    source_fp: str | None = None  # size + mtime, or sha256 (--checksum); + the hint file's hash
+    output: str | None = None  # relative to OUT, for the statuses that wrote one
+    output_sha256: str | None = None
+    model: str | None = None  # sha256 of the weights file
+    config: str | None = None  # hash of the settings that change pixels
+    version: str | None = None  # the tool's
+    time: str | None = None  # %Y-%m-%dT%H:%M:%S%z
+    reason: str | None = None  # why it failed
+
+    def to_json(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "source": self.source, "source_fp": self.source_fp, "output": self.output,
+            "output_sha256": self.output_sha256, "model": self.model, "config": self.config,
+            "version": self.version, "time": self.time, "status": self.status.value,
+        }
+        if self.reason:
+            rec["reason"] = self.reason
+        return rec
+
+    @classmethod
+    def from_json(cls, data: object) -> ManifestRecord | None:
+        """The record a decoded line holds, or ``None`` when it is not one (no source, unknown status)."""
+        if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+            return None
+        try:
+            status = Status(data.get("status"))
+        except ValueError:
+            return None
+        return cls(data["source"], status, *(_text(data.get(k)) for k in (
+            "source_fp", "output", "output_sha256", "model", "config", "version", "time", "reason")))
+
+
+def _read_records(path: Path) -> dict[str, ManifestRecord]:
     """The records of one manifest file; a damaged line is skipped with a warning naming it
     (its file is simply redone), never a crash."""
-    records: dict[str, dict] = {}
+    records: dict[str, ManifestRecord] = {}
     with open(path, encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = ManifestRecord.from_json(json.loads(line))
             except ValueError:
                 rec = None
-            if not isinstance(rec, dict) or not isinstance(rec.get("source"), str):
+            if rec is None:
                 log.warning("%s line %d: damaged manifest record skipped (its file will be redone)", display(path), number)
                 continue
-            records[rec["source"]] = rec
+            records[rec.source] = rec
     return records
 
 
@@ -155,10 +233,10 @@ class Manifest:
     (``tag`` = ``.shard-I-of-N``) and read all the others' to know what is already done."""
 
     def __init__(self, out_root: Path, tag: str = ""):
-        self.path = state_dir(out_root) / f"{MANIFEST_STEM}{tag}{MANIFEST_SUFFIX}"
+        self.path = manifest_path(out_root, tag)
         self.out_root = Path(out_root)
-        self.records: dict[str, dict] = {}  # this file's records (compacted on close)
-        self.known: dict[str, dict] = {}  # every manifest's records, this file's last
+        self.records: dict[str, ManifestRecord] = {}  # this file's records (compacted on close)
+        self.known: dict[str, ManifestRecord] = {}  # every manifest's records, this file's last
         self._fh: TextIO | None = None
         self.append_failed = False
         folder = state_dir(out_root)
@@ -171,37 +249,27 @@ class Manifest:
 
     def is_current(self, source_rel: str, source_fp: str, ident: RunIdentity) -> bool:
         rec = self.known.get(source_rel)
-        if rec is None or rec.get("status") not in ("done", "copied", "skipped_color"):
+        if rec is None or not rec.status.is_kept:
             return False
-        if (rec.get("source_fp"), rec.get("model"), rec.get("config"), rec.get("version")) != (
+        if (rec.source_fp, rec.model, rec.config, rec.version) != (
             source_fp, ident.model_sha256, ident.config_hash, ident.version,
         ):
             return False
-        if rec["status"] == "skipped_color":
+        if not rec.status.wrote_output:
             return True
-        return (self.out_root / rec["output"]).is_file()
+        return rec.output is not None and (self.out_root / rec.output).is_file()
 
-    def add(self, source_rel: str, source_fp: str, ident: RunIdentity, status: str, output_rel: str | None = None, output_sha256: str | None = None, reason: str | None = None) -> None:
-        rec = {
-            "source": source_rel,
-            "source_fp": source_fp,
-            "output": output_rel,
-            "output_sha256": output_sha256,
-            "model": ident.model_sha256,
-            "config": ident.config_hash,
-            "version": ident.version,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": status,
-        }
-        if reason:
-            rec["reason"] = reason
+    def add(self, source_rel: str, source_fp: str, ident: RunIdentity, status: Status, output_rel: str | None = None,
+            output_sha256: str | None = None, reason: str | None = None) -> None:
+        rec = ManifestRecord(source_rel, Status(status), source_fp, output_rel, output_sha256, ident.model_sha256,
+                             ident.config_hash, ident.version, time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason)
         self.records[source_rel] = rec
         self.known[source_rel] = rec
         try:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "a", encoding="utf-8")
-            self._fh.write(to_json(rec) + "\n")
+            self._fh.write(to_json(rec.to_json()) + "\n")
             self._fh.flush()
         except OSError as exc:  # e.g. disk full: the output stands; unrecorded, it is redone next time
             if not self.append_failed:
@@ -218,10 +286,10 @@ class Manifest:
             self._fh = None
         if compact and self.records:
             try:
-                atomic_write_text(self.path, "".join(to_json(rec) + "\n" for rec in self.records.values()))
+                atomic_write_text(self.path, "".join(to_json(rec.to_json()) + "\n" for rec in self.records.values()))
             except OSError as exc:  # e.g. disk full: the appended records are still valid
                 log.warning("%s: not compacted (%s); the appended records are kept", display(self.path), exc)
 
     def outputs(self) -> set[str]:
         """Relative paths of every output a manifest records (this tool wrote them)."""
-        return {rec["output"] for rec in self.known.values() if isinstance(rec.get("output"), str)}
+        return {rec.output for rec in self.known.values() if rec.output is not None}

@@ -1,8 +1,14 @@
-"""The pix2pix networks: a U-Net generator (L -> ab) and a PatchGAN discriminator.
+"""The generator families (L -> ab) and the pix2pix discriminator.
 
-Written in the style of the pix2pix reference ``networks.py``: small builder functions,
-the normalisation layer passed in, one ``init_weights``. The whole generator architecture
-lives in :class:`UNetConfig`; :data:`PRESETS` names the useful ones.
+- ``effunet`` (:class:`EffUNetGenerator`, :class:`EffUNetConfig`), the default model: a U-Net
+  decoder on an EfficientNet-Lite0 encoder, predicting a distribution over ab bins (decoded as
+  its annealed mean), with an optional colour-hint branch.
+- ``unet`` (:class:`UNetGenerator`, :class:`UNetConfig`): the pix2pix U-Net predicting ab
+  directly, trained against a PatchGAN (:class:`PatchDiscriminator`). Written in the style of
+  the pix2pix reference ``networks.py``: small builder functions, the normalisation layer
+  passed in, one ``init_weights``.
+
+:data:`PRESETS` names the useful architectures of both.
 """
 
 from __future__ import annotations

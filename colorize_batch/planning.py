@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .hints import HintError, Hints, locate, read_hints
 from .manifest import Manifest, RunIdentity, fingerprint
 from .names import display
 from .sharding import Shard
-from .writing import PIL_FORMAT, target_problem
+from .writing import PIL_FORMAT, same_file, target_problem
 
 log = logging.getLogger("colorize_batch")
 
@@ -41,7 +42,22 @@ class Job:
     @property
     def source_key(self) -> str:
         """The manifest's key: the relative path, ``#pN`` for a page of a multi-page TIFF."""
-        return str(self.item.relative) + (f"#p{self.page + 1}" if self.pages > 1 else "")
+        return source_key(str(self.item.relative), self.page, self.pages)
+
+
+_PAGE_KEY = re.compile(r"#p(\d+)$")
+
+
+def source_key(relative: str, page: int = 0, pages: int = 1) -> str:
+    """The manifest key of page ``page`` (0-based) of an input with ``pages`` pages: its relative
+    path, with ``#pN`` (N = page + 1) for a page of a multi-page TIFF (``scan.tif#p2``)."""
+    return relative + (f"#p{page + 1}" if pages > 1 else "")
+
+
+def parse_source_key(key: str) -> tuple[str, int]:
+    """The relative path and 0-based page of a manifest key (:func:`source_key`'s inverse)."""
+    match = _PAGE_KEY.search(key)
+    return (key[: match.start()], int(match.group(1)) - 1) if match else (key, 0)
 
 
 @dataclass
@@ -53,10 +69,6 @@ class Plan:
     without_hints: int = 0  # left out by input.hints_only
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): fail before decoding
 
-    @property
-    def single_file(self) -> bool:
-        return self.in_path.is_file()
-
 
 def tiff_page_count(path: Path) -> int:
     """Pages of a TIFF (1 if it cannot be read here: decoding will report why)."""
@@ -67,13 +79,10 @@ def tiff_page_count(path: Path) -> int:
         return 1
 
 
-def resolve_out(in_path: Path, out_path: Path) -> tuple[Path, bool]:
-    """For a single input file, OUT may name the output file or a folder to put it in."""
-    if in_path.is_file():
-        if out_path.suffix.lower() in PIL_FORMAT and not out_path.is_dir():
-            return out_path, True
-        return out_path, False
-    return out_path, False
+def names_output_file(in_path: Path, out_path: Path) -> bool:
+    """Whether OUT names the output file itself: for a single input file, OUT may name the output
+    file (an image suffix, not an existing folder) or a folder to put it in."""
+    return in_path.is_file() and out_path.suffix.lower() in PIL_FORMAT and not out_path.is_dir()
 
 
 def with_hints(item: WorkItem, fp: str, hints_root: Path | None) -> tuple[Hints | None, str]:
@@ -107,7 +116,7 @@ def plan_run(
     claimed over the whole tree (so collisions are seen the same way by every shard) but only
     the shard's own files become jobs.
     """
-    out_file_mode = resolve_out(in_path, out_path)[1]
+    out_file_mode = names_output_file(in_path, out_path)
     inp = config.input
     items = find_images(
         in_path, inp.extensions, inp.include, inp.exclude, skip_dirs=[out_path],
@@ -115,11 +124,8 @@ def plan_run(
     )
     if out_file_mode or in_path.is_file():
         dest = output_path(items[0], out_path, config.output.format, single_file=out_file_mode)
-        try:
-            if dest.exists() and os.path.samefile(dest, in_path):
-                raise DiscoveryError(f"{display(dest)}: the output would replace the input file; choose another output")
-        except OSError:
-            pass
+        if same_file(dest, in_path):
+            raise DiscoveryError(f"{display(dest)}: the output would replace the input file; choose another output")
     plan = Plan(in_path, out_path)
     claimed: dict[str, str] = {}
     known_outputs = manifest.outputs() if manifest is not None else set()

@@ -1,23 +1,30 @@
 """Reporting: counters, progress display, the end-of-run summary and the JSON report.
 
 On a terminal a rich progress bar shows files, images/s and ETA; when stdout is not a
-terminal (cron, CI) a plain log line is written every few seconds instead.
+terminal (cron, CI) a plain log line is written every few seconds instead. The run report
+(``last-run.json``, ``--report``, the merged report of shards) is a :class:`RunReport`, written
+and read here only; its counters are :class:`RunCounts`, spelled as the manifest's
+:class:`~colorize_batch.manifest.Status` words.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .exit_codes import ExitCode
+from .manifest import Status
 from .names import display, to_json
 
 log = logging.getLogger("colorize_batch")
@@ -26,10 +33,55 @@ STAGES = ("decode", "forward", "recombine", "encode", "write")
 
 
 @dataclass
+class RunCounts:
+    """How many files ended how: the report's ``counts``. A :class:`Status` counts under its own word."""
+
+    done: int = 0
+    skipped_up_to_date: int = 0  # current per the manifest: not redone
+    skipped_color: int = 0
+    copied: int = 0
+    failed: int = 0
+    with_hints: int = 0  # planned with a hint file (hints.py)
+    left_out_without_hints: int = 0  # input.hints_only
+
+    def add(self, status: Status) -> None:
+        setattr(self, status.value, getattr(self, status.value) + 1)
+
+    def __getitem__(self, key: str) -> int:
+        """The counter a report key names (``counts["done"]``)."""
+        if key not in self.keys():
+            raise KeyError(key)
+        return int(getattr(self, key))
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def __add__(self, other: RunCounts) -> RunCounts:
+        return RunCounts(**{k: self[k] + other[k] for k in self.keys()})
+
+    @classmethod
+    def from_json(cls, data: object) -> RunCounts:
+        if not isinstance(data, dict):
+            raise ValueError("counts is not an object")
+        return cls(**{k: _int(data.get(k, 0), k) for k in cls.keys()})
+
+
+def _number(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} is not a number")
+    return float(value)
+
+
+def _int(value: object, key: str) -> int:
+    return int(_number(value, key))
+
+
+@dataclass
 class RunStats:
     """What happened to every file, plus time spent per stage (seconds, summed over workers)."""
 
-    counts: Counter = field(default_factory=Counter)  # done, skipped, skipped_color, copied, failed
+    counts: RunCounts = field(default_factory=RunCounts)
     failures: list[dict] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)  # decoder warnings, damaged metadata: the file was still done
     stage_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -41,7 +93,7 @@ class RunStats:
     not_tried: list[str] = field(default_factory=list)  # filled when the run stops early
 
     def fail(self, path: str, reason: str) -> None:
-        self.counts["failed"] += 1
+        self.counts.failed += 1
         self.failures.append({"path": path, "reason": reason})
         log.error("%s: %s", display(path), reason)
 
@@ -55,12 +107,12 @@ class RunStats:
         return (self.finished or time.monotonic()) - self.started
 
     def images_per_second(self) -> float:
-        return self.counts["done"] / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return self.counts.done / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def exit_code(self) -> int:
         if self.interrupted:
             return ExitCode.INTERRUPTED
-        return ExitCode.FAILED if self.counts["failed"] or self.stopped_reason else ExitCode.OK
+        return ExitCode.FAILED if self.counts.failed or self.stopped_reason else ExitCode.OK
 
 
 class ProgressDisplay:
@@ -105,7 +157,7 @@ def summary_table(stats: RunStats) -> Table:
         table.add_column(col, justify="right")
     c = stats.counts
     table.add_row(
-        str(c["done"]), str(c["skipped"]), str(c["skipped_color"]), str(c["copied"]), str(c["failed"]),
+        str(c.done), str(c.skipped_up_to_date), str(c.skipped_color), str(c.copied), str(c.failed),
         f"{stats.wall_seconds:.1f}", f"{stats.images_per_second():.2f}",
     )
     return table
@@ -122,33 +174,99 @@ def print_summary(stats: RunStats, quiet: bool = False) -> None:
         console.print(f"... and {len(stats.failures) - 20} more failures (see --report)")
 
 
-def build_report(stats: RunStats, **context) -> dict:
-    c = stats.counts
-    return {
-        **context,
-        "counts": {
-            "done": c["done"],
-            "skipped_up_to_date": c["skipped"],
-            "skipped_color": c["skipped_color"],
-            "copied": c["copied"],
-            "failed": c["failed"],
-            "with_hints": c["with_hints"],  # planned with a hint file (hints.py)
-            "left_out_without_hints": c["without_hints"],  # input.hints_only
-        },
-        "failures": stats.failures,
-        "notes": stats.notes,
-        "interrupted": stats.interrupted,
-        "stopped_reason": stats.stopped_reason,
-        "not_tried": stats.not_tried,
-        "wall_seconds": round(stats.wall_seconds, 3),
-        "images_per_second": round(stats.images_per_second(), 3),
-        "stage_seconds": {k: round(stats.stage_seconds[k], 3) for k in STAGES},
-        "exit_code": stats.exit_code(),
-    }
+@dataclass
+class RunReport:
+    """A run's report: ``OUT/.colorize-batch/last-run<tag>.json``, ``--report``, and the merged
+    report of shards (``shards`` set). Written by :meth:`write`, read by :meth:`read`, only."""
+
+    tool: str
+    counts: RunCounts = field(default_factory=RunCounts)
+    failures: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    notes: list[dict] = field(default_factory=list)  # {"path", "message"}
+    interrupted: bool = False
+    stopped_reason: str | None = None
+    not_tried: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    images_per_second: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    exit_code: int = ExitCode.OK
+    model: str | None = None  # model id (name@sha256 prefix)
+    model_sha256: str | None = None
+    config_hash: str | None = None
+    input: str | None = None  # IN as given
+    output: str | None = None  # OUT as given
+    hints_dir: str | None = None  # where the gallery's hint editor looks
+    device: str | None = None
+    host: str | None = None
+    shards: list[str] | None = None  # a merged report: the shard reports' names
+
+    CONTEXT = ("tool", "model", "model_sha256", "config_hash", "input", "output", "hints_dir", "device", "host")
+
+    @classmethod
+    def of_run(cls, stats: RunStats, **context: str | None) -> RunReport:
+        """The report of a run from its counters; ``context``: the :attr:`CONTEXT` fields."""
+        return cls(
+            counts=dataclasses.replace(stats.counts), failures=stats.failures, notes=stats.notes,
+            interrupted=stats.interrupted, stopped_reason=stats.stopped_reason, not_tried=stats.not_tried,
+            wall_seconds=round(stats.wall_seconds, 3), images_per_second=round(stats.images_per_second(), 3),
+            stage_seconds={k: round(stats.stage_seconds[k], 3) for k in STAGES}, exit_code=int(stats.exit_code()),
+            **context,  # type: ignore[arg-type]
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {k: getattr(self, k) for k in self.CONTEXT}
+        if self.shards is not None:
+            data["shards"] = self.shards
+        data.update({
+            "counts": {k: self.counts[k] for k in RunCounts.keys()},
+            "failures": self.failures,
+            "notes": self.notes,
+            "interrupted": self.interrupted,
+            "stopped_reason": self.stopped_reason,
+            "not_tried": self.not_tried,
+            "wall_seconds": self.wall_seconds,
+            "images_per_second": self.images_per_second,
+            "stage_seconds": self.stage_seconds,
+            "exit_code": int(self.exit_code),
+        })
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> RunReport:
+        """The report a decoded JSON document holds; :class:`ValueError` says what is wrong with it."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        text = {k: data[k] if isinstance(data.get(k), str) else None for k in cls.CONTEXT if k != "tool"}
+        shards = data.get("shards")
+        return cls(
+            str(data.get("tool") or "unknown"),
+            **text,
+            shards=[str(s) for s in shards] if isinstance(shards, list) else None,
+            counts=RunCounts.from_json(data.get("counts", {})),
+            failures=[f for f in data.get("failures") or [] if isinstance(f, dict)],
+            notes=[n for n in data.get("notes") or [] if isinstance(n, dict)],
+            interrupted=bool(data.get("interrupted")),
+            stopped_reason=data["stopped_reason"] if isinstance(data.get("stopped_reason"), str) else None,
+            not_tried=[str(p) for p in data.get("not_tried") or []],
+            wall_seconds=_number(data.get("wall_seconds", 0), "wall_seconds"),
+            images_per_second=_number(data.get("images_per_second", 0), "images_per_second"),
+            stage_seconds={str(k): float(v) for k, v in (data.get("stage_seconds") or {}).items() if isinstance(v, (int, float))},
+            exit_code=_int(data.get("exit_code", 0), "exit_code"),
+        )
+
+    def write(self, path: Path) -> None:
+        """Atomically, as JSON (file names that are not UTF-8 round-trip: see names.py)."""
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> RunReport:
+        """Raises :class:`OSError` (unreadable) or :class:`ValueError` (not a report)."""
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """The report as JSON, written atomically (file names that are not UTF-8 round-trip: see names.py)."""
+    """A JSON document (a report, ``eval``'s scores), written atomically (file names that are not
+    UTF-8 round-trip: see names.py)."""
     from .writing import atomic_write_text
 
     atomic_write_text(Path(path), to_json(data, indent=2) + "\n")

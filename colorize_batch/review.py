@@ -203,8 +203,9 @@ class Reviewer:
 
     def settings_mismatch(self) -> str | None:
         """Why accepted photos would not stay up to date: the run used other weights or settings."""
-        records = [self.manifest.known.get(files.key) or {} for files in self.site.files]
-        differ = sum(1 for rec in records if (rec.get("model"), rec.get("config")) != (self.ident.model_sha256, self.ident.config_hash))
+        records = [self.manifest.known.get(files.key) for files in self.site.files]
+        differ = sum(1 for rec in records
+                     if rec is None or (rec.model, rec.config) != (self.ident.model_sha256, self.ident.config_hash))
         if not differ:
             return None
         return (f"{differ} of {len(records)} photo(s) were made with other weights or settings than this review's "
@@ -256,8 +257,8 @@ class Reviewer:
         """The photo's job as :func:`~colorize_batch.planning.plan_run` makes it (same fingerprint, hints, key)."""
         files = self.site.files[index]
         assert files.source is not None
-        record = self.manifest.known.get(files.key) or {}
-        checksum = str(record.get("source_fp", "")).startswith("sha256=")  # the run fingerprinted by content
+        record = self.manifest.known.get(files.key)
+        checksum = record is not None and (record.source_fp or "").startswith("sha256=")  # the run fingerprinted by content
         item = WorkItem(files.source, files.source_rel)
         try:
             hints, fp = with_hints(item, fingerprint(files.source, checksum), self.site.hints_root)

@@ -24,7 +24,7 @@ from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, r
 from .names import display
 from .planning import Plan, plan_run
 from .ray_engine import RayEngineError
-from .reporting import RunStats, build_report, print_summary, write_json_atomic
+from .reporting import RunReport, RunStats, print_summary
 from .sharding import Shard
 from .signals import StopFlag
 from .weights import WeightsError, check_size, load_weights
@@ -44,7 +44,7 @@ def _cannot_write(message: str, report_path: Path | None, **context: str) -> int
     if report_path is not None:
         stats = RunStats(stopped_reason=message)
         try:
-            write_json_atomic(report_path, build_report(stats, tool=f"colorize-batch {__version__}", **context))
+            RunReport.of_run(stats, tool=f"colorize-batch {__version__}", **context).write(report_path)
         except OSError as exc:
             log.error("%s: cannot write the run report (%s)", display(report_path), exc)
     return ExitCode.FAILED
@@ -122,9 +122,9 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
 def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_path: Path, stats: RunStats,
              manifest: Manifest | None, ident: RunIdentity, report_path: Path | None, quiet: bool, tag: str = "",
              engine: str = "local", engine_options: dict | None = None) -> int:
-    stats.counts["skipped"] = plan.up_to_date
-    stats.counts["with_hints"] = sum(1 for job in plan.jobs if job.hints is not None)
-    stats.counts["without_hints"] = plan.without_hints
+    stats.counts.skipped_up_to_date = plan.up_to_date
+    stats.counts.with_hints = sum(1 for job in plan.jobs if job.hints is not None)
+    stats.counts.left_out_without_hints = plan.without_hints
     for path, reason in plan.problems:  # collisions, unreadable sources: re-examined on every run
         stats.fail(path, reason)
     model_id = None
@@ -166,7 +166,7 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
     if stats.stopped_reason or stats.interrupted:  # a full disk or a signal: say which files were never tried
         stats.not_tried = [str(job.item.source) for job in plan.jobs if job.source_key not in stats.settled]
     stats.finished = stats.started + stats.wall_seconds
-    report = build_report(
+    report = RunReport.of_run(
         stats,
         tool=f"colorize-batch {__version__}",
         model=model_id or weights_path.name,
@@ -180,7 +180,7 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
     )
     for dest in ([state_report_path(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
         try:
-            write_json_atomic(dest, report)
+            report.write(dest)
         except OSError as exc:
             log.error("%s: cannot write the run report (%s)", display(dest), exc.strerror or exc)
     print_summary(stats, quiet)

@@ -11,14 +11,15 @@ the reports.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .exit_codes import ExitCode
 from .manifest import SHARD_REPORT_GLOB, shard_report_paths, shard_tag
+from .reporting import RunReport
 
 
 class ShardError(ValueError):
@@ -77,27 +78,36 @@ def resolve_shard(option: str | None, shard_count: int | None = None, env: Mappi
     return shard
 
 
-def merge_reports(out_root: Path) -> dict:
-    """Combine ``last-run.shard-*.json`` reports into one (counts and failures summed)."""
+def merge_reports(out_root: Path) -> RunReport:
+    """Combine ``last-run.shard-*.json`` reports into one (counts, failures, notes and stage times
+    summed; the longest wall time; the worst exit code)."""
     parts = shard_report_paths(out_root)
     if not parts:
         raise ShardError(f"{out_root}: no shard reports ({SHARD_REPORT_GLOB}) to merge")
-    reports = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
-    merged: dict = {k: reports[0].get(k) for k in ("tool", "model", "model_sha256", "config_hash", "input", "output")}
-    merged["shards"] = [p.name for p in parts]
-    merged["counts"] = {}
+    reports = []
+    for part in parts:
+        try:
+            reports.append(RunReport.read(part))
+        except (OSError, ValueError) as exc:
+            raise ShardError(f"{part}: not a readable run report ({exc})") from None
+    first = reports[0]
+    counts = sum((rep.counts for rep in reports[1:]), first.counts)
+    stages: dict[str, float] = {}
     for rep in reports:
-        for key, value in rep.get("counts", {}).items():
-            merged["counts"][key] = merged["counts"].get(key, 0) + value
-    merged["failures"] = [f for rep in reports for f in rep.get("failures", [])]
-    merged["interrupted"] = any(rep.get("interrupted") for rep in reports)
-    merged["stopped_reason"] = next((rep["stopped_reason"] for rep in reports if rep.get("stopped_reason")), None)
-    merged["wall_seconds"] = max(rep.get("wall_seconds", 0) for rep in reports)
-    merged["images_per_second"] = round(merged["counts"].get("done", 0) / merged["wall_seconds"], 3) if merged["wall_seconds"] else 0.0
-    stages: dict = {}
-    for rep in reports:
-        for key, value in rep.get("stage_seconds", {}).items():
+        for key, value in rep.stage_seconds.items():
             stages[key] = round(stages.get(key, 0) + value, 3)
-    merged["stage_seconds"] = stages
-    merged["exit_code"] = max(rep.get("exit_code", 0) for rep in reports)
-    return merged
+    wall = max(rep.wall_seconds for rep in reports)
+    return RunReport(
+        tool=first.tool, model=first.model, model_sha256=first.model_sha256, config_hash=first.config_hash,
+        input=first.input, output=first.output, hints_dir=first.hints_dir, shards=[p.name for p in parts],
+        counts=counts,
+        failures=[f for rep in reports for f in rep.failures],
+        notes=[n for rep in reports for n in rep.notes],
+        interrupted=any(rep.interrupted for rep in reports),
+        stopped_reason=next((rep.stopped_reason for rep in reports if rep.stopped_reason), None),
+        not_tried=[p for rep in reports for p in rep.not_tried],
+        wall_seconds=wall,
+        images_per_second=round(counts.done / wall, 3) if wall else 0.0,
+        stage_seconds=stages,
+        exit_code=int(ExitCode.worst(rep.exit_code for rep in reports)),
+    )

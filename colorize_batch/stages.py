@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from .config import PipelineConfig
 from .decoding import DecodedItem
 from .hints import Hints, apply_tint, batch_planes
 from .inference import Colorizer
-from .manifest import Manifest, RunIdentity
+from .manifest import Manifest, RunIdentity, Status
 from .planning import Job
 from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
@@ -46,22 +45,6 @@ from .writing import (
 )
 
 log = logging.getLogger("colorize_batch")
-
-
-class Status(str, Enum):
-    """What became of one job (the manifest's and the report's ``status`` words)."""
-
-    DONE = "done"  # colorized and written
-    COPIED = "copied"  # a colour input copied unchanged (input.color_inputs: copy)
-    SKIPPED_COLOR = "skipped_color"  # a colour input left alone (input.color_inputs: skip)
-    FAILED = "failed"  # see the reason
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def wrote_output(self) -> bool:
-        return self in (Status.DONE, Status.COPIED)
 
 
 @dataclass
@@ -168,9 +151,11 @@ def predict_planes(colorizer: Colorizer, items: list[DecodedItem], config: Pipel
     grey_small = network_squares(items)
     hints = list(hints) or [None] * len(items)
     ab = colorizer.predict(grey_small, on_device=True, hints=network_hints(colorizer, items, hints, grey_small.shape[-1]))
-    for i, h in enumerate(hints):
-        if h is not None and h.tint is not None:
-            ab[i] = apply_tint(ab[i], h.tint)
+    if any(h is not None and h.tint is not None for h in hints):
+        ab = ab.clone()  # predict's result is an inference tensor: not writable outside inference mode
+        for i, h in enumerate(hints):
+            if h is not None and h.tint is not None:
+                ab[i] = apply_tint(ab[i], h.tint)
     t0 = time.perf_counter()
     cb, cr = chroma_planes(grey_small[:, 0].to(ab.device), ab, config.model.chroma_gain)
     ab, cb, cr = ab.cpu(), cb.cpu(), cr.cpu()
@@ -197,12 +182,12 @@ class ResultSink:
                 stats.stopped_reason = "disk full: run stopped"
                 log.error("output disk is full: stopping the run (nothing partial was left)")
         else:
-            stats.counts[result.status.value] += 1
+            stats.counts.add(result.status)
         for stage, seconds in result.stage_seconds.items():
             stats.stage_seconds[stage] += seconds
         if self.manifest is not None and self.ident is not None:
             out_rel = str(job.output.relative_to(self.out_root)) if result.status.wrote_output else None
-            self.manifest.add(job.source_key, job.fingerprint, self.ident, result.status.value, out_rel, result.sha256,
+            self.manifest.add(job.source_key, job.fingerprint, self.ident, result.status, out_rel, result.sha256,
                               result.reason)
         if self.progress is not None:
             self.progress.advance()

@@ -1,10 +1,11 @@
-"""``colorize-batch train``: pix2pix training of the same generator that ``run`` uses.
+"""``colorize-batch train``: training of the generators that ``run`` uses (``train.preset``).
 
-Objective as in pix2pix: a PatchGAN conditioned on L (vanilla BCE or least-squares) plus
-λ·L1 on normalised ab, Adam(lr, betas=(0.5, 0.999)). An optional L1-only warm-up of the
-generator comes first (``train.l1_steps``); the GAN phase may use its own learning rate.
+The ``unet`` family (the pix2pix presets) trains as in pix2pix: a PatchGAN conditioned on L
+(vanilla BCE or least-squares) plus λ·L1 on normalised ab, Adam(lr, betas=(0.5, 0.999)). An
+optional L1-only warm-up of the generator comes first (``train.l1_steps``); the GAN phase may
+use its own learning rate.
 
-The ``effunet`` family (EfficientNet-Lite0 encoder, ab-bin classification head) trains on
+The ``effunet`` family (the default model: EfficientNet-Lite0 encoder, ab-bin classification head) trains on
 ``lambda_ce`` x a class-rebalanced cross-entropy over the quantised ab of the 1/4-resolution
 target (soft-encoded on the 5 nearest bins, Zhang et al. 2016; the ab prior is counted on 400
 training photos at start-up) plus ``lambda_l1`` x L1 of the expectation (T = 1) at full size; its

@@ -324,6 +324,18 @@ def is_own_output(path: Path) -> bool:
     return False
 
 
+def same_file(path: Path, other: Path) -> bool:
+    """Whether ``path`` exists and is the file ``other`` under any name (device + inode, links followed)."""
+    try:
+        return os.path.lexists(path) and os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def _is_the_input(dest: Path) -> str:
+    return f"output {display(dest)} is the input file itself; never overwritten"
+
+
 def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -334,12 +346,8 @@ def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool,
 
     ``known_output``: the manifest records ``dest`` as this tool's output.
     """
-    if os.path.lexists(dest):
-        try:
-            if os.path.samefile(dest, source):
-                return f"output {display(dest)} is the input file itself; never overwritten"
-        except OSError:
-            pass
+    if same_file(dest, source):
+        return _is_the_input(dest)
     # realpath resolves the folders that exist and keeps the rest (still to be made) as written
     if not _within(os.path.realpath(dest.parent), os.path.realpath(out_root)):
         return f"output folder {display(dest.parent)} leads outside the output folder (symlink); not written through"
@@ -362,12 +370,8 @@ _UMASK = _read_umask()  # read once, at import: reading it means setting it, whi
 
 def refuse_source(dest: Path, source: Path) -> None:
     """Raise :class:`WriteError` if ``dest`` is the file ``source`` (under any name)."""
-    try:
-        same = os.path.lexists(dest) and os.path.samefile(dest, source)
-    except OSError:
-        same = False
-    if same:
-        raise WriteError(f"output {display(dest)} is the input file itself; never overwritten")
+    if same_file(dest, source):
+        raise WriteError(_is_the_input(dest))
 
 
 def copy_file(src: Path, dest: Path) -> str:

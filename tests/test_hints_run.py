@@ -12,6 +12,7 @@ from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch.hints import Hints, parse_hints
+from colorize_batch.manifest import report_path
 from colorize_batch.model import build_generator
 from colorize_batch.weights import save_weights
 
@@ -38,7 +39,7 @@ def hint_file(path: Path, colour: str = "#1f2a44", x: float = 0.5) -> Path:
 
 
 def last_run(out: Path) -> dict:
-    return json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    return json.loads(report_path(out).read_text())
 
 
 def pixels(path: Path) -> np.ndarray:

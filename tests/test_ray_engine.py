@@ -20,6 +20,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from colorize_batch.config import load_config  # noqa: E402
+from colorize_batch.manifest import STATE_DIR, manifest_path, report_path  # noqa: E402
 from colorize_batch.planning import plan_run  # noqa: E402
 from colorize_batch.ray_engine import RayEngine, RayEngineError, import_ray  # noqa: E402
 from colorize_batch.reporting import RunStats  # noqa: E402
@@ -55,11 +56,11 @@ def make_tree(root: Path) -> Path:
 
 
 def outputs(out: Path) -> list[str]:
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".colorize-batch" not in p.parts)
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts)
 
 
 def report(out: Path) -> dict:
-    return json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    return json.loads(report_path(out).read_text())
 
 
 def failures(rep: dict) -> list[tuple[str, str]]:
@@ -109,7 +110,7 @@ def test_failures_are_reported_the_same_way(runs):
 
 def test_manifest_records_match_and_a_rerun_skips_done_files(runs):
     def records(out: Path) -> dict:
-        lines = (out / ".colorize-batch" / "manifest.jsonl").read_text().splitlines()
+        lines = manifest_path(out).read_text().splitlines()
         return {r["source"]: (r["status"], r["output"]) for r in map(json.loads, lines)}
 
     assert records(runs["ray"]) == records(runs["local"])

@@ -19,6 +19,8 @@ import yaml
 from conftest import grey_image, save
 from PIL import Image, ImageFile
 
+from colorize_batch.manifest import report_path
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs the CLI in a fresh interpreter; a file whose name contains POISON misbehaves inside the
@@ -56,7 +58,7 @@ def make_tree(root: Path, n: int, side: int = 96) -> None:
 
 
 def report(out: Path) -> dict:
-    return json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    return json.loads(report_path(out).read_text())
 
 
 @pytest.mark.parametrize("how", ["kill", "hang"])

@@ -11,6 +11,7 @@ from PIL import Image
 from skimage import color as skcolor
 
 from colorize_batch.examples import build_example_tree
+from colorize_batch.manifest import STATE_DIR, manifest_path, report_path
 
 
 def lightness(arr: np.ndarray) -> np.ndarray:
@@ -32,7 +33,7 @@ def test_nested_tree_is_mirrored_with_sizes_and_grey_levels_kept(tree, tmp_path,
     cfg.write_text(yaml.safe_dump({"output": {"recombination": method}}))
     run_cli("run", tree, out, "--workers", "0", "-q", "--config", cfg, expect=0)
     sources = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
-    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and ".colorize-batch" not in p.parts) == sources
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts) == sources
     for rel in sources:
         with Image.open(tree / rel) as src, Image.open(out / rel) as dst:
             assert dst.mode == "RGB"
@@ -211,12 +212,12 @@ def test_lanes_do_not_change_pixels_and_every_file_is_recorded(tmp_path, run_cli
         a = np.asarray(Image.open(tmp_path / "one" / f"{i}.png")).astype(int)
         b = np.asarray(Image.open(tmp_path / "three" / f"{i}.png")).astype(int)
         assert np.abs(a - b).max() <= 1
-    report = json.loads((tmp_path / "three" / ".colorize-batch" / "last-run.json").read_text())
+    report = json.loads(report_path(tmp_path / "three").read_text())
     assert report["counts"]["done"] == 11 and report["counts"]["failed"] == 1
-    manifest = (tmp_path / "three" / ".colorize-batch" / "manifest.jsonl").read_text().splitlines()
+    manifest = manifest_path(tmp_path / "three").read_text().splitlines()
     assert len({json.loads(line)["source"] for line in manifest}) == 12
     run_cli("run", tmp_path / "in", tmp_path / "three", "--lanes", "3", "-q", expect=1)  # rerun: only bad.png again
-    report = json.loads((tmp_path / "three" / ".colorize-batch" / "last-run.json").read_text())
+    report = json.loads(report_path(tmp_path / "three").read_text())
     assert report["counts"]["done"] == 0 and report["counts"]["skipped_up_to_date"] == 11
 
 

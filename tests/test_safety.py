@@ -14,7 +14,7 @@ import yaml
 from conftest import grey_image, save
 from PIL import Image
 
-from colorize_batch.manifest import Manifest, state_dir
+from colorize_batch.manifest import Manifest, manifest_path, report_path, state_dir
 from colorize_batch.writing import is_temp_name
 
 
@@ -32,7 +32,7 @@ def is_grey(path: Path) -> bool:
 
 
 def last_run(out: Path) -> dict:
-    return json.loads((state_dir(out) / "last-run.json").read_text())
+    return json.loads(report_path(out).read_text())
 
 
 # -- 1. single-file mode --------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_name_that_is_not_utf8_round_trips(tmp_path, run_cli):
     out = tmp_path / "out"
     run_cli("run", src_dir, out, "--workers", "0", "-q", expect=0)
     assert os.path.isfile(os.path.join(out, name)) and (out / "zz-after.png").is_file()
-    manifest = state_dir(out) / "manifest.jsonl"
+    manifest = manifest_path(out)
     manifest.read_bytes().decode("utf-8")  # valid UTF-8 text
     assert name in Manifest(out).records
     assert not [p for p in state_dir(out).iterdir() if is_temp_name(p.name)]
@@ -181,7 +181,7 @@ def test_damaged_manifest_line_is_skipped_with_a_warning(tmp_path, run_cli, dama
     make_tree(tmp_path / "in", 2)
     out = tmp_path / "out"
     run_cli("run", tmp_path / "in", out, "--workers", "0", "-q", expect=0)
-    manifest = state_dir(out) / "manifest.jsonl"
+    manifest = manifest_path(out)
     lines = manifest.read_text().splitlines(keepends=True)
     manifest.write_text(lines[1] + damage)  # the record of 0.png replaced by a damaged line (or a torn last line)
     result = run_cli("run", tmp_path / "in", out, "--workers", "0", "--report", tmp_path / "r.json", expect=0)
@@ -255,7 +255,7 @@ def test_report_follows_the_umask(tmp_path, run_cli):
         run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", expect=0)
     finally:
         os.umask(old)
-    assert (state_dir(tmp_path / "out") / "last-run.json").stat().st_mode & 0o777 == 0o644
+    assert report_path(tmp_path / "out").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "out" / "0.png").stat().st_mode & 0o777 == 0o644
 
 

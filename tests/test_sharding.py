@@ -4,6 +4,7 @@ import pytest
 from conftest import grey_image, save
 from PIL import Image
 
+from colorize_batch.manifest import report_path, shard_tag
 from colorize_batch.sharding import Shard, ShardError, resolve_shard, shard_of
 
 
@@ -35,16 +36,16 @@ def test_two_shards_split_the_tree_and_merge(tmp_path, run_cli):
         save(src / f"d{i % 3}" / f"p{i}.png", Image.fromarray(grey_image(40, 30, seed=i)))
     (src / "bad.png").write_text("nope")
     codes = [run_cli("run", src, out, "--workers", "0", "-q", "--shard", f"{i}/2").exit_code for i in range(2)]
-    reports = [json.loads((out / ".colorize-batch" / f"last-run.shard-{i}-of-2.json").read_text()) for i in range(2)]
+    reports = [json.loads(report_path(out, shard_tag(i, 2)).read_text()) for i in range(2)]
     done = [r["counts"]["done"] for r in reports]
     assert sum(done) == 12 and all(d > 0 for d in done)
     assert sorted(codes) == [0, 1]  # only the shard holding bad.png failed
     assert len(list(out.rglob("p*.png"))) == 12
     result = run_cli("report", "merge", out)
     assert result.exit_code == 1
-    merged = json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    merged = json.loads(report_path(out).read_text())
     assert merged["counts"]["done"] == 12 and merged["counts"]["failed"] == 1
     # an unsharded rerun sees the shards' manifests: nothing left to do but the bad file
     run_cli("run", src, out, "--workers", "0", "-q")
-    rep = json.loads((out / ".colorize-batch" / "last-run.json").read_text())
+    rep = json.loads(report_path(out).read_text())
     assert rep["counts"]["done"] == 0 and rep["counts"]["skipped_up_to_date"] == 12

@@ -11,6 +11,8 @@ import numpy as np
 from conftest import grey_image, save
 from PIL import Image
 
+from colorize_batch.manifest import gallery_dir
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,5 +44,5 @@ def test_wheel_install_runs_with_the_shipped_weights_from_anywhere(tmp_path):
     gallery = subprocess.run([sys.executable, "-m", "colorize_batch", "gallery", "out"],  # its templates are package data
                              capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
     assert gallery.returncode == 0, gallery.stderr[-2000:]
-    page = (elsewhere / "out" / ".colorize-batch" / "gallery" / "index.html").read_text()
+    page = (gallery_dir(elsewhere / "out") / "index.html").read_text()
     assert "a/photo.jpg" in page and "<style>" in page and "localStorage" in page  # the page, its CSS and script
