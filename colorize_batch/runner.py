@@ -24,6 +24,7 @@ from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, r
 from .names import display
 from .planning import Plan, plan_run
 from .ray_engine import RayEngineError
+from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .reporting import RunStats, build_report, print_summary, write_json_atomic
 from .sharding import Shard
 from .signals import StopFlag
@@ -59,8 +60,15 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except DiscoveryError as exc:
         return _usage(str(exc))
     weights_path = config.model.weights
-    if not weights_path.is_file():
+    try:
+        with open_user_file(weights_path, WEIGHTS_LIMIT, "weights file") as fh:
+            weights_sha256 = file_sha256(fh)
+    except FileNotFoundError:
         return _usage(f"{display(weights_path)}: weights file not found (set model.weights or --weights)")
+    except FileLimitError as exc:
+        return _usage(str(exc))
+    except OSError as exc:
+        return _usage(f"{display(weights_path)}: cannot read the weights file ({exc.strerror or exc})")
     if engine == "ray" and not dry_run:
         from .ray_engine import import_ray
 
@@ -73,7 +81,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except InferenceError as exc:
         return _usage(str(exc))
     single = in_path.is_file()
-    ident = RunIdentity(file_sha256(weights_path), config.pixel_hash())
+    ident = RunIdentity(weights_sha256, config.pixel_hash())
     tag = shard.tag if shard else ""
     if shard is not None:
         log.info("shard %d of %d (0-based, from %s)", shard.index, shard.count, shard.source)

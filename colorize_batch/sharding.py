@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import SHARD_REPORT_GLOB, shard_report_paths, shard_tag
+from .names import display
+from .reading import REPORT_LIMIT, FileLimitError, read_user_file
 
 
 class ShardError(ValueError):
@@ -77,12 +79,26 @@ def resolve_shard(option: str | None, shard_count: int | None = None, env: Mappi
     return shard
 
 
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(read_user_file(path, REPORT_LIMIT, "run report").decode("utf-8"))
+    except FileLimitError as exc:
+        raise ShardError(str(exc)) from None
+    except OSError as exc:
+        raise ShardError(f"{display(path)}: cannot read the report ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deeply
+        raise ShardError(f"{display(path)}: not a run report ({type(exc).__name__})") from None
+    if not isinstance(report, dict):
+        raise ShardError(f"{display(path)}: not a run report (not a JSON object)")
+    return report
+
+
 def merge_reports(out_root: Path) -> dict:
     """Combine ``last-run.shard-*.json`` reports into one (counts and failures summed)."""
     parts = shard_report_paths(out_root)
     if not parts:
         raise ShardError(f"{out_root}: no shard reports ({SHARD_REPORT_GLOB}) to merge")
-    reports = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
+    reports = [_read_report(p) for p in parts]
     merged: dict = {k: reports[0].get(k) for k in ("tool", "model", "model_sha256", "config_hash", "input", "output")}
     merged["shards"] = [p.name for p in parts]
     merged["counts"] = {}
