@@ -263,3 +263,25 @@ def test_a_low_soft_limit_is_raised_to_the_hard_one(tmp_path, tiny_weights):
                 timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (16, hard)))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "scan0.png").is_file() and (tmp_path / "out" / "scan1.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "nested"])
+def test_report_merge_and_gallery_read_reports_bounded(tmp_path, kind):
+    from colorize_batch.manifest import MANIFEST_STEM, MANIFEST_SUFFIX, report_path, state_dir
+
+    state_dir(tmp_path / "out").mkdir(parents=True)
+    (state_dir(tmp_path / "out") / (MANIFEST_STEM + MANIFEST_SUFFIX)).write_text("")  # a run happened, nothing done
+    shard = state_dir(tmp_path / "out") / "last-run.shard-0-of-1.json"
+    if kind == "fifo":
+        os.mkfifo(shard)
+        os.mkfifo(report_path(tmp_path / "out"))
+    else:
+        shard.write_text(NESTED)
+        report_path(tmp_path / "out").write_text(NESTED)
+    proc = tool("report", "merge", tmp_path / "out", "--output", tmp_path / "merged.json", timeout=60)
+    lines = error_lines(proc.stdout + proc.stderr)
+    assert proc.returncode == 2 and str(shard) in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
+    assert ("not a regular file (a FIFO)" if kind == "fifo" else "not a run report") in lines[-1]
+    gallery = tool("gallery", tmp_path / "out", timeout=60)  # the last report is only a hint: ignored with a warning
+    assert gallery.returncode == 0 and "Traceback" not in gallery.stderr, gallery.stderr
+    assert kind == "fifo" or "ignoring unreadable" in gallery.stderr  # a FIFO is not even opened

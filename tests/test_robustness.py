@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -466,5 +467,10 @@ def test_damaged_metadata_costs_the_metadata_never_the_picture(tmp_path, tiny_we
     notes = {(Path(n["path"]).name, n["message"]) for n in rep["notes"]}
     assert any(name == "exif-notiff.jpg" and "damaged EXIF" in msg and "not a TIFF file" in msg for name, msg in notes)
     assert any(name == "dpi-jfif-zero.jpg" and "DPI" in msg for name, msg in notes)
+    gallery = run_tool(["gallery", tmp_path / "out", "--source", src], timeout=300)  # thumbnails of the damaged sources
+    assert gallery.returncode == 0 and "Traceback" not in gallery.stderr, gallery.stderr[-3000:]
+    no_thumb = [line for line in gallery.stderr.splitlines()
+                if (m := re.search(r"no thumbnail for (\S+): ", line)) and Path(m.group(1)).name in openable]
+    assert not no_thumb, no_thumb
     print(f"metadata fuzz: {len(variants)} variants, {len(openable)} Pillow-openable, all colorized; "
           f"{len(variants) - len(openable)} that Pillow cannot open: {sorted(set(dict(variants)) - openable)}")
