@@ -145,10 +145,7 @@ def make_thumbnail(job: ThumbJob, long_side: int = THUMB_LONG_SIDE) -> ThumbResu
                     return ThumbResult(image_size, existing.size)
             if im.format == "JPEG":
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (long_side, long_side))
-            try:
-                small = ImageOps.exif_transpose(im)  # browsers apply EXIF orientation to the full file too
-            except Exception:  # noqa: BLE001 - a damaged EXIF block costs the rotation, not the thumbnail
-                small = im.copy()
+            small = ImageOps.exif_transpose(im)  # browsers apply EXIF orientation to the full file too
             small.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
             small = _to_8bit(small)
             job.thumb.parent.mkdir(parents=True, exist_ok=True)
