@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from logging.handlers import WatchedFileHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,57 @@ from . import __version__
 from .config import ConfigError, PipelineConfig, load_config
 
 from .exit_codes import ExitCode
+from .names import display
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = (int(c) for c in ExitCode)  # short names used below
 
 
-def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
+class InputError(click.ClickException):
+    """A file or setting the user named cannot be used: one line ``Error: ...``, exit 2 (no usage text)."""
+
+    exit_code = EXIT_USAGE
+
+
+class LogFileHandler(WatchedFileHandler):
+    """``--log-file`` (logrotate-safe). A line that cannot be written (a full disk, ``/dev/full``)
+    is said once, in one line on stderr, instead of logging's traceback per record; no more lines
+    go to the file, and ``failed`` makes the command exit 1: the log is part of what a cron job
+    relies on."""
+
+    failed: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is None:
+            super().emit(record)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            self._fail(exc)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self._fail(sys.exc_info()[1])
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if self.failed is None:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+            self.failed = f"{display(self.baseFilename)}: cannot write the log file ({reason}); no more lines were written to it"
+            click.echo(f"Error: {self.failed}", err=True)
+
+
+def _setup_logging(verbosity: int, log_file: Path | None = None) -> LogFileHandler | None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    file_handler = None
     if log_file is not None:
-        from logging.handlers import WatchedFileHandler
-
         try:
-            handlers.append(WatchedFileHandler(log_file, errors="backslashreplace"))
+            file_handler = LogFileHandler(log_file, errors="backslashreplace")
         except OSError as exc:
             raise click.UsageError(f"{log_file}: cannot open the log file ({exc.strerror or exc})") from None
+        handlers.append(file_handler)
     logging.basicConfig(level=level, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    return file_handler
 
 
 def _resolve_config(ctx: click.Context, config_path: Path | None, mapping: dict[str, str]) -> PipelineConfig:
@@ -48,7 +85,7 @@ def _resolve_config(ctx: click.Context, config_path: Path | None, mapping: dict[
     try:
         return load_config(config_path, overrides)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 config_option = click.option(
@@ -152,7 +189,7 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     if print_config:
         click.echo(config.to_yaml(sources=verbose > 0), nl=False)
         ctx.exit(EXIT_OK)
-    _setup_logging(-1 if quiet else verbose, log_file)
+    log_handler = _setup_logging(-1 if quiet else verbose, log_file)
     from .runner import run_pipeline
     from .sharding import ShardError, resolve_shard
 
@@ -172,6 +209,10 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
         index = build_gallery(out_path, in_path, workers=config.loader.writer_threads, hints_dir=config.input.hints_dir)
         if not quiet:
             click.echo(f"review gallery: {index}", err=True)
+    if log_handler is not None:
+        log_handler.flush()  # a last line still buffered fails here, if it fails
+        if log_handler.failed and code == EXIT_OK:
+            code = EXIT_FAILED
     ctx.exit(code)
 
 
@@ -265,10 +306,13 @@ def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minute
     threads = config.train.threads
     if threads:
         torch.set_num_threads(threads)
-    try:
+    try:  # what the user named (data, --init, --resume's checkpoint) cannot be used: exit 2
         trainer = Trainer(config, out_dir, list(data_dirs), dev, init_weights)
         if resume:
             trainer.load_checkpoint()
+    except TrainingError as exc:
+        raise InputError(str(exc)) from None
+    try:
         result = trainer.fit(max_minutes=max_minutes, progress=_train_progress())
     except TrainingError as exc:
         raise click.ClickException(str(exc)) from None
@@ -298,7 +342,7 @@ def export(run_dir, dest, step):
         try:
             generator, info = load_weights(snapshot)
         except WeightsError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise InputError(str(exc)) from None
         path = save_weights(dest, generator, {**info.provenance, "name": dest.stem})
     else:
         path = _export_checkpoint(run_dir, dest)
@@ -311,18 +355,18 @@ def _export_checkpoint(run_dir: Path, dest: Path) -> Path:
     from pydantic import ValidationError
 
     from .config import TrainSection
-    from .train import CHECKPOINT, Trainer, TrainingError
+    from .train import CHECKPOINT, Trainer, TrainingError, read_checkpoint
 
     ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
-        raise click.ClickException(f"{ckpt}: no checkpoint in this run folder")
     try:
-        train_cfg = TrainSection.model_validate(torch.load(ckpt, map_location="cpu", weights_only=True)["config"])
+        train_cfg = TrainSection.model_validate(read_checkpoint(ckpt)["config"])
         train_cfg.pretrained = False  # every weight comes from the checkpoint
         trainer = Trainer(PipelineConfig(train=train_cfg), run_dir, [], torch.device("cpu"))
         trainer.load_checkpoint()
-    except (KeyError, ValidationError, TrainingError, RuntimeError) as exc:
-        raise click.ClickException(f"{ckpt}: cannot be exported ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    except TrainingError as exc:
+        raise InputError(str(exc)) from None
+    except (KeyError, ValidationError, RuntimeError) as exc:
+        raise InputError(f"{ckpt}: cannot be exported ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     return trainer.export(dest, {"name": dest.stem})
 
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from .reading import CONFIG_LIMIT, FileLimitError, read_user_file
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 
@@ -235,15 +237,19 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 def read_layer(path: Path) -> dict[str, Any]:
     """One YAML file's mapping, its relative paths resolved against the file's folder."""
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(read_user_file(path, CONFIG_LIMIT, "config file").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except FileLimitError as exc:
+        raise ConfigError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a usable config file (nested too deeply)") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

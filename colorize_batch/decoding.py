@@ -11,6 +11,7 @@ reason; the caller reports them with the file's path.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .color import rgb_to_lab
@@ -71,7 +72,7 @@ def _flatten_alpha(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+def _cmyk_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     icc = im.info.get("icc_profile")
     if icc:
         try:
@@ -79,12 +80,12 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
             converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
             if converted is not None:
                 return converted
-        except (ImageCms.PyCMSError, OSError):
-            pass
+        except Exception as exc:  # noqa: BLE001 - a damaged profile costs the colour management, not the photo
+            notes.append(f"damaged ICC profile ignored ({type(exc).__name__}: {exc})")
     return im.convert("RGB")
 
 
-def _to_grey(im: Image.Image) -> tuple[np.ndarray, int, float | None]:
+def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float | None]:
     """Pillow image (already loaded, oriented) -> grey array, bit depth, chroma statistic."""
     mode = im.mode
     if mode in GREY_16_MODES:
@@ -101,7 +102,7 @@ def _to_grey(im: Image.Image) -> tuple[np.ndarray, int, float | None]:
     elif mode in ALPHA_MODES:
         im = _flatten_alpha(im)
     elif mode == "CMYK":
-        im = _cmyk_to_rgb(im)
+        im = _cmyk_to_rgb(im, notes)
     elif mode in ("YCbCr", "LAB", "HSV"):
         im = im.convert("RGB")
     elif mode != "RGB":
@@ -112,11 +113,14 @@ def _to_grey(im: Image.Image) -> tuple[np.ndarray, int, float | None]:
     return np.asarray(im.convert("L")), 8, chroma
 
 
-def _jpeg_chroma(path: Path) -> float:
-    """Colour statistic of an RGB JPEG from a 1/8-scale draft decode (cheap)."""
+def _jpeg_chroma(path: Path, orientation: int) -> float:
+    """Colour statistic of an RGB JPEG from a 1/8-scale draft decode (cheap), turned upright by
+    the ``orientation`` already read (its EXIF is not parsed again: a damaged block would fail here)."""
     with Image.open(path) as im:
         im.draft("RGB", (CHROMA_THUMB, CHROMA_THUMB))
-        im = ImageOps.exif_transpose(im.convert("RGB"))
+        im = im.convert("RGB")
+        if orientation in ORIENTATION_TRANSPOSE:
+            im = im.transpose(ORIENTATION_TRANSPOSE[orientation])
         im.thumbnail((CHROMA_THUMB, CHROMA_THUMB))
         return chroma_spread(np.asarray(im))
 
@@ -186,20 +190,38 @@ def _read_exif(im: Image.Image, notes: list[str]) -> Image.Exif:
     try:
         exif = im.getexif()
         exif.get(0x0112)  # parsing is lazy: make it fail here if it fails
+        raw = im.info.get("exif")
+        if not len(exif) and isinstance(raw, bytes) and raw.strip(b"\0"):
+            Image.Exif().load(raw)  # Pillow hid a failure at open (e.g. no TIFF header): name it in the note
         return exif
     except Exception as exc:  # noqa: BLE001 - struct.error, SyntaxError("not a TIFF file"), ...
         notes.append(f"damaged EXIF block ignored ({type(exc).__name__}: {exc})")
         return Image.Exif()
 
 
+MAX_DPI = 1_000_000.0  # beyond any scanner: a larger resolution is damage
+
+
+def _dpi(info: dict, notes: list[str]) -> tuple[float, float] | None:
+    """The resolution to carry to the output, if it is one: two finite numbers in (0, MAX_DPI]."""
+    dpi = info.get("dpi")
+    if not dpi:
+        return None
+    try:
+        x, y = (float(d) for d in dpi[:2])
+        if all(math.isfinite(d) and 0 < d <= MAX_DPI for d in (x, y)):
+            return x, y
+    except Exception:  # noqa: BLE001 - TypeError, ValueError, ZeroDivisionError of a damaged rational, ...
+        pass
+    notes.append(f"damaged resolution (DPI) ignored ({dpi!r:.80})")
+    return None
+
+
 def _metadata(im: Image.Image, exif: Image.Exif, notes: list[str]) -> dict:
     meta: dict = {"format": im.format}
-    try:
-        dpi = im.info.get("dpi")
-        if dpi:
-            meta["dpi"] = tuple(float(d) for d in dpi[:2])
-    except (TypeError, ValueError):
-        notes.append("damaged resolution (DPI) ignored")
+    dpi = _dpi(im.info, notes)
+    if dpi:
+        meta["dpi"] = dpi
     try:
         exif = _clean_exif(exif)
     except Exception as exc:  # noqa: BLE001
@@ -208,6 +230,23 @@ def _metadata(im: Image.Image, exif: Image.Exif, notes: list[str]) -> dict:
     if len(exif):
         meta["exif"] = exif
     return meta
+
+
+def _exif_bytes(exif: Image.Exif, notes: list[str]) -> bytes | None:
+    """The cleaned EXIF as the output will carry it (orientation reset: it was applied to the
+    pixels), or ``None`` with a note if a damaged field cannot be written back: checked here,
+    the same way the writer loads and re-encodes it, so a damaged field never costs the output."""
+    try:
+        if 0x0112 in exif:
+            exif[0x0112] = 1
+        data = exif.tobytes()
+        check = Image.Exif()
+        check.load(data)
+        check.tobytes()
+        return data
+    except Exception as exc:  # noqa: BLE001 - struct.error, TypeError, ValueError, ...
+        notes.append(f"damaged EXIF fields ignored ({type(exc).__name__}: {exc})")
+        return None
 
 
 def _orientation(exif: Image.Exif) -> int:
@@ -258,12 +297,12 @@ def decode_image(im: Image.Image, size: int) -> Decoded:
     by :func:`decode` gives its luma straight from the decoder, which can differ by a level from
     Pillow's RGB decode converted to grey: pass the path to get exactly what ``run`` sees.
     """
-    try:
-        upright = ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - a damaged EXIF block costs the orientation, never the photograph
-        upright = im.copy()
-    upright.load()
-    grey, bits, chroma = _to_grey(upright)
+    notes: list[str] = []  # a damaged EXIF block costs the orientation, never the photograph
+    orientation = _orientation(_read_exif(im, notes))
+    im.load()
+    turned_by_pillow = im.format == "TIFF" and 0x0112 not in getattr(im, "tag_v2", {})  # as in _decode
+    upright = im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE and not turned_by_pillow else im
+    grey, bits, chroma = _to_grey(upright, notes)
     grey = np.array(grey, copy=True, order="C")
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=upright.mode)
 
@@ -306,7 +345,7 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
             meta = _metadata(im, exif, notes)
             grey, jpeg_chroma = None, None
             if fmt == "JPEG" and im.mode in ("L", "RGB"):
-                jpeg_chroma = _jpeg_chroma(path) if im.mode == "RGB" else None
+                jpeg_chroma = _jpeg_chroma(path, orientation) if im.mode == "RGB" else None
                 grey = _jpeg_luma(path, orientation)
                 if grey is None:
                     im.draft("L", im.size)  # Pillow's luma-only decode instead
@@ -321,7 +360,7 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
                     # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
                     if not (fmt == "TIFF" and 0x0112 not in im.tag_v2) and orientation in ORIENTATION_TRANSPOSE:
                         im = im.transpose(ORIENTATION_TRANSPOSE[orientation])
-                grey, bits, chroma = _to_grey(im)
+                grey, bits, chroma = _to_grey(im, notes)
                 chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
             pages = _page_count(opened, notes)  # after the pixels: counting seeks through every IFD
     except (DecodeError, Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -339,10 +378,9 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     meta["pages"] = pages
     if "exif" in meta:  # orientation was applied to the pixels: reset the tag
-        exif = meta["exif"]
-        if 0x0112 in exif:
-            exif[0x0112] = 1
-        meta["exif"] = exif.tobytes()
+        exif_bytes = _exif_bytes(meta.pop("exif"), notes)
+        if exif_bytes:
+            meta["exif"] = exif_bytes
     if not grey.flags.writeable or not grey.flags.c_contiguous:
         grey = np.array(grey, copy=True, order="C")  # torch wants writable memory
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=mode, meta=meta)

@@ -52,7 +52,7 @@ from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from . import __version__
-from .hints import BUNDLE_FORMAT, DEFAULT_RADIUS, hints_path_for, locate, parse_hints
+from .hints import BUNDLE_FORMAT, DEFAULT_RADIUS, hints_path_for, locate, parse_hints, read_hint_document
 from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, report_path
 from .names import display
 from .planning import parse_source_key
@@ -357,9 +357,9 @@ def _hint_target(source_rel: PurePosixPath, src_root: Path | None, hints_root: P
         path = locate(src_root / source_rel if src_root else Path(rel), rel, hints_root)
         if path is None:
             return target
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data, _ = read_hint_document(path)
         parse_hints(data)
-    except (OSError, ValueError) as exc:  # HintError and JSON errors are ValueErrors
+    except (OSError, ValueError) as exc:  # HintError is a ValueError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return HintTarget(target.rel, target.file, None, f"its hint file cannot be used ({reason}): editing replaces it")
     points = [{"x": p["x"], "y": p["y"], "color": "#" + p["color"].strip().lstrip("#").lower(),

@@ -28,13 +28,16 @@ import hashlib
 import json
 import math
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Any
 
 import torch
 
 from .color import normalize_ab, rgb_to_lab
+from .reading import BUNDLE_LIMIT, HINTS_LIMIT, FileLimitError, read_user_file
 
 HINTS_SUFFIX = ".hints.json"
 DEFAULT_RADIUS = 0.01
@@ -153,16 +156,30 @@ def parse_hints(data: object) -> Hints:
     return Hints(tuple(out), tint)
 
 
-def read_hints(path: Path) -> tuple[Hints, str]:
-    """What a hint file says and the sha256 of its bytes (the manifest keys reruns on it)."""
+def _json_document(raw: bytes) -> Any:
+    """Decoded JSON of a hint file or bundle; :class:`HintError` says why not."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise HintError(f"cannot read the hint file: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HintError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HintError("not a usable hint document (nested too deeply)") from None
+
+
+def read_hint_document(path: Path) -> tuple[Any, bytes]:
+    """A hint file's decoded JSON (not yet checked: :func:`parse_hints`) and its bytes."""
+    try:
+        raw = read_user_file(path, HINTS_LIMIT, "hint file")
+    except FileLimitError as exc:
+        raise HintError(exc.reason) from None
+    except OSError as exc:
+        raise HintError(f"cannot read the hint file: {exc.strerror or exc}") from None
+    return _json_document(raw), raw
+
+
+def read_hints(path: Path) -> tuple[Hints, str]:
+    """What a hint file says and the sha256 of its bytes (the manifest keys reruns on it)."""
+    data, raw = read_hint_document(path)
     return parse_hints(data), hashlib.sha256(raw).hexdigest()
 
 
@@ -276,8 +293,14 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     from .writing import atomic_write_text
 
     try:
-        data = json.loads(Path(bundle).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = read_user_file(bundle, BUNDLE_LIMIT, "hint bundle")
+    except FileLimitError as exc:
+        raise HintError(exc.reason) from None
+    except OSError as exc:
+        raise HintError(f"cannot read the bundle: {exc.strerror or exc}") from None
+    try:
+        data = _json_document(raw)
+    except HintError as exc:
         raise HintError(f"cannot read the bundle: {exc}") from None
     documents = read_bundle(data)
     written = []
@@ -291,12 +314,15 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
 
 def locate(source: Path, relative: str | PurePath, hints_root: Path | None) -> Path | None:
     """The hint file of an input image, if there is one: under ``hints_root`` (``input.hints_dir``,
-    mirrored relative paths) when one is set, else beside the scan."""
+    mirrored relative paths) when one is set, else beside the scan. Anything there but a folder
+    counts: a FIFO or device named ``photo.hints.json`` fails that image when it is read
+    (:func:`read_hints`), instead of colouring it without the hints its user meant it to have."""
     path = hints_path_for(relative, hints_root) if hints_root is not None else hints_path_for(Path(source).name, Path(source).parent)
     try:
-        return path if path.is_file() else None
+        return None if stat.S_ISDIR(path.stat().st_mode) else path
     except OSError as err:
-        if err.errno == errno.ENAMETOOLONG:  # a 245+ byte scan name: no hint file can sit beside it
+        # ENAMETOOLONG: a 245+ byte scan name, no hint file can sit beside it; the rest: nothing there
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF, errno.ENAMETOOLONG):
             return None
         raise
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
 
-from .config import PipelineConfig
+from .config import LoaderSection, PipelineConfig
 from .decoding import DecodedBatch, DecodedItem, DecodeDataset, collate_items, unpack_batch
 from .inference import Colorizer, Lanes, resolve_lanes, usable_cores
 from .manifest import Manifest, RunIdentity, close_inherited_locks
@@ -179,6 +179,38 @@ def decoded_batches(dataset: DecodeDataset, batch_size: int, workers: int, prefe
 POLL_SECONDS = 0.1  # how often a blocked thread looks whether the run is being torn down
 
 
+def pending_writes(loader: LoaderSection) -> int:
+    """Images handed to the writer pool and not yet written, at most (memory and descriptors)."""
+    return loader.writer_threads * 2 + loader.batch_size
+
+
+# File descriptors the main process (it holds the most) needs open at once, at most:
+# - FD_BASE: stdio, the lock, the manifest, a log file, torch's and Python's own;
+# - per writer thread: its temporary output file and the folder it fsyncs;
+# - per decode worker: its index queue (a pipe), its process sentinel, its share of the result queue;
+# - per decoded batch alive in the main process: its two shared-memory storages (the grey levels'
+#   buffer and the network squares), each an open descriptor for as long as it lives (torch's
+#   file_descriptor sharing). Batches alive: those decoded ahead (prefetch x workers), the one the
+#   loop holds, one queued per lane, and those in the lanes or waiting for writers.
+# Measured (CPU, 2 lanes): the least limit a run of 48 small PNGs completes under (below it, it
+# hangs) is 9 with 0 workers, 27 with 1, 32 with 2, 36 with 4, 27 with 2 at batch size 32
+# (fds_needed: 20, 52, 64, 88, 64); the main process's peak over 160 640x480 JPEGs is 26 with 1
+# worker, 33 with 2, 43 with 2 workers, 4 lanes and batch size 2 (fds_needed: 70).
+FD_BASE, FD_PER_WRITER, FD_PER_WORKER, FD_PER_BATCH = 16, 2, 8, 2
+
+
+def fds_needed(loader: LoaderSection, lanes: int) -> int:
+    """Descriptors a local run with these loader settings and ``lanes`` lanes needs (``RLIMIT_NOFILE``)."""
+    need = FD_BASE + FD_PER_WRITER * loader.writer_threads
+    if loader.workers == 0:  # batches stay in this process: no shared memory, no pipes
+        return need
+    pending = pending_writes(loader)
+    ramp = 3  # the ramp's first batches (1, 2, 4 images) spread pending images over more batches
+    behind = min(pending, lanes + -(-pending // loader.batch_size) + ramp)  # in lanes or waiting for writers
+    batches = loader.prefetch_factor * loader.workers + 1 + lanes + behind
+    return need + FD_PER_WORKER * loader.workers + FD_PER_BATCH * batches
+
+
 def _get(q: queue.Queue, abort: threading.Event) -> Any:
     """The next item of ``q``, or ``None`` once ``abort`` is set."""
     while not abort.is_set():
@@ -243,7 +275,7 @@ class LocalEngine:
         abort = threading.Event()  # set when the run is being torn down: nobody waits any more
         failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised here
         batches: queue.Queue = queue.Queue(maxsize=self.lanes.count)
-        in_flight = threading.Semaphore(cfg.loader.writer_threads * 2 + cfg.loader.batch_size)
+        in_flight = threading.Semaphore(pending_writes(cfg.loader))
         threads_per_writer = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
         pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
                                   initializer=torch.set_num_threads, initargs=(threads_per_writer,))

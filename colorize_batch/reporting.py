@@ -260,8 +260,15 @@ class RunReport:
 
     @classmethod
     def read(cls, path: Path) -> RunReport:
-        """Raises :class:`OSError` (unreadable) or :class:`ValueError` (not a report)."""
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Raises :class:`OSError` (unreadable; :class:`~colorize_batch.reading.FileLimitError`: not a
+        regular file or over the size limit) or :class:`ValueError` (not a report)."""
+        from .reading import REPORT_LIMIT, read_user_file
+
+        try:
+            data = json.loads(read_user_file(path, REPORT_LIMIT, "run report").decode("utf-8"))
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+        return cls.from_json(data)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

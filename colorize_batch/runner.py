@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import resource
 from pathlib import Path
 
 import click
@@ -18,12 +19,13 @@ from .config import PipelineConfig
 from .discovery import DiscoveryError, check_roots
 from .engine import Engine
 from .exit_codes import ExitCode
-from .inference import Colorizer, InferenceError, resolve_device
-from .local_engine import LocalEngine
+from .inference import Colorizer, InferenceError, resolve_device, resolve_lanes
+from .local_engine import LocalEngine, fds_needed
 from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, report_path as state_report_path
 from .names import display
 from .planning import Plan, plan_run
 from .ray_engine import RayEngineError
+from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .reporting import RunReport, RunStats, print_summary
 from .sharding import Shard
 from .signals import StopFlag
@@ -36,6 +38,26 @@ log = logging.getLogger("colorize_batch")
 def _usage(message: str) -> int:
     click.echo(f"Error: {message}", err=True)
     return ExitCode.USAGE
+
+
+def ensure_fd_limit(needed: int) -> str | None:
+    """Make sure this process may open ``needed`` file descriptors: the soft ``RLIMIT_NOFILE`` is
+    raised to the hard one when that is enough; otherwise the problem, in one line. Too few
+    descriptors would not fail cleanly: decoded batches would wait for their shared memory until
+    ``input.decode_timeout``, twice per batch."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        for target in (hard, needed):  # the hard limit itself may be refused (above the kernel's nr_open)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError):
+                continue
+            log.debug("file descriptor limit raised from %d to %d", soft, target)
+            return None
+    available = soft if hard == resource.RLIM_INFINITY else max(soft, hard)
+    return f"too few file descriptors: {available}, need {needed} (raise the limit: ulimit -n {needed})"
 
 
 def _cannot_write(message: str, report_path: Path | None, **context: str) -> int:
@@ -59,8 +81,15 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except DiscoveryError as exc:
         return _usage(str(exc))
     weights_path = config.model.weights
-    if not weights_path.is_file():
+    try:
+        with open_user_file(weights_path, WEIGHTS_LIMIT, "weights file") as fh:
+            weights_sha256 = file_sha256(fh)
+    except FileNotFoundError:
         return _usage(f"{display(weights_path)}: weights file not found (set model.weights or --weights)")
+    except FileLimitError as exc:
+        return _usage(str(exc))
+    except OSError as exc:
+        return _usage(f"{display(weights_path)}: cannot read the weights file ({exc.strerror or exc})")
     if engine == "ray" and not dry_run:
         from .ray_engine import import_ray
 
@@ -73,7 +102,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except InferenceError as exc:
         return _usage(str(exc))
     single = in_path.is_file()
-    ident = RunIdentity(file_sha256(weights_path), config.pixel_hash())
+    ident = RunIdentity(weights_sha256, config.pixel_hash())
     tag = shard.tag if shard else ""
     if shard is not None:
         log.info("shard %d of %d (0-based, from %s)", shard.index, shard.count, shard.source)
@@ -94,6 +123,11 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         click.echo(f"dry run: {len(plan.jobs)} to colorize, {plan.up_to_date} up to date, {len(plan.problems)} problems; nothing written")
         return ExitCode.OK
 
+    if engine == "local":  # Ray's processes are Ray's to set up
+        lanes = resolve_lanes(device, config.loader.lanes, config.loader.torch_threads).count
+        problem = ensure_fd_limit(fds_needed(config.loader, lanes))
+        if problem:
+            return _usage(problem)
     stats = RunStats()
     if single:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from .exit_codes import ExitCode
 from .manifest import SHARD_REPORT_GLOB, shard_report_paths, shard_tag
 from .reporting import RunReport
+from .reading import FileLimitError
 
 
 class ShardError(ValueError):
@@ -88,8 +89,12 @@ def merge_reports(out_root: Path) -> RunReport:
     for part in parts:
         try:
             reports.append(RunReport.read(part))
-        except (OSError, ValueError) as exc:
-            raise ShardError(f"{part}: not a readable run report ({exc})") from None
+        except FileLimitError as exc:
+            raise ShardError(str(exc)) from None
+        except OSError as exc:
+            raise ShardError(f"{part}: cannot read the report ({exc.strerror or exc})") from None
+        except ValueError as exc:  # not UTF-8, not JSON, nested too deeply, not a report's fields
+            raise ShardError(f"{part}: not a run report ({exc})") from None
     first = reports[0]
     counts = sum((rep.counts for rep in reports[1:]), first.counts)
     stages: dict[str, float] = {}

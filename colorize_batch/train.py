@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import pickle
 import random
 import sys
 import time
@@ -43,14 +44,43 @@ from .evaluate import colour_photos, contact_sheet, evaluate, grey_from_rgb
 from .hints import hint_count, rasterize, sample_points
 from .inference import Colorizer
 from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
-from .weights import load_weights, save_weights, torch_save_atomic
+from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
+from .weights import WeightsError, load_weights, save_weights, torch_save_atomic
 
 log = logging.getLogger("colorize_batch.train")
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = ("step", "generator", "discriminator", "opt_g", "opt_d", "scaler", "torch_rng", "config")
 
 
 class TrainingError(Exception):
     pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    """A training checkpoint's state: tensors and plain data only (``weights_only``: no pickled
+    code runs), from a regular file under the weights size limit; :class:`TrainingError` says
+    why not, in one line."""
+    try:
+        with open_user_file(path, WEIGHTS_LIMIT, "checkpoint") as fh:
+            state = torch.load(fh, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no checkpoint in this run folder") from None
+    except FileLimitError as exc:
+        raise TrainingError(str(exc)) from None
+    except pickle.UnpicklingError:  # torch's own text would advise weights_only=False: never that
+        raise TrainingError(f"{path}: not a colorize-batch checkpoint (it holds Python objects, not only tensors "
+                            "and plain data; refused, nothing in it was run)") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged zip, a truncated file, ...: not a checkpoint
+        raise TrainingError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise TrainingError(f"{path}: not a colorize-batch checkpoint (no {', '.join(missing)})")
+    return state
 
 
 class CropDataset(Dataset):
@@ -219,7 +249,10 @@ class Trainer:
         """Start from a weights file of the same architecture, or of the same one with or without
         the hint branch (a missing branch starts as built, contributing nothing; a branch the
         preset lacks is left out: its automatic model is trained on)."""
-        start, info = load_weights(path, self.device)
+        try:
+            start, info = load_weights(path, self.device)
+        except WeightsError as exc:
+            raise TrainingError(f"--init: {exc}") from None
         own = self.generator.config
 
         def plain(config: object) -> object:
@@ -251,16 +284,17 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         path = self.out_dir / CHECKPOINT
-        if not path.is_file():
-            raise TrainingError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step = int(state["step"])
+        state = read_checkpoint(path, self.device)
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            self.step = int(state["step"])
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+            raise TrainingError(f"{path}: does not fit this run's model and optimiser ({_first_line(exc)})") from None
 
     def export(self, path: Path | None = None, extra: dict | None = None) -> Path:
         cfg = self.config.train

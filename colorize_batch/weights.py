@@ -18,6 +18,7 @@ import torch
 
 from . import color
 from .model import FAMILIES, PRESETS, EffUNetConfig, EffUNetGenerator, UNetConfig, UNetGenerator, count_parameters, family_of
+from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .writing import atomic_write_with, file_sha256
 
 __all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "check_size", "describe_weights", "file_sha256",
@@ -77,10 +78,16 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
     ``sha256``: the file's hash when the caller has it already (it is not read twice).
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open_user_file(path, WEIGHTS_LIMIT, "weights file") as fh:  # never a FIFO, never unbounded
+            payload = torch.load(fh, map_location="cpu", weights_only=True)
+            if sha256 is None:  # of the bytes just loaded, not of whatever the name holds by now
+                fh.seek(0)
+                sha256 = file_sha256(fh)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights file not found") from None
+    except FileLimitError as exc:
+        raise WeightsError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem means "not our file"
         raise WeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -101,7 +108,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{path}: weights do not match the model code ({first})") from None
     generator.to(device).eval()
-    info = WeightsInfo(path=path, sha256=sha256 or file_sha256(path), architecture=config, provenance=payload.get("provenance", {}))
+    info = WeightsInfo(path=path, sha256=sha256, architecture=config, provenance=payload.get("provenance", {}))
     return generator, info
 
 

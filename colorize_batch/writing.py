@@ -8,6 +8,7 @@ profile and provenance marking them as machine-colorized derivatives.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -290,10 +291,11 @@ def atomic_write(dest: Path, data: bytes, mode: int = 0o644, fsync: bool = True)
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The sha256 of a file's contents, read in chunks (weights files, ``--checksum`` fingerprints)."""
+def file_sha256(path: str | os.PathLike | BinaryIO, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's contents, read in chunks (weights files, ``--checksum`` fingerprints);
+    ``path`` may be a file already open for binary reading (read from where it stands)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path) as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
