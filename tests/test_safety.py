@@ -14,6 +14,7 @@ import yaml
 from conftest import grey_image, save
 from PIL import Image
 
+from colorize_batch.manifest import STATE_DIR as STATE
 from colorize_batch.manifest import Manifest, state_dir
 from colorize_batch.writing import is_temp_name
 
@@ -88,6 +89,42 @@ def test_bind_mounted_out_is_the_input_and_refused(tmp_path, run_cli, bind_mount
     result = run_cli("run", tmp_path / "in", inside)
     assert result.exit_code == 2 and "lies inside the output folder" in result.output
     assert [digest(p) for p in sources] == before and all(is_grey(p) for p in sources)
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_in_bind_mounted_from_inside_out_is_refused_before_anything_is_written(tmp_path, run_cli, bind_mount, force):
+    """Issue 23: IN = a bind mount of OUT/in; the output of IN/in/a.png is OUT/in/a.png, the input IN/a.png."""
+    out = tmp_path / "out"
+    outer = save(out / "in" / "a.png", Image.fromarray(grey_image(seed=1)))
+    inner = save(out / "in" / "in" / "a.png", Image.fromarray(grey_image(seed=2)))
+    before = {p: digest(p) for p in (outer, inner)}
+    inbind = bind_mount(out / "in", tmp_path / "inbind")
+    result = run_cli("run", inbind, out, "--workers", "0", *(["--force"] if force else []))
+    assert result.exit_code == 2, result.output
+    assert "is the input file" in result.output or "into the input folder" in result.output
+    assert {p: digest(p) for p in (outer, inner)} == before and is_grey(outer)
+    images = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if STATE not in p.parts)
+    assert images == ["in/a.png", "in/in/a.png"]  # nothing written
+
+
+def test_in_bind_mounted_from_inside_out_without_a_clash_is_refused(tmp_path, run_cli, bind_mount):
+    """No output name equals an input's, but outputs would land in the input folders."""
+    out = tmp_path / "out"
+    inner = save(out / "in" / "in" / "b.png", Image.fromarray(grey_image(seed=2)))
+    inbind = bind_mount(out / "in", tmp_path / "inbind")
+    result = run_cli("run", inbind, out, "--workers", "0")
+    assert result.exit_code == 2 and "into the input folder" in result.output, result.output
+    assert not (out / "in" / "b.png").exists() and is_grey(inner)
+
+
+def test_output_that_is_a_hard_link_to_an_input_is_refused_even_with_force(tmp_path, run_cli):
+    a, b = make_tree(tmp_path / "in", 2)
+    (tmp_path / "out").mkdir()
+    os.link(a, tmp_path / "out" / "1.png")  # the output name of in/1.png is the file in/0.png
+    before = digest(a)
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--force")
+    assert result.exit_code == 2 and "is the input file" in result.output and "same device and inode" in result.output
+    assert digest(a) == before and is_grey(a) and not (tmp_path / "out" / "0.png").exists()
 
 
 def test_symlinked_out_is_the_input_and_refused(tmp_path, run_cli):
