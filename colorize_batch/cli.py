@@ -159,6 +159,15 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     ray_options = {"address": ray_address, "actors": actors, "gpus_per_actor": gpus_per_actor}
     if engine != "ray" and any(v is not None for v in ray_options.values()):
         raise click.UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
+    if gallery and not dry_run:  # refused before the run, not after it
+        from .gallery import check_gallery_links
+        from .manifest import StateLinkError
+
+        try:
+            check_gallery_links(out_path)
+        except StateLinkError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
     code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
                         report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
                         engine_options=ray_options if engine == "ray" else None)
@@ -385,15 +394,17 @@ def report() -> None:
 @click.option("--output", "dest", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
-    from .manifest import report_path
+    from .manifest import StateLinkError, refuse_links, report_path
     from .reporting import write_json_atomic
     from .sharding import ShardError, merge_reports
 
     try:
         merged = merge_reports(out_dir)
-    except ShardError as exc:
+        if dest is None:
+            dest = report_path(out_dir)
+            refuse_links(dest, out_dir)
+    except (ShardError, StateLinkError) as exc:
         raise click.UsageError(str(exc)) from None
-    dest = dest or report_path(out_dir)
     write_json_atomic(dest, merged)
     c = merged["counts"]
     click.echo(f"{len(merged['shards'])} shard report(s): done {c.get('done', 0)}, up to date {c.get('skipped_up_to_date', 0)}, "
@@ -423,10 +434,11 @@ def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, 
     import webbrowser
 
     from .gallery import NoManifestError, build_gallery
+    from .manifest import StateLinkError
 
     try:
         index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir)
-    except NoManifestError as exc:
+    except (NoManifestError, StateLinkError) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise click.exceptions.Exit(EXIT_USAGE) from None
     click.echo(str(index))

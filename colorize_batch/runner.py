@@ -20,7 +20,7 @@ from .engine import Engine
 from .exit_codes import ExitCode
 from .inference import Colorizer, InferenceError, resolve_device
 from .local_engine import LocalEngine
-from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, report_path as state_report_path
+from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, report_path as state_report_path
 from .names import display
 from .planning import Plan, plan_run
 from .ray_engine import RayEngineError
@@ -85,7 +85,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     if dry_run:  # no lock, no folders: nothing is written
         try:
             plan, _ = make_plan()
-        except DiscoveryError as exc:
+        except (DiscoveryError, StateLinkError) as exc:
             return _usage(str(exc))
         for job in plan.jobs:
             click.echo(f"would colorize {job.item.source} -> {job.output}")
@@ -113,6 +113,8 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return ExitCode.LOCKED
+    except StateLinkError as exc:  # a linked state file: nothing was done
+        return _usage(str(exc))
     except StateError as exc:
         return _cannot_write(str(exc), report_path, input=str(in_path), output=str(out_path))
     except DiscoveryError as exc:

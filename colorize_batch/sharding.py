@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import SHARD_REPORT_GLOB, shard_report_paths, shard_tag
+from .manifest import SHARD_REPORT_GLOB, read_state_text, shard_report_paths, shard_tag
 
 
 class ShardError(ValueError):
@@ -82,7 +82,7 @@ def merge_reports(out_root: Path) -> dict:
     parts = shard_report_paths(out_root)
     if not parts:
         raise ShardError(f"{out_root}: no shard reports ({SHARD_REPORT_GLOB}) to merge")
-    reports = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
+    reports = [json.loads(read_state_text(p, out_root)) for p in parts]  # never through a link
     merged: dict = {k: reports[0].get(k) for k in ("tool", "model", "model_sha256", "config_hash", "input", "output")}
     merged["shards"] = [p.name for p in parts]
     merged["counts"] = {}
