@@ -135,3 +135,45 @@ def test_a_manifest_linked_during_a_run_is_not_appended_through(tmp_path, foreig
     manifest.add("a.png", "size=1", RunIdentity("m", "c"), "done", "a.png")
     manifest.close()
     assert manifest.append_failed and snapshot(foreign) == before
+
+
+# -- 3. hints import -----------------------------------------------------------------------------
+def _import(bundle: Path, dest: Path):
+    from click.testing import CliRunner
+
+    from colorize_batch.cli import main
+
+    return CliRunner().invoke(main, ["hints", "import", str(bundle), str(dest)])
+
+
+def test_hints_import_never_writes_through_a_link_out_of_dest(tmp_path, foreign):
+    doc = {"points": [{"x": 0.5, "y": 0.5, "color": "#aa0000"}]}
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({"format": "colorize-batch-hints", "version": 1,
+                                  "images": {"a.jpg": doc, "link/x.jpg": doc}}))
+    dest = tmp_path / "hints"
+    dest.mkdir()
+    (dest / "link").symlink_to(foreign)
+    before = snapshot(foreign)
+    result = _import(bundle, dest)
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+    assert "link/x.jpg" in result.output and "leads outside" in result.output
+    assert snapshot(foreign) == before and not (dest / "a.hints.json").exists()  # nothing written at all
+    (dest / "link").unlink()
+    (dest / "real").mkdir()
+    (dest / "link").symlink_to(dest / "real")  # a link that stays inside DEST is fine
+    result = _import(bundle, dest)
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / "real" / "x.hints.json").read_text()) == doc
+
+
+def test_hints_import_does_not_replace_a_linked_hint_file(tmp_path, foreign):
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({"format": "colorize-batch-hints", "version": 1, "images": {"a.jpg": {"points": []}}}))
+    dest = tmp_path / "hints"
+    dest.mkdir()
+    (dest / "a.hints.json").symlink_to(foreign / "victim.txt")
+    before = snapshot(foreign)
+    result = _import(bundle, dest)
+    assert result.exit_code == 2 and "is a symlink" in result.output, result.output
+    assert snapshot(foreign) == before and (dest / "a.hints.json").is_symlink()
