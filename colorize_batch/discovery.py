@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -69,6 +70,8 @@ def check_roots(in_path: Path, out_path: Path) -> None:
     not exist yet) when IN is a folder."""
     if not in_path.exists():
         raise DiscoveryError(f"{display(in_path)}: input does not exist")
+    if not in_path.is_dir() and not in_path.is_file():  # never opened: a FIFO would block the run
+        raise DiscoveryError(f"{display(in_path)}: not a regular file: {_special_kind(in_path) or 'unknown kind'}")
     if not in_path.is_dir():
         return  # a single file: the output file itself is checked by plan_run
     if out_path.exists() and not out_path.is_dir():
@@ -138,10 +141,28 @@ def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=()
                 rel_s = str(child_rel)
                 if _matches(rel_s, include) and not _matches(rel_s, exclude):
                     yield WorkItem(path, child_rel)
-            elif entry.is_symlink():
-                warn(f"{path}: broken symlink; skipped")
+            else:
+                kind = _special_kind(path)  # lstat/stat only: a FIFO is never opened (that would block)
+                if kind is None:
+                    warn(f"{path}: broken symlink; skipped")
+                elif kind and os.path.splitext(entry.name)[1].lower() in exts:
+                    warn(f"{path}: not a regular file: {kind}; skipped")
 
     yield from walk(Path(root), PurePosixPath())
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                 (stat.S_ISSOCK, "socket"))
+
+
+def _special_kind(path: Path) -> str | None:
+    """What a folder entry that is neither a file nor a folder is: ``None`` for a broken symlink,
+    ``"FIFO"``, ``"character device"``, ... (followed through a symlink), ``""`` if unknown."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None if os.path.islink(path) else ""
+    return next((name for test, name in SPECIAL_KINDS if test(mode)), "")
 
 
 def output_path(item: WorkItem, out_root: Path, fmt: str = "same", single_file: bool = False) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from PIL import Image
 
 from colorize_batch.manifest import STATE_DIR
 
+REPO = Path(__file__).resolve().parent.parent
 STATE_FILES = {"lock": "lock", "manifest": "manifest.jsonl", "report": "last-run.json"}
 
 
@@ -177,3 +180,31 @@ def test_hints_import_does_not_replace_a_linked_hint_file(tmp_path, foreign):
     result = _import(bundle, dest)
     assert result.exit_code == 2 and "is a symlink" in result.output, result.output
     assert snapshot(foreign) == before and (dest / "a.hints.json").is_symlink()
+
+
+# -- 11. inputs that are not regular files ---------------------------------------------------------
+def _run_tool(args: list, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter, with a time limit: a FIFO opened for reading would hang it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "colorize_batch", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_fifo_and_device_inputs_are_named_not_opened(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    make_tree(src, 1)
+    os.mkfifo(src / "scan.jpg")
+    (src / "zero.jpg").symlink_to("/dev/zero")
+    (src / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
+    (src / "fifo-without-image-suffix").symlink_to(src / "scan.jpg")  # not an image name: left alone, like any other file
+    proc = _run_tool(["run", src, tmp_path / "out", "--weights", tiny_weights, "--workers", "0"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if "scan.jpg" in line][0].endswith(f"{src / 'scan.jpg'}: not a regular file: FIFO; skipped")
+    assert [line for line in lines if "zero.jpg" in line][0].endswith(
+        f"{src / 'zero.jpg'}: not a regular file: character device; skipped")
+    assert any(line.endswith(f"{src / 'broken.jpg'}: broken symlink; skipped") for line in lines)
+    assert "fifo-without-image-suffix" not in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "0.png").is_file()
+    proc = _run_tool(["run", src / "scan.jpg", tmp_path / "one.jpg", "--weights", tiny_weights])  # named as IN
+    assert proc.returncode == 2 and "scan.jpg: not a regular file: FIFO" in proc.stderr, proc.stderr
