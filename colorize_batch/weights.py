@@ -10,6 +10,8 @@ from the file alone. Files load with ``torch.load(weights_only=True)``: no pickl
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -80,9 +82,15 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never pass that on
+        raise WeightsError(f"{path}: not a colorize-batch weights file (it holds Python objects other than tensors; "
+                           "refused, nothing in it was run)") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem means "not our file"
-        raise WeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0] if "weights_only" not in str(exc) else type(exc).__name__
+        raise WeightsError(f"{path}: not a colorize-batch weights file, or a damaged one ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a colorize-batch weights file (expected format {FORMAT!r})")
     norm = payload.get("normalization", {})

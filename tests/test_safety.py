@@ -325,3 +325,33 @@ def test_gallery_keeps_backslash_and_non_utf8_names(tmp_path, run_cli):
     assert "output missing" not in html and "source missing" not in html
     assert "back\\slash.png" in html and "caf\\xe9.png" in html
     assert "back%5Cslash.png" in html and "caf%E9.png" in html  # links to the files' own bytes
+
+
+# -- issue 23: unsafe weights and --report -------------------------------------------------------
+class _Payload:
+    """A pickle that would create a file if it were ever unpickled with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("command", ["run", "info"])
+def test_unsafe_weights_are_not_our_file_and_never_suggest_weights_only_false(tmp_path, run_cli, command):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "payload-ran"
+    torch.save({"format": "colorize-batch-weights/1", "state_dict": _Payload(marker)}, tmp_path / "evil.pt")
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps(_Payload(marker)))
+    make_tree(tmp_path / "in", 1)
+    for weights in ("evil.pt", "plain.pt"):
+        args = ["run", tmp_path / "in", tmp_path / "out"] if command == "run" else ["info"]
+        result = run_cli(*args, "--weights", tmp_path / weights, weights=None)
+        assert result.exit_code == 2, result.output
+        assert f"{weights}: not a colorize-batch weights file" in result.output
+        assert "weights_only" not in result.output and "trusted source" not in result.output, result.output
+    assert not marker.exists()
