@@ -180,12 +180,15 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
         device=device_label,
         host=platform.node(),
     )
+    report_failed = False  # --report is an output the user asked for: not written, exit 1
     for dest in ([state_report_path(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
         try:
             write_json_atomic(dest, report)
         except OSError as exc:
             log.error("%s: cannot write the run report (%s)", display(dest), exc.strerror or exc)
+            report_failed = report_failed or dest == report_path
     print_summary(stats, quiet)
     if stats.interrupted:
         click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
-    return stats.exit_code()
+    code = stats.exit_code()
+    return ExitCode.FAILED if report_failed and code == ExitCode.OK else code

@@ -355,3 +355,14 @@ def test_unsafe_weights_are_not_our_file_and_never_suggest_weights_only_false(tm
         assert f"{weights}: not a colorize-batch weights file" in result.output
         assert "weights_only" not in result.output and "trusted source" not in result.output, result.output
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_report_to_an_unwritable_place_exits_1(tmp_path, run_cli, where):
+    make_tree(tmp_path / "in", 1)
+    (tmp_path / "a-file").write_text("x")
+    dest = tmp_path / "a-file" / "r.json" if where == "under-a-file" else Path("/proc/colorize-batch-report.json")
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--report", dest)
+    assert result.exit_code == 1 and "cannot write the run report" in result.output, result.output
+    assert "Traceback" not in result.output and (tmp_path / "out" / "0.png").is_file()  # the files are done
+    assert last_run(tmp_path / "out")["counts"]["done"] == 1
