@@ -168,9 +168,13 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
         except StateLinkError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
-    code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
-                        report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
-                        engine_options=ray_options if engine == "ray" else None)
+    try:
+        code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
+                            report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
+                            engine_options=ray_options if engine == "ray" else None)
+    except KeyboardInterrupt:  # Ctrl-C outside the colorizing itself (planning, the report): no "Aborted!", exit 130
+        click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
     if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
         from .gallery import build_gallery
 

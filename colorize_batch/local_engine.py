@@ -207,6 +207,18 @@ def _acquire(slots: threading.Semaphore, abort: threading.Event) -> bool:
     return False
 
 
+def _finish_writes(pool: ThreadPoolExecutor, lanes: list[threading.Thread], abort: threading.Event, at_once: bool) -> None:
+    """Let the renders complete and be recorded before run() leaves: every one queued, or with
+    ``at_once`` (a second Ctrl-C) only those already writing (at most one per writer thread)."""
+    abort.set()
+    if at_once:
+        pool.shutdown(wait=False, cancel_futures=True)  # never started: nothing of them is on disk
+    else:
+        for thread in lanes:
+            thread.join()
+    pool.shutdown(wait=True)
+
+
 class LocalEngine:
     """Decoding in DataLoader worker processes, forward passes in lane threads, rendering in a thread pool.
 
@@ -248,7 +260,8 @@ class LocalEngine:
         pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
                                   initializer=torch.set_num_threads, initargs=(threads_per_writer,))
 
-        closed = threading.Event()  # set when run() leaves: late results (after a second Ctrl-C) are dropped
+        closed = threading.Event()  # set when run() leaves: late results (after a third Ctrl-C) are dropped
+        writing = [0]  # renders submitted and not yet finished (or cancelled)
 
         def record(result: FileResult) -> None:
             with lock:
@@ -261,10 +274,13 @@ class LocalEngine:
 
         def rendered(future: Future) -> None:
             try:
-                record(future.result())
+                if not future.cancelled():  # cancelled by a second Ctrl-C before it started: nothing written
+                    record(future.result())
             except BaseException as exc:  # noqa: BLE001 - surfaced by run(), never lost in a callback
                 fail(exc)
             finally:
+                with lock:
+                    writing[0] -= 1
                 in_flight.release()
 
         def colour(batch: DecodedBatch) -> None:
@@ -289,7 +305,16 @@ class LocalEngine:
             for i, (item, job) in enumerate(to_color):
                 if not _acquire(in_flight, abort):
                     return
-                pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id).add_done_callback(rendered)
+                with lock:
+                    writing[0] += 1
+                try:
+                    future = pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id)
+                except RuntimeError:  # the pool was shut down by a second Ctrl-C
+                    with lock:
+                        writing[0] -= 1
+                    in_flight.release()
+                    return
+                future.add_done_callback(rendered)
 
         def lane() -> None:
             torch.set_num_threads(self.lanes.threads)  # this thread's own OpenMP team
@@ -300,6 +325,7 @@ class LocalEngine:
             except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
                 fail(exc)
 
+        at_once = False  # a second Ctrl-C: queued renders are dropped, not waited for
         threads_before = torch.get_num_threads()  # a lane's set_num_threads also sets the default for new threads
         lanes = [threading.Thread(target=lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes.count)]
         for thread in lanes:
@@ -312,16 +338,22 @@ class LocalEngine:
                 _put(batches, None, abort)  # each lane finishes what is queued, then meets a None
             for thread in lanes:
                 thread.join()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once (below: only the writes already running finish)
+            at_once = True
+            raise
         finally:
             loader.close()  # decode workers are shut down now, not when garbage is collected
             try:
-                abort.set()
-                for thread in lanes:
-                    thread.join()
-                pool.shutdown(wait=True)  # in-flight writes complete and are recorded
-            finally:  # also when a second Ctrl-C interrupts the waiting above
+                try:
+                    _finish_writes(pool, lanes, abort, at_once)
+                except KeyboardInterrupt:  # a second Ctrl-C while waiting for the files in flight
+                    at_once = True
+                    _finish_writes(pool, lanes, abort, at_once)
+                    raise
+            finally:  # also when a third Ctrl-C interrupts the waiting above
                 with lock:
                     closed.set()
+                    stats.unrecorded = writing[0]  # still being written: not in the manifest
                 pool.shutdown(wait=False, cancel_futures=True)
                 progress.close()
                 torch.set_num_threads(threads_before)

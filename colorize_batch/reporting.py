@@ -39,6 +39,7 @@ class RunStats:
     stopped_reason: str | None = None
     settled: set[str] = field(default_factory=set)  # job keys with a result (the rest were never tried)
     not_tried: list[str] = field(default_factory=list)  # filled when the run stops early
+    unrecorded: int = 0  # files still being written when a third Ctrl-C stopped the run: not in the manifest
 
     def fail(self, path: str, reason: str) -> None:
         self.counts["failed"] += 1

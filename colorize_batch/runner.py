@@ -160,6 +160,9 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
                 device_label = runner.description
             except RayEngineError as exc:
                 return _usage(str(exc))
+            except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the files already written are recorded
+                stats.interrupted = True
+                stats.stopped_reason = "interrupted twice: stopped at once"
             finally:
                 if manifest is not None:
                     manifest.close()
@@ -188,7 +191,12 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
             log.error("%s: cannot write the run report (%s)", display(dest), exc.strerror or exc)
             report_failed = report_failed or dest == report_path
     print_summary(stats, quiet)
-    if stats.interrupted:
+    if stats.unrecorded:
+        redo = ("the next run recognises them by their colorize-batch mark and redoes them" if config.output.metadata
+                else "output.metadata is off, so the next run needs --force for them")
+        click.echo(f"interrupted: finished files are kept and recorded, except {stats.unrecorded} still being written "
+                   f"({redo}); rerun to continue", err=True)
+    elif stats.interrupted:
         click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
     code = stats.exit_code()
     return ExitCode.FAILED if report_failed and code == ExitCode.OK else code

@@ -308,3 +308,57 @@ def test_metadata_and_provenance_survive_round_trip(tmp_path, run_cli, suffix):
         xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp") or out_exif.get(700)
         xmp = xmp.decode() if isinstance(xmp, bytes) else xmp
         assert "compositeWithTrainedAlgorithmicMedia" in xmp and str(src) in xmp
+
+
+# The CLI in a fresh interpreter whose renders take 0.4 s longer (a slow share): a second
+# SIGINT then surely comes while the run waits for the files in flight.
+SLOW_WRITES_CLI = """
+import sys, time
+from colorize_batch import local_engine
+real = local_engine.render_result
+def render_result(*args, **kwargs):
+    time.sleep(0.4)
+    return real(*args, **kwargs)
+local_engine.render_result = render_result
+from colorize_batch.cli import main
+sys.exit(main())
+"""
+
+
+def test_second_ctrl_c_exits_130_and_every_output_on_disk_is_recorded(tmp_path, tiny_weights):
+    """Issue 23: the second SIGINT stops at once (no click "Aborted!", exit 130): queued renders are
+    dropped, the ones already writing finish and are recorded; the rerun completes the rest."""
+    from colorize_batch.manifest import Manifest
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    files = make_tree(src, n=24, size=(320, 240))
+    args = ["run", str(src), str(out), "--weights", str(tiny_weights), "--batch-size", "8", "--workers", "0",
+            "--size", "32", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITES_CLI, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (manifest.is_file() and manifest.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
+    seen = [proc.stderr.readline()]  # the first signal's warning: the run is now finishing its files in flight
+    while seen[-1] and "SIGINT received" not in seen[-1]:
+        seen.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGINT)
+    stderr = "".join(seen) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr and "interrupted" in stderr, stderr
+    rep = report(out)
+    assert rep["interrupted"] and rep["exit_code"] == 130
+    assert rep["stopped_reason"] == "interrupted twice: stopped at once", (stderr, rep)  # the second signal came mid-run
+    on_disk = {p.relative_to(out).as_posix() for p in outputs(out)}
+    recorded = Manifest(out).outputs()
+    assert on_disk == recorded, (on_disk - recorded, stderr)  # what was written in the last moment is recorded
+    assert not list(out.rglob("*.cb-tmp")) and 2 <= len(on_disk) < 24 and len(rep["not_tried"]) == 24 - len(on_disk)
+    rerun = subprocess.run([sys.executable, "-m", "colorize_batch", *args], capture_output=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    counts = report(out)["counts"]
+    assert counts["skipped_up_to_date"] == len(recorded) and counts["done"] == 24 - len(recorded)
+    assert len(outputs(out)) == len(files)
