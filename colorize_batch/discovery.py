@@ -35,10 +35,11 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of ``path`` (symlinks followed), or ``None`` if it does not exist."""
+def identity(path: str | os.PathLike, follow: bool = True) -> tuple[int, int] | None:
+    """(device, inode) of ``path`` (symlinks followed unless ``follow`` is false), or ``None`` if it
+    does not exist."""
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=follow)
     except OSError:
         return None
     return st.st_dev, st.st_ino
@@ -54,7 +55,7 @@ def folder_chain(path: Path) -> list[tuple[int, int]]:
     for start in (os.path.abspath(path), os.path.realpath(path)):
         current = start
         while True:
-            ident = _identity(current)
+            ident = identity(current)
             if ident is not None and ident not in chain:
                 chain.append(ident)
             parent = os.path.dirname(current)
@@ -76,7 +77,7 @@ def check_roots(in_path: Path, out_path: Path) -> None:
         return  # a single file: the output file itself is checked by plan_run
     if out_path.exists() and not out_path.is_dir():
         raise DiscoveryError(f"{display(out_path)}: the output exists and is not a folder")
-    src, dst = _identity(str(in_path)), _identity(str(out_path))
+    src, dst = identity(str(in_path)), identity(str(out_path))
     if dst is not None and src == dst:
         raise DiscoveryError(f"{display(out_path)}: the output folder is the input folder (same device and inode); choose another")
     if dst is not None and dst in folder_chain(in_path):
@@ -101,7 +102,7 @@ def find_images(
 def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=(), skip_dirs=(), on_warning=None) -> Iterator[WorkItem]:
     exts = {e.lower() for e in extensions}
     include, exclude = list(include), list(exclude)
-    skip = {ident for d in skip_dirs if (ident := _identity(str(d))) is not None}
+    skip = {ident for d in skip_dirs if (ident := identity(str(d))) is not None}
     seen_dirs: set[tuple[int, int]] = set()
     warn = on_warning or (lambda msg: None)
 

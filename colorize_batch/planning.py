@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from .config import PipelineConfig
-from .discovery import DiscoveryError, WorkItem, find_images, output_path
+from .discovery import DiscoveryError, WorkItem, find_images, identity, output_path
 from .hints import HintError, Hints, locate, read_hints
 from .manifest import Manifest, RunIdentity, fingerprint
 from .names import display
@@ -89,8 +88,8 @@ class InputIndex:
         self.folders: dict[tuple[int, int], Path] = {}
         walked: set[Path] = set()
         for item in items:
-            for stat in (os.stat, os.lstat):  # the file itself and, for a symlink, its entry
-                ident = _identity(item.source, stat)
+            for follow in (True, False):  # the file itself and, for a symlink, its entry
+                ident = identity(item.source, follow)
                 if ident is not None:
                     self.files.setdefault(ident, item.source)
             for rel in item.relative.parents:  # every folder from the file's own up to IN
@@ -98,7 +97,7 @@ class InputIndex:
                 if folder in walked:
                     break
                 walked.add(folder)
-                ident = _identity(folder, os.stat)
+                ident = identity(folder)
                 if ident is not None:
                     self.folders.setdefault(ident, folder)
         self._checked: set[Path] = set()
@@ -106,7 +105,7 @@ class InputIndex:
     def check(self, dest: Path, out_root: Path) -> None:
         """Raise :class:`DiscoveryError` if writing ``dest`` would replace an input file or put
         an output into an input folder (IN inside OUT under another name)."""
-        ident = _identity(dest, os.lstat)
+        ident = identity(dest, follow=False)
         same = self.files.get(ident) if ident is not None else None
         if same is not None:
             raise DiscoveryError(f"output {display(dest)} is the input file {display(same)} (same device and inode: "
@@ -114,7 +113,7 @@ class InputIndex:
         folder = dest.parent
         while folder not in self._checked:  # the nearest folder that exists is where the output would go
             self._checked.add(folder)
-            ident = _identity(folder, os.stat)
+            ident = identity(folder)
             if ident is not None:
                 inside = self.folders.get(ident)
                 if inside is not None:
@@ -125,14 +124,6 @@ class InputIndex:
             if folder == out_root or folder.parent == folder:
                 break
             folder = folder.parent
-
-
-def _identity(path: Path, stat: Callable[[Path], os.stat_result] = os.stat) -> tuple[int, int] | None:
-    try:
-        st = stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def with_hints(item: WorkItem, fp: str, hints_root: Path | None) -> tuple[Hints | None, str]:

@@ -117,6 +117,16 @@ def test_in_bind_mounted_from_inside_out_without_a_clash_is_refused(tmp_path, ru
     assert not (out / "in" / "b.png").exists() and is_grey(inner)
 
 
+def test_out_inside_in_is_still_allowed_by_the_inode_checks(tmp_path, run_cli):
+    """The outputs' folders are checked against the input folders: OUT inside IN is not one of them."""
+    src = tmp_path / "in"
+    save(src / "a.png", Image.fromarray(grey_image()))
+    save(src / "sub" / "b.png", Image.fromarray(grey_image(seed=1)))
+    run_cli("run", src, src / "out", "--workers", "0", "-q", expect=0)  # OUT made by the run
+    run_cli("run", src, src / "out", "--workers", "0", "-q", "--force", expect=0)  # OUT there already
+    assert not is_grey(src / "out" / "sub" / "b.png") and is_grey(src / "sub" / "b.png")
+
+
 def test_output_that_is_a_hard_link_to_an_input_is_refused_even_with_force(tmp_path, run_cli):
     a, b = make_tree(tmp_path / "in", 2)
     (tmp_path / "out").mkdir()
