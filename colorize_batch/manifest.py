@@ -252,7 +252,6 @@ class Manifest:
         self.known[source_rel] = rec
         try:
             if self._fh is None:
-                refuse_links(self.path.parent, self.out_root)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = os.fdopen(open_state(self.path, self.out_root, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
                                      "a", encoding="utf-8")
