@@ -200,9 +200,22 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     ray_options = {"address": ray_address, "actors": actors, "gpus_per_actor": gpus_per_actor}
     if engine != "ray" and any(v is not None for v in ray_options.values()):
         raise click.UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
-    code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
-                        report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
-                        engine_options=ray_options if engine == "ray" else None)
+    if gallery and not dry_run:  # refused before the run, not after it
+        from .gallery import check_gallery_links
+        from .manifest import StateLinkError
+
+        try:
+            check_gallery_links(out_path)
+        except StateLinkError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+    try:
+        code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
+                            report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
+                            engine_options=ray_options if engine == "ray" else None)
+    except KeyboardInterrupt:  # Ctrl-C outside the colorizing itself (planning, the report): no "Aborted!", exit 130
+        click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
     if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
         from .gallery import build_gallery
 
@@ -440,14 +453,16 @@ def report() -> None:
 @click.option("--output", "dest", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
-    from .manifest import report_path
+    from .manifest import StateLinkError, refuse_links, report_path
     from .sharding import ShardError, merge_reports
 
     try:
         merged = merge_reports(out_dir)
-    except ShardError as exc:
+        if dest is None:
+            dest = report_path(out_dir)
+            refuse_links(dest, out_dir)
+    except (ShardError, StateLinkError) as exc:
         raise click.UsageError(str(exc)) from None
-    dest = dest or report_path(out_dir)
     merged.write(dest)
     c = merged.counts
     click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
@@ -477,10 +492,11 @@ def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, 
     import webbrowser
 
     from .gallery import NoManifestError, build_gallery
+    from .manifest import StateLinkError
 
     try:
         index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir)
-    except NoManifestError as exc:
+    except (NoManifestError, StateLinkError) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise click.exceptions.Exit(EXIT_USAGE) from None
     click.echo(str(index))

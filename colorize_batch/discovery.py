@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,10 +35,11 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of ``path`` (symlinks followed), or ``None`` if it does not exist."""
+def identity(path: str | os.PathLike, follow: bool = True) -> tuple[int, int] | None:
+    """(device, inode) of ``path`` (symlinks followed unless ``follow`` is false), or ``None`` if it
+    does not exist."""
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=follow)
     except OSError:
         return None
     return st.st_dev, st.st_ino
@@ -53,7 +55,7 @@ def folder_chain(path: Path) -> list[tuple[int, int]]:
     for start in (os.path.abspath(path), os.path.realpath(path)):
         current = start
         while True:
-            ident = _identity(current)
+            ident = identity(current)
             if ident is not None and ident not in chain:
                 chain.append(ident)
             parent = os.path.dirname(current)
@@ -69,11 +71,13 @@ def check_roots(in_path: Path, out_path: Path) -> None:
     not exist yet) when IN is a folder."""
     if not in_path.exists():
         raise DiscoveryError(f"{display(in_path)}: input does not exist")
+    if not in_path.is_dir() and not in_path.is_file():  # never opened: a FIFO would block the run
+        raise DiscoveryError(f"{display(in_path)}: not a regular file: {_special_kind(in_path) or 'unknown kind'}")
     if not in_path.is_dir():
         return  # a single file: the output file itself is checked by plan_run
     if out_path.exists() and not out_path.is_dir():
         raise DiscoveryError(f"{display(out_path)}: the output exists and is not a folder")
-    src, dst = _identity(str(in_path)), _identity(str(out_path))
+    src, dst = identity(str(in_path)), identity(str(out_path))
     if dst is not None and src == dst:
         raise DiscoveryError(f"{display(out_path)}: the output folder is the input folder (same device and inode); choose another")
     if dst is not None and dst in folder_chain(in_path):
@@ -98,7 +102,7 @@ def find_images(
 def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=(), skip_dirs=(), on_warning=None) -> Iterator[WorkItem]:
     exts = {e.lower() for e in extensions}
     include, exclude = list(include), list(exclude)
-    skip = {ident for d in skip_dirs if (ident := _identity(str(d))) is not None}
+    skip = {ident for d in skip_dirs if (ident := identity(str(d))) is not None}
     seen_dirs: set[tuple[int, int]] = set()
     warn = on_warning or (lambda msg: None)
 
@@ -138,10 +142,28 @@ def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=()
                 rel_s = str(child_rel)
                 if _matches(rel_s, include) and not _matches(rel_s, exclude):
                     yield WorkItem(path, child_rel)
-            elif entry.is_symlink():
-                warn(f"{path}: broken symlink; skipped")
+            else:
+                kind = _special_kind(path)  # lstat/stat only: a FIFO is never opened (that would block)
+                if kind is None:
+                    warn(f"{path}: broken symlink; skipped")
+                elif kind and os.path.splitext(entry.name)[1].lower() in exts:
+                    warn(f"{path}: not a regular file: {kind}; skipped")
 
     yield from walk(Path(root), PurePosixPath())
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                 (stat.S_ISSOCK, "socket"))
+
+
+def _special_kind(path: Path) -> str | None:
+    """What a folder entry that is neither a file nor a folder is: ``None`` for a broken symlink,
+    ``"FIFO"``, ``"character device"``, ... (followed through a symlink), ``""`` if unknown."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None if os.path.islink(path) else ""
+    return next((name for test, name in SPECIAL_KINDS if test(mode)), "")
 
 
 def output_path(item: WorkItem, out_root: Path, fmt: str = "same", single_file: bool = False) -> Path:

@@ -53,7 +53,7 @@ from PIL import Image, ImageOps
 
 from . import __version__
 from .hints import BUNDLE_FORMAT, DEFAULT_RADIUS, hints_path_for, locate, parse_hints, read_hint_document
-from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, report_path
+from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, refuse_links, report_path
 from .names import display
 from .planning import parse_source_key
 from .reporting import RunReport
@@ -263,11 +263,12 @@ def _page_links(current: int, total: int, window: int = 3) -> list[PageLink]:
     return links
 
 
-def _read_last_run(path: Path) -> RunReport | None:
+def _read_last_run(path: Path, out_dir: Path) -> RunReport | None:
+    refuse_links(path, out_dir)
     if not path.is_file():
         return None
     try:
-        return RunReport.read(path)
+        return RunReport.read(path, out_dir)
     except (OSError, ValueError) as exc:
         log.warning("gallery: ignoring unreadable %s: %s", path, exc)
         return None
@@ -385,7 +386,22 @@ def _hint_data(items: Sequence[Item], files: Sequence[ItemFiles], store: str, li
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    refuse_links(path, path.parent)  # a linked page is refused, not replaced (its folders: check_gallery_links)
     atomic_write_text(path, text)
+
+
+def check_gallery_links(out_dir: Path) -> None:
+    """Refuse (:class:`~colorize_batch.manifest.StateLinkError`, nothing written) when the gallery's
+    folders or its ``index.html`` are symbolic links: it never writes through a link."""
+    gallery = gallery_dir(out_dir)
+    for path in (gallery / page_filename(1), gallery / THUMB_DIR / "src", gallery / THUMB_DIR / "out"):
+        refuse_links(path, Path(out_dir))
+
+
+def _refuse_linked_thumb_folders(jobs: Sequence[ThumbJob], thumbs: Path) -> None:
+    """Thumbnails mirror OUT's folders under ``thumbs/``: none of them may be a link either."""
+    for folder in sorted({job.thumb.parent for job in jobs}):
+        refuse_links(folder, thumbs)
 
 
 def _groups(items: Sequence[Item], previous_folder: str | None) -> list[Group]:
@@ -455,7 +471,8 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
 
     ``hints_dir``: where the images' hint files are (``input.hints_dir``; default: the one the
     last run used, else beside the scans), to show their points in the hint editor.
-    Raises :class:`NoManifestError` when ``out_dir`` has no manifest.
+    Raises :class:`NoManifestError` when ``out_dir`` has no manifest, and
+    :class:`~colorize_batch.manifest.StateLinkError` when a state file or folder is a link.
     """
     out_dir = Path(out_dir).resolve()
     manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add()
@@ -463,13 +480,14 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     records = list(manifest.records.values())
     last_run_path = report_path(out_dir)
-    last_run = _read_last_run(last_run_path)
+    last_run = _read_last_run(last_run_path, out_dir)
     src_root, src_warning = _source_root(source_dir, last_run)
     if hints_dir is None and last_run and last_run.hints_dir is not None:
         hints_dir = Path(last_run.hints_dir)
     hints_root = Path(hints_dir).resolve() if hints_dir is not None else None
     gallery = gallery_dir(out_dir)
     thumbs = gallery / THUMB_DIR
+    check_gallery_links(out_dir)
     gallery.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = [src_warning] if src_warning else []
 
@@ -497,6 +515,7 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
     for _, source_rel, output_rel, page in entries:
         jobs.append(ThumbJob(out_dir / output_rel, thumbs / "out" / f"{output_rel}.jpg"))
         jobs.append(ThumbJob(src_root / source_rel if src_root else None, src_thumb(source_rel, page), page))
+    _refuse_linked_thumb_folders(jobs, thumbs)
     started = time.monotonic()
     results = make_thumbnails(jobs, workers)
     made = sum(r.made for r in results.values())

@@ -38,6 +38,7 @@ import torch
 
 from .color import normalize_ab, rgb_to_lab
 from .reading import BUNDLE_LIMIT, HINTS_LIMIT, FileLimitError, read_user_file
+from .names import display
 
 HINTS_SUFFIX = ".hints.json"
 DEFAULT_RADIUS = 0.01
@@ -290,7 +291,7 @@ def read_bundle(data: object) -> dict[Path, dict]:
 def import_bundle(bundle: Path, root: Path) -> list[Path]:
     """Unpack a bundle into the hints tree ``root`` (mirrored paths, each file written atomically);
     nothing is written unless every document in it is valid. Returns the files written."""
-    from .writing import atomic_write_text
+    from .writing import atomic_write_text, leads_outside
 
     try:
         raw = read_user_file(bundle, BUNDLE_LIMIT, "hint bundle")
@@ -303,6 +304,12 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     except HintError as exc:
         raise HintError(f"cannot read the bundle: {exc}") from None
     documents = read_bundle(data)
+    for rel in sorted(documents):  # the same rule as outputs: never through a link leading out of DEST
+        dest = hints_path_for(rel, root)
+        if leads_outside(dest.parent, root):
+            raise HintError(f"{display(rel)}: {display(dest.parent)} leads outside {display(root)} (symlink); nothing written")
+        if dest.is_symlink():
+            raise HintError(f"{display(rel)}: {display(dest)} is a symlink; not replaced, nothing written")
     written = []
     for rel, document in sorted(documents.items()):
         dest = hints_path_for(rel, root)

@@ -15,8 +15,9 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -239,6 +240,28 @@ def _acquire(slots: threading.Semaphore, abort: threading.Event) -> bool:
     return False
 
 
+def _wait_for(threads: list[threading.Thread]) -> None:
+    """Wait until ``threads`` have ended, by polling: a ``Thread.join()`` that a Ctrl-C interrupts
+    marks a thread that is still running as ended (CPython 3.11, the fix of bpo-45274), and the
+    interpreter then exits under it without waiting."""
+    for thread in threads:
+        while thread.is_alive():
+            time.sleep(0.01)
+
+
+def _finish_writes(pool: ThreadPoolExecutor, lanes: list[threading.Thread], pending: set[Future],
+                   abort: threading.Event, at_once: bool) -> None:
+    """Let the lanes stop and the renders complete and be recorded before run() leaves: every
+    one queued, or with ``at_once`` (a second Ctrl-C) only those already writing (at most one
+    per writer thread)."""
+    abort.set()
+    if at_once:
+        pool.shutdown(wait=False, cancel_futures=True)  # never started: nothing of them is on disk
+    _wait_for(lanes)  # with abort set, a lane leaves after its current step
+    wait(list(pending))  # an Event wait: a Ctrl-C interrupts it harmlessly
+    pool.shutdown(wait=True)  # the writer threads, idle now, end at once
+
+
 class LocalEngine:
     """Decoding in DataLoader worker processes, forward passes in lane threads, rendering in a thread pool.
 
@@ -280,7 +303,9 @@ class LocalEngine:
         pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
                                   initializer=torch.set_num_threads, initargs=(threads_per_writer,))
 
-        closed = threading.Event()  # set when run() leaves: late results (after a second Ctrl-C) are dropped
+        closed = threading.Event()  # set when run() leaves: late results (after a third Ctrl-C) are dropped
+        writing = [0]  # renders started and not yet recorded
+        pending: set[Future] = set()  # renders submitted and not yet settled
 
         def record(result: FileResult) -> None:
             with lock:
@@ -291,12 +316,24 @@ class LocalEngine:
             failures.append(exc)
             abort.set()
 
+        def render(*args: Any) -> FileResult:
+            with lock:
+                writing[0] += 1
+            return render_result(*args)
+
         def rendered(future: Future) -> None:
+            with lock:
+                pending.discard(future)
+            if future.cancelled():  # cancelled by a second Ctrl-C before it started: nothing written
+                in_flight.release()
+                return
             try:
                 record(future.result())
             except BaseException as exc:  # noqa: BLE001 - surfaced by run(), never lost in a callback
                 fail(exc)
             finally:
+                with lock:
+                    writing[0] -= 1
                 in_flight.release()
 
         def colour(batch: DecodedBatch) -> None:
@@ -321,7 +358,14 @@ class LocalEngine:
             for i, (item, job) in enumerate(to_color):
                 if not _acquire(in_flight, abort):
                     return
-                pool.submit(render_result, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id).add_done_callback(rendered)
+                try:
+                    future = pool.submit(render, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id)
+                except RuntimeError:  # the pool was shut down by a second Ctrl-C
+                    in_flight.release()
+                    return
+                with lock:
+                    pending.add(future)
+                future.add_done_callback(rendered)  # after the add: its discard comes after it
 
         def lane() -> None:
             torch.set_num_threads(self.lanes.threads)  # this thread's own OpenMP team
@@ -332,6 +376,7 @@ class LocalEngine:
             except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
                 fail(exc)
 
+        at_once = False  # a second Ctrl-C: queued renders are dropped, not waited for
         threads_before = torch.get_num_threads()  # a lane's set_num_threads also sets the default for new threads
         lanes = [threading.Thread(target=lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes.count)]
         for thread in lanes:
@@ -342,19 +387,26 @@ class LocalEngine:
                     break
             for _ in lanes:
                 _put(batches, None, abort)  # each lane finishes what is queued, then meets a None
-            for thread in lanes:
-                thread.join()
+            _wait_for(lanes)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once (below: only the writes already running finish)
+            at_once = True
+            raise
         finally:
             loader.close()  # decode workers are shut down now, not when garbage is collected
             try:
-                abort.set()
-                for thread in lanes:
-                    thread.join()
-                pool.shutdown(wait=True)  # in-flight writes complete and are recorded
-            finally:  # also when a second Ctrl-C interrupts the waiting above
+                try:
+                    _finish_writes(pool, lanes, pending, abort, at_once)
+                except KeyboardInterrupt:
+                    if at_once:  # a third Ctrl-C: the files being written are left to finish unrecorded
+                        raise
+                    _finish_writes(pool, lanes, pending, abort, at_once=True)  # a second Ctrl-C while waiting for them all
+                    raise
+            finally:  # also when a third Ctrl-C interrupts the waiting above
+                pool.shutdown(wait=False, cancel_futures=True)
                 with lock:
                     closed.set()
-                pool.shutdown(wait=False, cancel_futures=True)
+                    stats.unrecorded = writing[0]  # still being written: they finish, unrecorded
+                _wait_for(lanes)  # aborted, each leaves after its current step: none may be inside torch at exit
                 progress.close()
                 torch.set_num_threads(threads_before)
         if failures:

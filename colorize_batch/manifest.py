@@ -6,6 +6,10 @@ the review gallery's folder, where ``tag`` is empty or ``.shard-I-of-N``. It als
 words stored there: :class:`Status`, what became of a file, and :class:`ManifestRecord`, one
 line of the manifest (read and written here only).
 
+State is never followed through a symbolic link: the folders are checked with ``lstat``
+and the files opened with ``O_NOFOLLOW`` (:func:`refuse_links`, :func:`open_state`); a link
+is refused with :class:`StateLinkError`, one line naming it (exit 2: nothing is done).
+
 A rerun skips a source whose latest manifest record has the same source fingerprint
 (size + mtime, or sha256 with ``--checksum``), model hash, pixel-config hash and tool
 version, and whose output still exists. Records are appended (and flushed) as files
@@ -14,6 +18,7 @@ finish, so an interrupted run loses nothing it completed; the file is compacted 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -44,6 +49,44 @@ class LockedError(Exception):
 
 class StateError(Exception):
     """``OUT/.colorize-batch/`` cannot be made or written (read-only, full disk, not a folder)."""
+
+
+class StateLinkError(StateError):
+    """A state folder or file is a symbolic link: refused, never followed (a usage error, exit 2)."""
+
+
+def _link_message(path: Path) -> str:
+    return (f"{display(path)}: is a symbolic link; colorize-batch never reads or writes its state through a link "
+            "(remove it)")
+
+
+def refuse_links(path: Path, out_root: Path) -> None:
+    """Raise :class:`StateLinkError` if ``path`` or a folder between ``out_root`` and it is a
+    symbolic link (``lstat``: nothing is followed). OUT itself may be a link."""
+    current = Path(out_root)
+    for part in Path(path).relative_to(current).parts:
+        current = current / part
+        if current.is_symlink():
+            raise StateLinkError(_link_message(current))
+
+
+def open_state(path: Path, out_root: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` a state file with ``O_NOFOLLOW``, its folders checked by :func:`refuse_links`."""
+    refuse_links(path.parent, out_root)
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateLinkError(_link_message(path)) from None
+        raise
+
+
+def check_state_links(out_root: Path, tag: str = "") -> None:
+    """Before a run touches OUT: refuse a linked ``.colorize-batch`` folder or a linked lock,
+    manifest or report of this run (:class:`StateLinkError`)."""
+    folder = state_dir(out_root)
+    for path in (folder / f"{LOCK_STEM}{tag}", folder / f"{MANIFEST_STEM}{tag}{MANIFEST_SUFFIX}", report_path(out_root, tag)):
+        refuse_links(path, out_root)
 
 
 HELD_LOCK_FDS: set[int] = set()  # closed in decode workers (forked: they would keep the lock alive)
@@ -99,12 +142,15 @@ class RunLock:
 
     def __init__(self, out_root: Path, tag: str = ""):
         self.path = lock_path(out_root, tag)
+        self.tag = tag
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
+        out_root = self.path.parent.parent
+        check_state_links(out_root, self.tag)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.fd = open_state(self.path, out_root, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise StateError(f"{display(self.path.parent.parent)}: cannot write to the output folder ({exc.strerror or exc})") from None
         try:
@@ -209,11 +255,11 @@ class ManifestRecord:
             "source_fp", "output", "output_sha256", "model", "config", "version", "time", "reason")))
 
 
-def _read_records(path: Path) -> dict[str, ManifestRecord]:
+def _read_records(path: Path, out_root: Path) -> dict[str, ManifestRecord]:
     """The records of one manifest file; a damaged line is skipped with a warning naming it
-    (its file is simply redone), never a crash."""
+    (its file is simply redone), never a crash. A linked file raises :class:`StateLinkError`."""
     records: dict[str, ManifestRecord] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with os.fdopen(open_state(path, out_root, os.O_RDONLY), encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -240,11 +286,12 @@ class Manifest:
         self._fh: TextIO | None = None
         self.append_failed = False
         folder = state_dir(out_root)
+        refuse_links(self.path, self.out_root)
         others = sorted(p for p in folder.glob(f"{MANIFEST_STEM}*{MANIFEST_SUFFIX}") if p != self.path) if folder.is_dir() else []
         for other in others:
-            self.known.update(_read_records(other))
+            self.known.update(_read_records(other, self.out_root))
         if self.path.is_file():
-            self.records = _read_records(self.path)
+            self.records = _read_records(self.path, self.out_root)
             self.known.update(self.records)
 
     def is_current(self, source_rel: str, source_fp: str, ident: RunIdentity) -> bool:
@@ -268,13 +315,14 @@ class Manifest:
         try:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")
+                self._fh = os.fdopen(open_state(self.path, self.out_root, os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+                                     "a", encoding="utf-8")
             self._fh.write(to_json(rec.to_json()) + "\n")
             self._fh.flush()
-        except OSError as exc:  # e.g. disk full: the output stands; unrecorded, it is redone next time
+        except (OSError, StateLinkError) as exc:  # e.g. disk full: the output stands; unrecorded, it is redone next time
             if not self.append_failed:
                 log.error("%s: cannot record finished files (%s); they will be redone by the next run",
-                          display(self.path), exc.strerror or exc)
+                          display(self.path), getattr(exc, "strerror", None) or exc)
             self.append_failed = True
 
     def close(self, compact: bool = True) -> None:
@@ -286,8 +334,9 @@ class Manifest:
             self._fh = None
         if compact and self.records:
             try:
+                refuse_links(self.path, self.out_root)
                 atomic_write_text(self.path, "".join(to_json(rec.to_json()) + "\n" for rec in self.records.values()))
-            except OSError as exc:  # e.g. disk full: the appended records are still valid
+            except (OSError, StateLinkError) as exc:  # e.g. disk full: the appended records are still valid
                 log.warning("%s: not compacted (%s); the appended records are kept", display(self.path), exc)
 
     def outputs(self) -> set[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .config import PipelineConfig
-from .discovery import DiscoveryError, WorkItem, find_images, output_path
+from .discovery import DiscoveryError, WorkItem, find_images, identity, output_path
 from .hints import HintError, Hints, locate, read_hints
 from .manifest import Manifest, RunIdentity, fingerprint
 from .names import display
@@ -85,6 +85,56 @@ def names_output_file(in_path: Path, out_path: Path) -> bool:
     return in_path.is_file() and out_path.suffix.lower() in PIL_FORMAT and not out_path.is_dir()
 
 
+class InputIndex:
+    """Every input file and folder by device + inode, to refuse an output that is one of them.
+
+    Names are not enough: IN reached through a bind mount of a folder inside OUT (or a hard
+    link) shows an input under an output's name, where replacing the output replaces the input.
+    """
+
+    def __init__(self, in_root: Path, items: list[WorkItem]):
+        self.files: dict[tuple[int, int], Path] = {}
+        self.folders: dict[tuple[int, int], Path] = {}
+        walked: set[Path] = set()
+        for item in items:
+            for follow in (True, False):  # the file itself and, for a symlink, its entry
+                ident = identity(item.source, follow)
+                if ident is not None:
+                    self.files.setdefault(ident, item.source)
+            for rel in item.relative.parents:  # every folder from the file's own up to IN
+                folder = in_root.joinpath(*rel.parts)
+                if folder in walked:
+                    break
+                walked.add(folder)
+                ident = identity(folder)
+                if ident is not None:
+                    self.folders.setdefault(ident, folder)
+        self._checked: set[Path] = set()
+
+    def check(self, dest: Path, out_root: Path) -> None:
+        """Raise :class:`DiscoveryError` if writing ``dest`` would replace an input file or put
+        an output into an input folder (IN inside OUT under another name)."""
+        ident = identity(dest, follow=False)
+        same = self.files.get(ident) if ident is not None else None
+        if same is not None:
+            raise DiscoveryError(f"output {display(dest)} is the input file {display(same)} (same device and inode: "
+                                 "IN lies inside OUT under another name, or a hard link); nothing written, choose another output")
+        folder = dest.parent
+        while folder not in self._checked:  # the nearest folder that exists is where the output would go
+            self._checked.add(folder)
+            ident = identity(folder)
+            if ident is not None:
+                inside = self.folders.get(ident)
+                if inside is not None:
+                    raise DiscoveryError(f"{display(dest)}: the output would be written into the input folder {display(inside)} "
+                                         f"(IN lies inside OUT {display(out_root)} under another name: a bind mount?); "
+                                         "nothing written, choose another output")
+                break
+            if folder == out_root or folder.parent == folder:
+                break
+            folder = folder.parent
+
+
 def with_hints(item: WorkItem, fp: str, hints_root: Path | None) -> tuple[Hints | None, str]:
     """The image's hints (beside it, or under ``input.hints_dir``) and its fingerprint keyed on the
     hint file's bytes too, so editing, adding or removing hints redoes exactly that image.
@@ -126,6 +176,7 @@ def plan_run(
         dest = output_path(items[0], out_path, config.output.format, single_file=out_file_mode)
         if same_file(dest, in_path):
             raise DiscoveryError(f"{display(dest)}: the output would replace the input file; choose another output")
+    inputs = InputIndex(in_path, items) if in_path.is_dir() else None
     plan = Plan(in_path, out_path)
     claimed: dict[str, str] = {}
     known_outputs = manifest.outputs() if manifest is not None else set()
@@ -133,6 +184,9 @@ def plan_run(
     all_pages = config.input.tiff_pages == "all"
     for item in items:
         dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
+        if inputs is not None:  # every output, --force or not, before anything is written
+            for target in {dest, dest.with_suffix(item.source.suffix)}:  # a colour input is copied under its own suffix
+                inputs.check(target, out_path)
         if shard is not None and not shard.owns(str(item.relative)):
             claimed.setdefault(str(dest), str(item.source))
             continue
@@ -151,6 +205,8 @@ def plan_run(
             continue
         for page in range(pages):
             page_dest = dest.with_name(f"{dest.stem}_p{page + 1}{dest.suffix}") if pages > 1 else dest
+            if inputs is not None and pages > 1:
+                inputs.check(page_dest, out_path)
             key = str(page_dest)
             if key in claimed:
                 plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))

@@ -91,6 +91,7 @@ class RunStats:
     stopped_reason: str | None = None
     settled: set[str] = field(default_factory=set)  # job keys with a result (the rest were never tried)
     not_tried: list[str] = field(default_factory=list)  # filled when the run stops early
+    unrecorded: int = 0  # files still being written when a third Ctrl-C stopped the run: not in the manifest
 
     def fail(self, path: str, reason: str) -> None:
         self.counts.failed += 1
@@ -259,11 +260,16 @@ class RunReport:
         write_json_atomic(path, self.to_json())
 
     @classmethod
-    def read(cls, path: Path) -> RunReport:
+    def read(cls, path: Path, out_root: Path | None = None) -> RunReport:
         """Raises :class:`OSError` (unreadable; :class:`~colorize_batch.reading.FileLimitError`: not a
-        regular file or over the size limit) or :class:`ValueError` (not a report)."""
+        regular file or over the size limit) or :class:`ValueError` (not a report). With ``out_root``
+        (a report in OUT's state folder): :class:`~colorize_batch.manifest.StateLinkError` if it or a
+        folder on the way from OUT is a link."""
+        from .manifest import refuse_links
         from .reading import REPORT_LIMIT, read_user_file
 
+        if out_root is not None:
+            refuse_links(Path(path), Path(out_root))
         try:
             data = json.loads(read_user_file(path, REPORT_LIMIT, "run report").decode("utf-8"))
         except RecursionError:

@@ -21,7 +21,7 @@ from .engine import Engine
 from .exit_codes import ExitCode
 from .inference import Colorizer, InferenceError, resolve_device, resolve_lanes
 from .local_engine import LocalEngine, fds_needed
-from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, report_path as state_report_path
+from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, report_path as state_report_path
 from .names import display
 from .planning import Plan, plan_run
 from .ray_engine import RayEngineError
@@ -114,7 +114,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     if dry_run:  # no lock, no folders: nothing is written
         try:
             plan, _ = make_plan()
-        except DiscoveryError as exc:
+        except (DiscoveryError, StateLinkError) as exc:
             return _usage(str(exc))
         for job in plan.jobs:
             click.echo(f"would colorize {job.item.source} -> {job.output}")
@@ -147,6 +147,8 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return ExitCode.LOCKED
+    except StateLinkError as exc:  # a linked state file: nothing was done
+        return _usage(str(exc))
     except StateError as exc:
         return _cannot_write(str(exc), report_path, input=str(in_path), output=str(out_path))
     except DiscoveryError as exc:
@@ -192,6 +194,9 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
                 device_label = runner.description
             except RayEngineError as exc:
                 return _usage(str(exc))
+            except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the files already written are recorded
+                stats.interrupted = True
+                stats.stopped_reason = "interrupted twice: stopped at once"
             finally:
                 if manifest is not None:
                     manifest.close()
@@ -212,12 +217,20 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
         device=device_label,
         host=platform.node(),
     )
+    report_failed = False  # --report is an output the user asked for: not written, exit 1
     for dest in ([state_report_path(plan.out_path, tag)] if manifest is not None else []) + ([report_path] if report_path else []):
         try:
             report.write(dest)
         except OSError as exc:
             log.error("%s: cannot write the run report (%s)", display(dest), exc.strerror or exc)
+            report_failed = report_failed or dest == report_path
     print_summary(stats, quiet)
-    if stats.interrupted:
+    if stats.unrecorded:
+        redo = ("the next run recognises them by their colorize-batch mark and redoes them" if config.output.metadata
+                else "output.metadata is off, so the next run needs --force for them")
+        click.echo(f"interrupted: finished files are kept and recorded, except {stats.unrecorded} still being written "
+                   f"({redo}); rerun to continue", err=True)
+    elif stats.interrupted:
         click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
-    return stats.exit_code()
+    code = stats.exit_code()
+    return ExitCode.FAILED if report_failed and code == ExitCode.OK else code

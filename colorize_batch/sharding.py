@@ -88,7 +88,7 @@ def merge_reports(out_root: Path) -> RunReport:
     reports = []
     for part in parts:
         try:
-            reports.append(RunReport.read(part))
+            reports.append(RunReport.read(part, out_root))  # bounded, never through a link
         except FileLimitError as exc:
             raise ShardError(str(exc)) from None
         except OSError as exc:

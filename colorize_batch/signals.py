@@ -2,7 +2,8 @@
 
 SIGINT (Ctrl-C) and SIGTERM (systemctl stop, timeout, scancel) set a :class:`StopFlag`: the
 engines finish the files in flight, the manifest and the report are flushed, and the run exits
-130. A second signal raises :class:`KeyboardInterrupt` at once.
+130. A second signal raises :class:`KeyboardInterrupt` at once: the run drops the files queued
+for writing, lets the ones being written finish and records them, and exits 130 all the same.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class StopFlag:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set():  # a second signal: stop now
             raise KeyboardInterrupt
-        log.warning("%s received: %s", signal.Signals(signum).name, self.stopping)
-        self.event.set()
+        self.event.set()  # before the warning: a second signal may arrive while it is being written
+        log.warning("%s received: finishing in-flight files, then stopping", signal.Signals(signum).name)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

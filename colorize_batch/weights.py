@@ -10,6 +10,8 @@ from the file alone. Files load with ``torch.load(weights_only=True)``: no pickl
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -80,7 +82,9 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
     path = Path(path)
     try:
         with open_user_file(path, WEIGHTS_LIMIT, "weights file") as fh:  # never a FIFO, never unbounded
-            payload = torch.load(fh, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
+                warnings.simplefilter("ignore")
+                payload = torch.load(fh, map_location="cpu", weights_only=True)
             if sha256 is None:  # of the bytes just loaded, not of whatever the name holds by now
                 fh.seek(0)
                 sha256 = file_sha256(fh)
@@ -88,8 +92,12 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
         raise WeightsError(f"{path}: weights file not found") from None
     except FileLimitError as exc:
         raise WeightsError(str(exc)) from None
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never pass that on
+        raise WeightsError(f"{path}: not a colorize-batch weights file (it holds Python objects other than tensors; "
+                           "refused, nothing in it was run)") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem means "not our file"
-        raise WeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0] if "weights_only" not in str(exc) else type(exc).__name__
+        raise WeightsError(f"{path}: not a colorize-batch weights file, or a damaged one ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a colorize-batch weights file (expected format {FORMAT!r})")
     norm = payload.get("normalization", {})

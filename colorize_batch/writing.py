@@ -342,6 +342,12 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def leads_outside(folder: Path, root: Path) -> bool:
+    """Whether writing into ``folder`` would land outside ``root`` (a symlinked folder on the way).
+    realpath resolves the folders that exist and keeps the rest (still to be made) as written."""
+    return not _within(os.path.realpath(folder), os.path.realpath(root))
+
+
 def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool, overwrite_foreign: bool) -> str | None:
     """Why ``dest`` must not be written, or ``None``. Never an input; never through a symlink
     leading out of OUT; never over a file this tool did not write (unless allowed).
@@ -350,8 +356,7 @@ def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool,
     """
     if same_file(dest, source):
         return _is_the_input(dest)
-    # realpath resolves the folders that exist and keeps the rest (still to be made) as written
-    if not _within(os.path.realpath(dest.parent), os.path.realpath(out_root)):
+    if leads_outside(dest.parent, out_root):
         return f"output folder {display(dest.parent)} leads outside the output folder (symlink); not written through"
     if os.path.islink(dest):
         return f"output {display(dest)} is a symlink; not replaced"

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,3 +290,81 @@ def test_metadata_and_provenance_survive_round_trip(tmp_path, run_cli, suffix):
         xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp") or out_exif.get(700)
         xmp = xmp.decode() if isinstance(xmp, bytes) else xmp
         assert "compositeWithTrainedAlgorithmicMedia" in xmp and str(src) in xmp
+
+
+# The CLI in a fresh interpreter whose renders take SLOW_WRITE_S seconds longer (a slow share): the
+# second and third SIGINT then surely come while the run waits for the files in flight.
+SLOW_WRITES_CLI = """
+import os, sys, time
+from colorize_batch import local_engine
+real = local_engine.render_result
+def render_result(*args, **kwargs):
+    time.sleep(float(os.environ["SLOW_WRITE_S"]))
+    return real(*args, **kwargs)
+local_engine.render_result = render_result
+from colorize_batch.cli import main
+sys.exit(main())
+"""
+
+
+def _interrupted_run(tmp_path: Path, weights: Path, signals: int, slow: float):
+    """A run of 24 files with slow renders, sent ``signals`` SIGINTs once two files are recorded."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_tree(src, n=24, size=(320, 240))
+    args = ["run", str(src), str(out), "--weights", str(weights), "--batch-size", "8", "--workers", "0",
+            "--size", "32", "-q"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), SLOW_WRITE_S=str(slow))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITES_CLI, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (manifest.is_file() and manifest.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
+    seen = [proc.stderr.readline()]  # the first signal's warning: the run is now finishing its files in flight
+    while seen[-1] and "SIGINT received" not in seen[-1]:
+        seen.append(proc.stderr.readline())
+    for _ in range(signals - 1):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+    stderr = "".join(seen) + proc.communicate(timeout=120)[1]
+    return proc.returncode, stderr, out, [sys.executable, "-m", "colorize_batch", *args], env
+
+
+def test_second_ctrl_c_exits_130_and_every_output_on_disk_is_recorded(tmp_path, tiny_weights):
+    """Issue 23: the second SIGINT stops at once (no click "Aborted!", exit 130): queued renders are
+    dropped, the ones already writing finish and are recorded; the rerun completes the rest."""
+    from colorize_batch.manifest import Manifest
+
+    code, stderr, out, cmd, env = _interrupted_run(tmp_path, tiny_weights, signals=2, slow=0.4)
+    assert code == 130, stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr and "interrupted" in stderr, stderr
+    rep = report(out)
+    assert rep["interrupted"] and rep["exit_code"] == 130
+    assert rep["stopped_reason"] == "interrupted twice: stopped at once", (stderr, rep)  # the second signal came mid-run
+    on_disk = {p.relative_to(out).as_posix() for p in outputs(out)}
+    recorded = Manifest(out).outputs()
+    assert on_disk == recorded, (on_disk - recorded, stderr)  # what was written in the last moment is recorded
+    assert not list(out.rglob("*.cb-tmp")) and 2 <= len(on_disk) < 24 and len(rep["not_tried"]) == 24 - len(on_disk)
+    rerun = subprocess.run(cmd, capture_output=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    counts = report(out)["counts"]
+    assert counts["skipped_up_to_date"] == len(recorded) and counts["done"] == 24 - len(recorded)
+    assert len(outputs(out)) == 24
+
+
+def test_third_ctrl_c_says_which_files_may_be_unrecorded_and_the_rerun_redoes_them(tmp_path, tiny_weights):
+    from colorize_batch.manifest import Manifest
+
+    code, stderr, out, cmd, env = _interrupted_run(tmp_path, tiny_weights, signals=3, slow=3.0)
+    assert code == 130 and "Aborted!" not in stderr and "Traceback" not in stderr, stderr
+    said = re.search(r"except (\d+) still being written \(the next run recognises them", stderr)
+    assert said and 1 <= int(said.group(1)) <= 2, stderr  # at most one per writer thread
+    on_disk = {p.relative_to(out).as_posix() for p in outputs(out)}
+    recorded = Manifest(out).outputs()
+    assert len(on_disk - recorded) == int(said.group(1)) and recorded <= on_disk  # finished after the manifest closed
+    rerun = subprocess.run(cmd, capture_output=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr  # its own unrecorded outputs are redone, not refused
+    counts = report(out)["counts"]
+    assert counts["skipped_up_to_date"] == len(recorded) and counts["done"] == 24 - len(recorded)

@@ -14,6 +14,7 @@ import yaml
 from conftest import grey_image, save
 from PIL import Image
 
+from colorize_batch.manifest import STATE_DIR as STATE
 from colorize_batch.manifest import Manifest, manifest_path, report_path, state_dir
 from colorize_batch.writing import is_temp_name
 
@@ -88,6 +89,52 @@ def test_bind_mounted_out_is_the_input_and_refused(tmp_path, run_cli, bind_mount
     result = run_cli("run", tmp_path / "in", inside)
     assert result.exit_code == 2 and "lies inside the output folder" in result.output
     assert [digest(p) for p in sources] == before and all(is_grey(p) for p in sources)
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_in_bind_mounted_from_inside_out_is_refused_before_anything_is_written(tmp_path, run_cli, bind_mount, force):
+    """Issue 23: IN = a bind mount of OUT/in; the output of IN/in/a.png is OUT/in/a.png, the input IN/a.png."""
+    out = tmp_path / "out"
+    outer = save(out / "in" / "a.png", Image.fromarray(grey_image(seed=1)))
+    inner = save(out / "in" / "in" / "a.png", Image.fromarray(grey_image(seed=2)))
+    before = {p: digest(p) for p in (outer, inner)}
+    inbind = bind_mount(out / "in", tmp_path / "inbind")
+    result = run_cli("run", inbind, out, "--workers", "0", *(["--force"] if force else []))
+    assert result.exit_code == 2, result.output
+    assert "is the input file" in result.output or "into the input folder" in result.output
+    assert {p: digest(p) for p in (outer, inner)} == before and is_grey(outer)
+    images = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if STATE not in p.parts)
+    assert images == ["in/a.png", "in/in/a.png"]  # nothing written
+
+
+def test_in_bind_mounted_from_inside_out_without_a_clash_is_refused(tmp_path, run_cli, bind_mount):
+    """No output name equals an input's, but outputs would land in the input folders."""
+    out = tmp_path / "out"
+    inner = save(out / "in" / "in" / "b.png", Image.fromarray(grey_image(seed=2)))
+    inbind = bind_mount(out / "in", tmp_path / "inbind")
+    result = run_cli("run", inbind, out, "--workers", "0")
+    assert result.exit_code == 2 and "into the input folder" in result.output, result.output
+    assert not (out / "in" / "b.png").exists() and is_grey(inner)
+
+
+def test_out_inside_in_is_still_allowed_by_the_inode_checks(tmp_path, run_cli):
+    """The outputs' folders are checked against the input folders: OUT inside IN is not one of them."""
+    src = tmp_path / "in"
+    save(src / "a.png", Image.fromarray(grey_image()))
+    save(src / "sub" / "b.png", Image.fromarray(grey_image(seed=1)))
+    run_cli("run", src, src / "out", "--workers", "0", "-q", expect=0)  # OUT made by the run
+    run_cli("run", src, src / "out", "--workers", "0", "-q", "--force", expect=0)  # OUT there already
+    assert not is_grey(src / "out" / "sub" / "b.png") and is_grey(src / "sub" / "b.png")
+
+
+def test_output_that_is_a_hard_link_to_an_input_is_refused_even_with_force(tmp_path, run_cli):
+    a, b = make_tree(tmp_path / "in", 2)
+    (tmp_path / "out").mkdir()
+    os.link(a, tmp_path / "out" / "1.png")  # the output name of in/1.png is the file in/0.png
+    before = digest(a)
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--force")
+    assert result.exit_code == 2 and "is the input file" in result.output and "same device and inode" in result.output
+    assert digest(a) == before and is_grey(a) and not (tmp_path / "out" / "0.png").exists()
 
 
 def test_symlinked_out_is_the_input_and_refused(tmp_path, run_cli):
@@ -288,3 +335,44 @@ def test_gallery_keeps_backslash_and_non_utf8_names(tmp_path, run_cli):
     assert "output missing" not in html and "source missing" not in html
     assert "back\\slash.png" in html and "caf\\xe9.png" in html
     assert "back%5Cslash.png" in html and "caf%E9.png" in html  # links to the files' own bytes
+
+
+# -- issue 23: unsafe weights and --report -------------------------------------------------------
+class _Payload:
+    """A pickle that would create a file if it were ever unpickled with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("command", ["run", "info"])
+def test_unsafe_weights_are_not_our_file_and_never_suggest_weights_only_false(tmp_path, run_cli, command):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "payload-ran"
+    torch.save({"format": "colorize-batch-weights/1", "state_dict": _Payload(marker)}, tmp_path / "evil.pt")
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps(_Payload(marker)))
+    make_tree(tmp_path / "in", 1)
+    for weights in ("evil.pt", "plain.pt"):
+        args = ["run", tmp_path / "in", tmp_path / "out"] if command == "run" else ["info"]
+        result = run_cli(*args, "--weights", tmp_path / weights, weights=None)
+        assert result.exit_code == 2, result.output
+        assert f"{weights}: not a colorize-batch weights file" in result.output
+        assert "weights_only" not in result.output and "trusted source" not in result.output, result.output
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_report_to_an_unwritable_place_exits_1(tmp_path, run_cli, where):
+    make_tree(tmp_path / "in", 1)
+    (tmp_path / "a-file").write_text("x")
+    dest = tmp_path / "a-file" / "r.json" if where == "under-a-file" else Path("/proc/colorize-batch-report.json")
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--report", dest)
+    assert result.exit_code == 1 and "cannot write the run report" in result.output, result.output
+    assert "Traceback" not in result.output and (tmp_path / "out" / "0.png").is_file()  # the files are done
+    assert last_run(tmp_path / "out")["counts"]["done"] == 1
