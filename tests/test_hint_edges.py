@@ -1,0 +1,90 @@
+"""Hints that stop at edges (colorize_batch/hint_edges.py): the geodesic gate on synthetic
+images, and the Colorizer with it on the shipped weights (no hints: bit for bit as without it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from colorize_batch.config import DEFAULT_WEIGHTS
+from colorize_batch.examples import colour_photo
+from colorize_batch.hint_edges import edge_aware, geodesic_distance
+from colorize_batch.hints import HintPoint, rasterize
+from colorize_batch.inference import Colorizer
+from colorize_batch.weights import load_weights
+
+S = 64
+
+
+def two_regions(dark: float = 25.0, light: float = 75.0) -> torch.Tensor:
+    """``(1, S, S)`` lightness: a left half and a right half, each with gentle shading and grain."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.linspace(0, 8, S).view(S, 1)  # 8 L units of shading top to bottom
+    img = torch.where(torch.arange(S) < S // 2, dark, light).float().view(1, S).expand(S, S) + rows
+    return (img + torch.rand(S, S, generator=gen)).unsqueeze(0)
+
+
+def hint_planes(x: float, y: float, a: float = 0.0, b: float = -50.0) -> torch.Tensor:
+    return rasterize([HintPoint(x, y, a, b, 0.05)], S, S, S)[None]
+
+
+def test_a_hint_in_one_region_does_not_move_the_other():
+    light = two_regions()
+    auto = torch.zeros(1, 2, S, S)
+    bleed = torch.full((1, 2, S, S), 30.0)  # the branch's effect field spread by distance over everything
+    out = edge_aware(auto, bleed, light, hint_planes(0.2, 0.5), strength=8.0)
+    left, right = out[0, :, :, : S // 2 - 1], out[0, :, :, S // 2 + 1 :]
+    assert float(left.min()) > 29.0  # its own region (shading and grain included) keeps the whole effect
+    assert float(right.abs().max()) < 0.1  # across a 50-unit edge: under 0.3% of it
+    # the other way round: a hint on the right moves only the right
+    out = edge_aware(auto, bleed, light, hint_planes(0.8, 0.5), strength=8.0)
+    assert float(out[0, :, :, : S // 2 - 1].abs().max()) < 0.1 and float(out[0, :, :, S // 2 + 1 :].min()) > 29.0
+
+
+def test_the_distance_follows_paths_around_edges_not_straight_lines():
+    light = torch.full((1, S, S), 50.0)
+    light[0, :, 30:34] = 90.0  # a bright wall down the middle...
+    light[0, 54:, 30:34] = 50.0  # ...with a gap at the bottom
+    seeds = torch.zeros(1, S, S, dtype=torch.bool)
+    seeds[0, 5, 5] = True
+    dist = geodesic_distance(seeds, light)
+    assert float(dist[0, 5, 60]) == 0.0  # behind the wall, reached through the gap at no cost
+    light[0, 54:, 30:34] = 90.0  # close the gap
+    dist = geodesic_distance(seeds, light)
+    assert float(dist[0, 5, 60]) > 70.0  # now every path climbs the wall and comes down (2 x 40, less the threshold)
+    assert float(dist[0, 60, 5]) == 0.0
+
+
+def test_images_without_points_keep_the_automatic_ab_exactly():
+    light = two_regions().expand(2, S, S)
+    auto, hinted = torch.randn(2, 2, S, S), torch.randn(2, 2, S, S)
+    planes = torch.cat([hint_planes(0.2, 0.5), torch.zeros(1, 3, S, S)])
+    out = edge_aware(auto, hinted, light, planes, strength=8.0)
+    assert torch.equal(out[1], auto[1])
+    assert torch.allclose(out[0, :, 32, 12], hinted[0, :, 32, 12])  # under the hint: the hinted ab
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("no shipped weights")
+    return load_weights(DEFAULT_WEIGHTS)[0]
+
+
+def coffee_square(size: int = 128) -> torch.Tensor:
+    grey = np.asarray(Image.fromarray(colour_photo("coffee")).convert("L").resize((size, size)))
+    return torch.from_numpy(np.array(grey))[None, None]
+
+
+def test_the_colorizer_without_hints_is_bit_for_bit_the_same(shipped):
+    grey = torch.cat([coffee_square(), coffee_square().flip(-1)])
+    plain, edges = Colorizer(shipped, torch.device("cpu")), Colorizer(shipped, torch.device("cpu"), hint_edges=8.0)
+    automatic = plain.predict(grey)
+    assert torch.equal(edges.predict(grey), automatic)
+    planes = torch.cat([rasterize([HintPoint(0.3, 0.7, 0.0, -60.0, 0.05)], 128, 600, 400)[None], torch.zeros(1, 3, 128, 128)])
+    mixed = edges.predict(grey, hints=planes)
+    assert torch.equal(mixed[1], automatic[1])  # the batch's image without points: untouched
+    assert float((mixed[0] - automatic[0]).abs().max()) > 5.0  # the hinted one: the hint works
+    assert not torch.equal(mixed[0], plain.predict(grey, hints=planes)[0])  # and the gate changed it
