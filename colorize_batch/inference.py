@@ -105,9 +105,9 @@ class Colorizer:
     """
 
     def __init__(self, generator: UNetGenerator | EffUNetGenerator, device: torch.device, precision: str = "auto",
-                 temperature: float | None = None, hint_edges: float = 0.0):
+                 temperature: float | None = None, hint_edges: bool = False):
         self.device = device
-        self.hint_edges = hint_edges  # > 0: hints' effect cut at the photo's edges (hint_edges.edge_aware); 0: as the branch gives it
+        self.hint_edges = hint_edges  # hints reshaped by the photo's edges (hint_edges.edge_aware), else as the branch gives them
         if temperature is not None and isinstance(generator, EffUNetGenerator):
             generator.temperature = temperature  # annealed-mean decode of the classification-head family
         self.dtype = resolve_precision(precision, device)
@@ -130,8 +130,8 @@ class Colorizer:
 
         ``hints``: ``(B, 3, S, S)`` colour-hint planes (:func:`colorize_batch.hints.rasterize`) for a
         generator with a hint branch; ``None`` (or all-zero planes) gives the automatic colours.
-        With ``hint_edges`` > 0 the generator also runs without them and the hints' effect is
-        cut at the grey photo's edges (:func:`colorize_batch.hint_edges.edge_aware`).
+        With ``hint_edges`` the generator also runs without them, and the hints' effect is cut at
+        the grey photo's edges and their colour carried along it (:func:`colorize_batch.hint_edges.edge_aware`).
         The result is on the CPU, or left on the run's device with ``on_device=True``.
         """
         side = grey_batch.shape[-1]
@@ -142,8 +142,8 @@ class Colorizer:
         l_norm = normalize_l(grey_to_lightness(x))
         planes = None if hints is None or not self.takes_hints else hints.to(self.device, non_blocking=True)
         ab = self._forward(l_norm, planes)
-        if planes is not None and self.hint_edges > 0:
-            ab = edge_aware(self._forward(l_norm, None), ab, grey_to_lightness(x[:, 0]), planes, self.hint_edges)
+        if planes is not None and self.hint_edges:
+            ab = edge_aware(self._forward(l_norm, None), ab, grey_to_lightness(x[:, 0]), planes)
         ab = ab if on_device else ab.cpu()
         with self._count_lock:
             self.forward_seconds += time.perf_counter() - start

@@ -3,6 +3,8 @@ images, and the Colorizer with it on the shipped weights (no hints: bit for bit 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from PIL import Image
 
 from colorize_batch.config import DEFAULT_WEIGHTS
 from colorize_batch.examples import colour_photo
-from colorize_batch.hint_edges import edge_aware, geodesic_distance
+from colorize_batch.hint_edges import KEEP, PULL, PULL_SCALE, edge_aware, geodesic_distance, geodesic_nearest
 from colorize_batch.hints import HintPoint, rasterize
 from colorize_batch.inference import Colorizer
 from colorize_batch.weights import load_weights
@@ -31,16 +33,24 @@ def hint_planes(x: float, y: float, a: float = 0.0, b: float = -50.0) -> torch.T
 
 
 def test_a_hint_in_one_region_does_not_move_the_other():
+    """Left and right halves split by a 50-unit edge. The branch's effect (a field of 30 spread
+    over everything) stays in the hinted half: with its far share off (keep 0) the other half
+    does not move; with the shipped share it gets exactly KEEP of it. The hint's own colour
+    fills its half and fades across the edge by exp(-edge / PULL_SCALE)."""
     light = two_regions()
     auto = torch.zeros(1, 2, S, S)
-    bleed = torch.full((1, 2, S, S), 30.0)  # the branch's effect field spread by distance over everything
-    out = edge_aware(auto, bleed, light, hint_planes(0.2, 0.5), strength=8.0)
-    left, right = out[0, :, :, : S // 2 - 1], out[0, :, :, S // 2 + 1 :]
-    assert float(left.min()) > 29.0  # its own region (shading and grain included) keeps the whole effect
-    assert float(right.abs().max()) < 0.1  # across a 50-unit edge: under 0.3% of it
-    # the other way round: a hint on the right moves only the right
-    out = edge_aware(auto, bleed, light, hint_planes(0.8, 0.5), strength=8.0)
-    assert float(out[0, :, :, : S // 2 - 1].abs().max()) < 0.1 and float(out[0, :, :, S // 2 + 1 :].min()) > 29.0
+    bleed = torch.full((1, 2, S, S), 30.0)
+    left, right = (slice(None, S // 2 - 1), slice(S // 2 + 1, None))
+    for x, mine, other in ((0.2, left, right), (0.8, right, left)):
+        planes = hint_planes(x, 0.5, a=0.0, b=-50.0)
+        cut = edge_aware(auto, bleed, light, planes, keep=0.0, pull=0.0)
+        assert float(cut[0, :, :, other].abs().max()) < 0.1  # across the edge: under 0.3% of the effect
+        assert float(cut[0, :, :, mine].min()) > 29.0  # its own half (shading and grain included): all of it
+        shipped = edge_aware(auto, bleed, light, planes, pull=0.0)
+        assert torch.allclose(shipped[0, :, :, other], torch.full_like(shipped[0, :, :, other], 30 * KEEP), atol=0.1)
+        pulled = -edge_aware(auto, auto, light, planes)[0, 1] / 50  # share of the way to the hint's colour
+        assert float(pulled[:, other].max()) < PULL * math.exp(-45 / PULL_SCALE)
+        assert float(pulled[28:36, mine].min()) > PULL * math.exp(-12 / PULL_SCALE)  # the hint's rows, its half
 
 
 def test_the_distance_follows_paths_around_edges_not_straight_lines():
@@ -61,9 +71,22 @@ def test_images_without_points_keep_the_automatic_ab_exactly():
     light = two_regions().expand(2, S, S)
     auto, hinted = torch.randn(2, 2, S, S), torch.randn(2, 2, S, S)
     planes = torch.cat([hint_planes(0.2, 0.5), torch.zeros(1, 3, S, S)])
-    out = edge_aware(auto, hinted, light, planes, strength=8.0)
+    out = edge_aware(auto, hinted, light, planes)
     assert torch.equal(out[1], auto[1])
-    assert torch.allclose(out[0, :, 32, 12], hinted[0, :, 32, 12])  # under the hint: the hinted ab
+    under = hinted[0, :, 32, 12] + PULL * (torch.tensor([0.0, -50.0]) - hinted[0, :, 32, 12])
+    assert torch.allclose(out[0, :, 32, 12], under, atol=1e-3)  # under the hint: half way from the branch's ab to the hint's
+
+
+def test_the_nearest_hint_colour_travels_with_the_distance():
+    light = two_regions()
+    seeds = torch.zeros(1, S, S, dtype=torch.bool)
+    seeds[0, 10, 10] = seeds[0, 50, 50] = True
+    values = torch.zeros(1, 2, S, S)
+    values[0, :, 10, 10] = torch.tensor([1.0, 2.0])
+    values[0, :, 50, 50] = torch.tensor([3.0, 4.0])
+    dist, nearest = geodesic_nearest(seeds, light, values, 2.0)
+    assert nearest[0, :, 60, 5].tolist() == [1.0, 2.0] and nearest[0, :, 3, 60].tolist() == [3.0, 4.0]  # each half its own
+    assert float(dist[0, 60, 5]) == 0.0 and float(dist[0, 3, 60]) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +103,7 @@ def coffee_square(size: int = 128) -> torch.Tensor:
 
 def test_the_colorizer_without_hints_is_bit_for_bit_the_same(shipped):
     grey = torch.cat([coffee_square(), coffee_square().flip(-1)])
-    plain, edges = Colorizer(shipped, torch.device("cpu")), Colorizer(shipped, torch.device("cpu"), hint_edges=8.0)
+    plain, edges = Colorizer(shipped, torch.device("cpu")), Colorizer(shipped, torch.device("cpu"), hint_edges=True)
     automatic = plain.predict(grey)
     assert torch.equal(edges.predict(grey), automatic)
     planes = torch.cat([rasterize([HintPoint(0.3, 0.7, 0.0, -60.0, 0.05)], 128, 600, 400)[None], torch.zeros(1, 3, 128, 128)])
