@@ -13,8 +13,9 @@ computed from the network-size lightness L reshape what the hints do (:func:`edg
    worth keeping (measured: cutting it all lost 0.7-1 dB with 10 hints).
 2. **The hint's own colour, carried along the object.** Each pixel moves
    ``PULL * exp(-D_path / PULL_SCALE)`` of the way to the colour of its geodesically nearest
-   hint, where ``D_path`` counts every change of L along the path (its total variation), so
-   the colour fills the hint's smooth surroundings and fades across texture and edges.
+   hint, where ``D_path`` counts every change of L along the path (its total variation) plus
+   ``PULL_SPREAD`` per pixel, so the colour fills the hint's smooth surroundings and fades
+   across texture, edges and distance (on a featureless photo it stays near the hint).
 
 Both distances come from alternating raster sweeps (down, up, right, left; twice), batched
 over the images, in torch; the nearest hint's colour travels with the distance. The constants
@@ -31,45 +32,48 @@ from .color import denormalize_ab
 EDGE_THRESHOLD = 2.0  # L units per pixel step that do not count as an edge (grain, shading)
 EDGE_SCALE = 8.0  # L units of edge over which the branch's effect falls to KEEP + 37% of the rest
 KEEP = 0.6  # share of the branch's effect kept however far (the palette the hints reveal)
-PULL = 0.5  # how far (0-1) a pixel next to a hint moves to the hint's own colour
-PULL_SCALE = 30.0  # L units of path variation over which that pull falls to 37%
+PULL = 0.6  # how far (0-1) a pixel next to a hint moves to the hint's own colour
+PULL_SCALE = 40.0  # L units of path variation over which that pull falls to 37%
+PULL_SPREAD = 0.4  # and each pixel of path (at the network size) counts as this many L units
 ROUNDS = 2  # sweep rounds (down, up, right, left each); paths with more turns are found less well
 _FAR = 1e6
 
 
-def _sweep_down(dist: torch.Tensor, values: torch.Tensor, light: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One top-to-bottom pass: a row takes the row above's distance plus the step's cost, and that
-    row's carried values, where this is smaller. ``dist``/``light`` ``(B, H, W)``, ``values`` ``(B, C, H, W)``."""
-    step = (light[:, 1:] - light[:, :-1]).abs().sub(threshold).clamp_min(0)
-    rows, carried = list(dist.unbind(1)), list(values.unbind(2))
+def _sweep_down(state: torch.Tensor, light: torch.Tensor, threshold: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """One top-to-bottom pass over ``state`` ``(B, 1 + C, H, W)``: channel 0 the distance, the rest
+    the carried values. A row takes the row above's distance plus the step's cost, with that row's
+    values, where this is smaller. ``light`` ``(B, H, W)``, ``threshold`` and ``spread`` ``(B, 1, 1)``."""
+    step = (light[:, 1:] - light[:, :-1]).abs().sub(threshold).clamp_min(0).add(spread)
+    step = torch.cat([step.unsqueeze(1), step.new_zeros(step.shape[0], state.shape[1] - 1, *step.shape[1:])], 1)
+    rows, steps = list(state.unbind(2)), step.unbind(2)
     for i in range(1, len(rows)):
-        candidate = rows[i - 1] + step[:, i - 1]
-        closer = candidate < rows[i]
-        rows[i] = torch.where(closer, candidate, rows[i])
-        carried[i] = torch.where(closer.unsqueeze(1), carried[i - 1], carried[i])
-    return torch.stack(rows, 1), torch.stack(carried, 2)
+        candidate = rows[i - 1] + steps[i - 1]
+        rows[i] = torch.where(candidate[:, :1] < rows[i][:, :1], candidate, rows[i])
+    return torch.stack(rows, 2)
 
 
-def geodesic_nearest(seeds: torch.Tensor, light: torch.Tensor, values: torch.Tensor, threshold: float,
-                     rounds: int = ROUNDS) -> tuple[torch.Tensor, torch.Tensor]:
+def geodesic_nearest(seeds: torch.Tensor, light: torch.Tensor, values: torch.Tensor, threshold: float | torch.Tensor,
+                     spread: float | torch.Tensor = 0.0, rounds: int = ROUNDS) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, H, W)`` bool seeds, ``(B, H, W)`` lightness (Lab L), ``(B, C, H, W)`` values (read at the
     seeds) -> the geodesic distance from the nearest seed ``(B, H, W)`` (0 on seeds, a large number
-    in an image without seeds; a step costs ``max(|ΔL| - threshold, 0)``) and that seed's values."""
+    in an image without seeds; a step costs ``max(|ΔL| - threshold, 0) + spread``, each one number
+    or one per image) and that seed's values. The sweeps' Python loop is the cost: batch the work."""
     light = light.float()
-    dist = torch.where(seeds, 0.0, _FAR).to(light.dtype)
+    threshold, spread = (torch.as_tensor(v, dtype=light.dtype, device=light.device).expand(light.shape[0]).view(-1, 1, 1)
+                         for v in (threshold, spread))
+    state = torch.cat([torch.where(seeds, 0.0, _FAR).to(light.dtype).unsqueeze(1), values.to(light.dtype)], 1)
     for _ in range(rounds):
         for flip in (False, True):  # down (or right), then up (or left)
             for transpose in (False, True):  # along rows, then along columns
-                d, v, g = dist, values, light
-                if transpose:
-                    d, v, g = d.transpose(1, 2), v.transpose(2, 3), g.transpose(1, 2)
+                st, g = (state.transpose(2, 3), light.transpose(1, 2)) if transpose else (state, light)
                 if flip:
-                    d, v, g = d.flip(1), v.flip(2), g.flip(1)
-                d, v = _sweep_down(d, v, g, threshold)
+                    st, g = st.flip(2), g.flip(1)
+                st = _sweep_down(st, g, threshold, spread)
                 if flip:
-                    d, v = d.flip(1), v.flip(2)
-                dist, values = (d.transpose(1, 2), v.transpose(2, 3)) if transpose else (d, v)
-    return dist.contiguous(), values.contiguous()
+                    st = st.flip(2)
+                state = st.transpose(2, 3) if transpose else st
+    state = state.contiguous()
+    return state[:, 0], state[:, 1:]
 
 
 def geodesic_distance(seeds: torch.Tensor, light: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
@@ -83,12 +87,16 @@ def edge_aware(ab_auto: torch.Tensor, ab_hinted: torch.Tensor, light: torch.Tens
     hint planes (:func:`colorize_batch.hints.rasterize`) -> the hinted ab reshaped by the photo's
     edges (module docstring). Images whose planes hold no point get ``ab_auto`` unchanged."""
     seeds = hints[:, 2] > 0
-    hint_ab = denormalize_ab(hints[:, :2]).to(ab_auto.dtype)
-    edge_dist = geodesic_distance(seeds, light, EDGE_THRESHOLD)
+    batch = seeds.shape[0]
+    hint_ab = denormalize_ab(hints[:, :2]).float()
+    thresholds = torch.tensor([EDGE_THRESHOLD, 0.0], device=light.device).repeat_interleave(batch)
+    spreads = torch.tensor([0.0, PULL_SPREAD], device=light.device).repeat_interleave(batch)
+    dist, nearest = geodesic_nearest(seeds.repeat(2, 1, 1), light.repeat(2, 1, 1), hint_ab.repeat(2, 1, 1, 1),
+                                     thresholds, spreads)
+    edge_dist, path_dist, nearest_ab = dist[:batch], dist[batch:], nearest[batch:].to(ab_auto.dtype)  # both in one pass
     gate = keep + (1 - keep) * torch.exp(-edge_dist / EDGE_SCALE).unsqueeze(1)
     ab = ab_auto + gate.to(ab_auto.dtype) * (ab_hinted - ab_auto)
     if pull > 0:
-        path_dist, nearest_ab = geodesic_nearest(seeds, light, hint_ab, 0.0)
         ab = ab + (pull * torch.exp(-path_dist / PULL_SCALE)).unsqueeze(1).to(ab.dtype) * (nearest_ab - ab)
     has_points = seeds.flatten(1).any(1).view(-1, 1, 1, 1)
     return torch.where(has_points, ab, ab_auto)

@@ -88,8 +88,8 @@ def with_hints(item: WorkItem, fp: str, hints_root: Path | None, edges: bool = F
         hints, digest = read_hints(path)
     except HintError as exc:
         raise HintError(f"hint file {display(path)}: {exc}") from None
-    fp = f"{fp}+hints:{digest[:16]}"
-    return hints, f"{fp}+edges" if edges and hints.points else fp
+    marks = "+edges" if edges and hints.points else ""
+    return hints, f"{fp}{marks}+hints:{digest[:16]}"
 
 
 def plan_run(

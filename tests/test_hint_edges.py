@@ -12,7 +12,7 @@ from PIL import Image
 
 from colorize_batch.config import DEFAULT_WEIGHTS
 from colorize_batch.examples import colour_photo
-from colorize_batch.hint_edges import KEEP, PULL, PULL_SCALE, edge_aware, geodesic_distance, geodesic_nearest
+from colorize_batch.hint_edges import KEEP, PULL, PULL_SCALE, PULL_SPREAD, edge_aware, geodesic_distance, geodesic_nearest
 from colorize_batch.hints import HintPoint, rasterize
 from colorize_batch.inference import Colorizer
 from colorize_batch.weights import load_weights
@@ -36,12 +36,12 @@ def test_a_hint_in_one_region_does_not_move_the_other():
     """Left and right halves split by a 50-unit edge. The branch's effect (a field of 30 spread
     over everything) stays in the hinted half: with its far share off (keep 0) the other half
     does not move; with the shipped share it gets exactly KEEP of it. The hint's own colour
-    fills its half and fades across the edge by exp(-edge / PULL_SCALE)."""
+    fills its half around it and fades across the edge by at least exp(-edge / PULL_SCALE)."""
     light = two_regions()
     auto = torch.zeros(1, 2, S, S)
     bleed = torch.full((1, 2, S, S), 30.0)
     left, right = (slice(None, S // 2 - 1), slice(S // 2 + 1, None))
-    for x, mine, other in ((0.2, left, right), (0.8, right, left)):
+    for x, mine, other, around in ((0.2, left, right, slice(8, 18)), (0.8, right, left, slice(46, 56))):
         planes = hint_planes(x, 0.5, a=0.0, b=-50.0)
         cut = edge_aware(auto, bleed, light, planes, keep=0.0, pull=0.0)
         assert float(cut[0, :, :, other].abs().max()) < 0.1  # across the edge: under 0.3% of the effect
@@ -50,7 +50,7 @@ def test_a_hint_in_one_region_does_not_move_the_other():
         assert torch.allclose(shipped[0, :, :, other], torch.full_like(shipped[0, :, :, other], 30 * KEEP), atol=0.1)
         pulled = -edge_aware(auto, auto, light, planes)[0, 1] / 50  # share of the way to the hint's colour
         assert float(pulled[:, other].max()) < PULL * math.exp(-45 / PULL_SCALE)
-        assert float(pulled[28:36, mine].min()) > PULL * math.exp(-12 / PULL_SCALE)  # the hint's rows, its half
+        assert float(pulled[28:36, around].min()) > PULL * math.exp(-12 / PULL_SCALE)  # around the hint
 
 
 def test_the_distance_follows_paths_around_edges_not_straight_lines():
@@ -111,3 +111,11 @@ def test_the_colorizer_without_hints_is_bit_for_bit_the_same(shipped):
     assert torch.equal(mixed[1], automatic[1])  # the batch's image without points: untouched
     assert float((mixed[0] - automatic[0]).abs().max()) > 5.0  # the hinted one: the hint works
     assert not torch.equal(mixed[0], plain.predict(grey, hints=planes)[0])  # and the gate changed it
+
+
+def test_on_a_featureless_photo_the_hint_colour_fades_with_distance():
+    light = torch.full((1, S, S), 50.0)
+    auto = torch.zeros(1, 2, S, S)
+    pulled = -edge_aware(auto, auto, light, hint_planes(0.1, 0.5))[0, 1, 32] / 50  # along the hint's row
+    assert bool((pulled[10:].diff() < 0).all())  # fading all the way
+    assert float(pulled[60]) < PULL * math.exp(-PULL_SPREAD * 50 / PULL_SCALE) + 1e-4
