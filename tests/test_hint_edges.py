@@ -3,11 +3,13 @@ images, and the Colorizer with it on the shipped weights (no hints: bit for bit 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch.config import DEFAULT_WEIGHTS
@@ -119,3 +121,20 @@ def test_on_a_featureless_photo_the_hint_colour_fades_with_distance():
     pulled = -edge_aware(auto, auto, light, hint_planes(0.1, 0.5))[0, 1, 32] / 50  # along the hint's row
     assert bool((pulled[10:].diff() < 0).all())  # fading all the way
     assert float(pulled[60]) < PULL * math.exp(-PULL_SPREAD * 50 / PULL_SCALE) + 1e-4
+
+
+def test_through_run_unhinted_photos_are_the_same_bytes_and_toggling_redoes_only_hinted_ones(tmp_path, run_cli, shipped):
+    for i, name in enumerate(("plain.png", "hinted.png")):
+        save(tmp_path / "in" / name, Image.fromarray(grey_image(96, 64, seed=i)))
+    (tmp_path / "in" / "hinted.hints.json").write_text(json.dumps(
+        {"points": [{"x": 0.3, "y": 0.5, "color": "#1f4fb0", "radius": 0.05}]}), encoding="utf-8")
+    (tmp_path / "off.yaml").write_text("model:\n  hint_edges: false\n", encoding="utf-8")
+    args = ("--weights", DEFAULT_WEIGHTS, "--size", "64", "--workers", "0", "-q")
+    run_cli("run", tmp_path / "in", tmp_path / "on", *args, expect=0)
+    run_cli("run", tmp_path / "in", tmp_path / "off", *args, "--config", tmp_path / "off.yaml", expect=0)
+    assert (tmp_path / "on" / "plain.png").read_bytes() == (tmp_path / "off" / "plain.png").read_bytes()
+    assert (tmp_path / "on" / "hinted.png").read_bytes() != (tmp_path / "off" / "hinted.png").read_bytes()
+    run_cli("run", tmp_path / "in", tmp_path / "on", *args, "--config", tmp_path / "off.yaml", expect=0)
+    counts = json.loads((tmp_path / "on" / ".colorize-batch" / "last-run.json").read_text())["counts"]
+    assert counts["done"] == 1 and counts["skipped_up_to_date"] == 1
+    assert (tmp_path / "on" / "hinted.png").read_bytes() == (tmp_path / "off" / "hinted.png").read_bytes()
