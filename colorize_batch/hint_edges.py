@@ -17,7 +17,7 @@ computed from the network-size lightness L reshape what the hints do (:func:`edg
    ``PULL_SPREAD`` per pixel, so the colour fills the hint's smooth surroundings and fades
    across texture, edges and distance (on a featureless photo it stays near the hint).
 
-Both distances come from alternating raster sweeps (down, up, right, left; twice), batched
+Both distances come from alternating raster sweeps (down, right, up, left; twice), batched
 over the images, in torch; the nearest hint's colour travels with the distance. The constants
 were chosen on ``val/sun_hays80`` (``eval --hints 10``) and the README's coffee example together;
 weights/README.md has the numbers. Images of a batch without hint points get ``ab_auto`` exactly.
@@ -35,7 +35,7 @@ KEEP = 0.6  # share of the branch's effect kept however far (the palette the hin
 PULL = 0.6  # how far (0-1) a pixel next to a hint moves to the hint's own colour
 PULL_SCALE = 40.0  # L units of path variation over which that pull falls to 37%
 PULL_SPREAD = 0.4  # and each pixel of path (at the network size) counts as this many L units
-ROUNDS = 2  # sweep rounds (down, up, right, left each); paths with more turns are found less well
+ROUNDS = 2  # sweep rounds (down, right, up, left each); paths with more turns are found less well
 _FAR = 1e6
 
 
