@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .color import denormalize_ab, grey_to_lightness, normalize_l
+from .hint_edges import edge_aware
 from .model import EffUNetGenerator, UNetGenerator, fused_for_inference
 
 
@@ -104,8 +105,9 @@ class Colorizer:
     """
 
     def __init__(self, generator: UNetGenerator | EffUNetGenerator, device: torch.device, precision: str = "auto",
-                 temperature: float | None = None):
+                 temperature: float | None = None, hint_edges: bool = False):
         self.device = device
+        self.hint_edges = hint_edges  # hints reshaped by the photo's edges (hint_edges.edge_aware), else as the branch gives them
         if temperature is not None and isinstance(generator, EffUNetGenerator):
             generator.temperature = temperature  # annealed-mean decode of the classification-head family
         self.dtype = resolve_precision(precision, device)
@@ -129,6 +131,8 @@ class Colorizer:
 
         ``hints``: ``(B, 3, S, S)`` colour-hint planes (:func:`colorize_batch.hints.rasterize`) for a
         generator with a hint branch; ``None`` (or all-zero planes) gives the automatic colours.
+        With ``hint_edges`` the generator also runs without them, and the hints' effect is cut at
+        the grey photo's edges and their colour carried along it (:func:`colorize_batch.hint_edges.edge_aware`).
         The result is on the CPU, or left on the run's device with ``on_device=True``.
         """
         side = grey_batch.shape[-1]
@@ -137,20 +141,27 @@ class Colorizer:
         start = time.perf_counter()
         x = grey_batch.to(self.device, non_blocking=True)
         l_norm = normalize_l(grey_to_lightness(x))
-        extra = {} if hints is None or not self.takes_hints else {"hints": hints.to(self.device, non_blocking=True)}
+        planes = None if hints is None or not self.takes_hints else hints.to(self.device, non_blocking=True)
+        ab = self._forward(l_norm, planes)
+        if planes is not None and self.hint_edges:
+            ab = edge_aware(self._forward(l_norm, None), ab, grey_to_lightness(x[:, 0]), planes)
+        ab = ab if on_device else ab.cpu()
+        with self._count_lock:
+            self.forward_seconds += time.perf_counter() - start
+            self.images += grey_batch.shape[0]
+        return ab
+
+    def _forward(self, l_norm: torch.Tensor, planes: torch.Tensor | None) -> torch.Tensor:
+        """The generator's ab in Lab units (float32, on the device) for normalised L (+ hint planes)."""
+        extra = {} if planes is None else {"hints": planes}
         if self.device.type == "cuda":
             l_norm = l_norm.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32):
                 ab = self.generator(l_norm, **extra)
             ab = torch.nan_to_num(ab.float(), nan=0.0, posinf=1.0, neginf=-1.0)  # an fp16 overflow must not become NaN colour
-            ab = ab if on_device else ab.cpu()
         else:
             ab = self.generator(l_norm, **extra)
-        ab = denormalize_ab(ab)
-        with self._count_lock:
-            self.forward_seconds += time.perf_counter() - start
-            self.images += grey_batch.shape[0]
-        return ab
+        return denormalize_ab(ab)
 
     @torch.inference_mode()
     def bin_probabilities(self, grey_batch: torch.Tensor, hints: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:

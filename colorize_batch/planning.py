@@ -135,9 +135,10 @@ class InputIndex:
             folder = folder.parent
 
 
-def with_hints(item: WorkItem, fp: str, hints_root: Path | None) -> tuple[Hints | None, str]:
+def with_hints(item: WorkItem, fp: str, hints_root: Path | None, edges: bool = False) -> tuple[Hints | None, str]:
     """The image's hints (beside it, or under ``input.hints_dir``) and its fingerprint keyed on the
-    hint file's bytes too, so editing, adding or removing hints redoes exactly that image.
+    hint file's bytes too, so editing, adding or removing hints redoes exactly that image; and on
+    ``edges`` (``model.hint_edges``) where it has points, so changing that redoes the hinted images only.
     Raises :class:`~colorize_batch.hints.HintError` naming the hint file."""
     path = locate(item.source, item.relative, hints_root)
     if path is None:
@@ -146,7 +147,8 @@ def with_hints(item: WorkItem, fp: str, hints_root: Path | None) -> tuple[Hints 
         hints, digest = read_hints(path)
     except HintError as exc:
         raise HintError(f"hint file {display(path)}: {exc}") from None
-    return hints, f"{fp}+hints:{digest[:16]}"
+    marks = "+edges" if edges and hints.points else ""
+    return hints, f"{fp}{marks}+hints:{digest[:16]}"
 
 
 def plan_run(
@@ -193,7 +195,7 @@ def plan_run(
         pages = tiff_page_count(item.source) if all_pages and item.source.suffix.lower() in (".tif", ".tiff") else 1
         try:
             fp = fingerprint(item.source, checksum)
-            hints, fp = with_hints(item, fp, inp.hints_dir)
+            hints, fp = with_hints(item, fp, inp.hints_dir, config.model.hint_edges)
         except OSError as exc:
             plan.problems.append((str(item.source), f"cannot read: {exc.strerror}"))
             continue

@@ -75,7 +75,8 @@ class ColorizeActor:
         generator, info = load_weights(self.config.model.weights, device)
         if info.model_id != model_id:  # another file at that path on this node: outputs would lie about their model
             raise RayEngineError(f"{self.config.model.weights} on this node is {info.model_id}, the driver's is {model_id}")
-        self.colorizer = Colorizer(generator, torch.device(device), self.config.model.precision, self.config.model.temperature)
+        self.colorizer = Colorizer(generator, torch.device(device), self.config.model.precision, self.config.model.temperature,
+                                   self.config.model.hint_edges)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config

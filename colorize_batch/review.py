@@ -197,7 +197,8 @@ class Reviewer:
         if problem:
             raise ReviewError(problem)
         self.model_id = info.model_id
-        self.colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature)
+        self.colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature,
+                                   config.model.hint_edges)
         self._lock = threading.Lock()
         self._editing: Editing | None = None
 
@@ -261,7 +262,8 @@ class Reviewer:
         checksum = record is not None and (record.source_fp or "").startswith("sha256=")  # the run fingerprinted by content
         item = WorkItem(files.source, files.source_rel)
         try:
-            hints, fp = with_hints(item, fingerprint(files.source, checksum), self.site.hints_root)
+            hints, fp = with_hints(item, fingerprint(files.source, checksum), self.site.hints_root,
+                                   self.config.model.hint_edges)
         except (OSError, HintError) as exc:
             raise BadRequest(f"{display(files.source_rel.as_posix())}: {exc}") from None
         pages = tiff_page_count(files.source) if files.key != files.source_rel.as_posix() else 1

@@ -186,7 +186,8 @@ def _execute(plan: Plan, config: PipelineConfig, device: torch.device, weights_p
 
                     runner = RayEngine(config, model_id, stats, manifest, ident, quiet=quiet, **(engine_options or {}))
                 else:
-                    colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature)
+                    colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature,
+                                         config.model.hint_edges)
                     runner = LocalEngine(config, colorizer, model_id, stats, manifest, ident, quiet=quiet)
                 log.info("colorizing %d file(s) (%d up to date) with %s on %s", len(plan.jobs), plan.up_to_date, model_id,
                          runner.description)
