@@ -1,15 +1,8 @@
 """``colorize-batch train``: training of the generators that ``run`` uses (``train.preset``).
 
-The ``unet`` family (the pix2pix presets) trains as in pix2pix: a PatchGAN conditioned on L
-(vanilla BCE or least-squares) plus λ·L1 on normalised ab, Adam(lr, betas=(0.5, 0.999)). An
-optional L1-only warm-up of the generator comes first (``train.l1_steps``); the GAN phase may
-use its own learning rate.
-
-The ``effunet`` family (the default model: EfficientNet-Lite0 encoder, ab-bin classification head) trains on
-``lambda_ce`` x a class-rebalanced cross-entropy over the quantised ab of the 1/4-resolution
-target (soft-encoded on the 5 nearest bins, Zhang et al. 2016; the ab prior is counted on 400
-training photos at start-up) plus ``lambda_l1`` x L1 of the expectation (T = 1) at full size; its
-ImageNet encoder learns at ``lr x encoder_lr_scale``.
+What the generator learns from is its family's objective (``objectives.py``: pix2pix's L1 + GAN
+for the ``unet`` presets, the rebalanced ab-bin cross-entropy + L1 for the ``effunet`` ones);
+the trainer around it is the same for both.
 
 Every batch is fixed by ``(seed, step)`` (which files, which crops, which flips), and the
 checkpoint stores the model, optimisers, step and torch RNG, so ``--resume`` continues
@@ -31,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -41,15 +33,17 @@ from .config import PipelineConfig, TrainSection
 from .discovery import find_images
 from .degrade import degrade_grey
 from .evaluate import colour_photos, contact_sheet, evaluate, grey_from_rgb
-from .hints import hint_count, rasterize, sample_points
 from .inference import Colorizer
-from .model import PRESETS, EffUNetConfig, EffUNetGenerator, GANLoss, build_discriminator, build_generator, count_parameters
+from .model import PRESETS, EffUNetConfig, build_generator, count_parameters
+from .objectives import Batch, ObjectiveError, Optimisation, objective_for
 from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .weights import WeightsError, load_weights, save_weights, torch_save_atomic
 
 log = logging.getLogger("colorize_batch.train")
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_KEYS = ("step", "generator", "discriminator", "opt_g", "opt_d", "scaler", "torch_rng", "config")
+# What every checkpoint holds; an objective adds its own (pix2pix: "discriminator", "opt_d"). Checkpoints
+# written before the objectives were split hold those two for every family: an effunet one ignores them.
+CHECKPOINT_KEYS = ("step", "generator", "opt_g", "scaler", "torch_rng", "config")
 
 
 class TrainingError(Exception):
@@ -164,48 +158,6 @@ def training_files(cfg: TrainSection, extra_roots: list[Path]) -> tuple[list[Pat
     return files, torch.tensor(weights, dtype=torch.double)
 
 
-def ab_prior(files: list[Path], weights: torch.Tensor, bins: torch.Tensor, samples: int = 400, seed: int = 0, side: int = 64) -> torch.Tensor:
-    """Share of pixels per ab bin (nearest centre) on ``samples`` training photos drawn by ``weights``."""
-    g = torch.Generator().manual_seed(seed)
-    picks = torch.multinomial(weights, min(samples, len(files)), replacement=False, generator=g).tolist()
-    counts = torch.zeros(len(bins), dtype=torch.double)
-    for i in picks:
-        try:
-            with Image.open(files[i]) as im:
-                im.draft("RGB", (side, side))
-                rgb = np.asarray(im.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)).copy()
-        except OSError:
-            continue
-        ab = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255))[1:].reshape(2, -1).T
-        counts += torch.bincount(torch.cdist(ab, bins).argmin(1), minlength=len(bins)).double()
-    return (counts / counts.sum().clamp_min(1)).float()
-
-
-def rebalance_weights(prior: torch.Tensor, bins: torch.Tensor, mix: float, sigma: float = 5.0) -> torch.Tensor:
-    """Zhang's class weights: w ~ 1 / ((1 - mix) * smoothed prior + mix / Q), scaled so E_prior[w] = 1."""
-    kernel = torch.exp(-torch.cdist(bins, bins).pow(2) / (2 * sigma**2))
-    smoothed = kernel @ prior
-    smoothed = smoothed / smoothed.sum()
-    w = 1.0 / ((1 - mix) * smoothed + mix / len(bins))
-    return w / (smoothed * w).sum()
-
-
-def soft_encode(ab: torch.Tensor, bins: torch.Tensor, k: int = 5, sigma: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, 2)`` ab (Lab units) -> indices ``(N, k)`` of the nearest bins and Gaussian weights summing to 1."""
-    d2, idx = torch.cdist(ab, bins).pow(2).topk(k, dim=1, largest=False)
-    w = torch.softmax(-d2 / (2 * sigma**2), dim=1)
-    return idx, w
-
-
-def rebalanced_ce(logits: torch.Tensor, target_ab: torch.Tensor, bins: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``(B, Q, h, w)`` logits against soft-encoded ``(B, 2, h, w)`` ab, weighted by the
-    rebalancing weight of each pixel's nearest bin."""
-    logp = F.log_softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
-    idx, w = soft_encode(target_ab.permute(0, 2, 3, 1).reshape(-1, 2), bins)
-    ce = -(w * logp.gather(1, idx)).sum(1)
-    return (ce * class_weights[idx[:, 0]]).mean()
-
-
 @dataclass
 class Trainer:
     config: PipelineConfig
@@ -222,24 +174,12 @@ class Trainer:
         self.generator = build_generator(cfg.preset, pretrained=cfg.pretrained and self.init_weights is None).to(self.device)
         if self.init_weights is not None:
             self._load_init(self.init_weights)
-        self.discriminator = build_discriminator(cfg.disc_layers, cfg.disc_channels).to(self.device)
-        self.gan_loss = GANLoss(cfg.gan_mode).to(self.device)
-        betas = (cfg.beta1, cfg.beta2)
-        if cfg.freeze_base:
-            if not (isinstance(self.generator, EffUNetGenerator) and self.generator.hints is not None):
-                raise TrainingError(f"train.freeze_base needs a preset with a hint branch, not {cfg.preset!r}")
-            groups = [{"params": self.generator.freeze_base(), "lr_scale": 1.0}]
-        elif isinstance(self.generator, EffUNetGenerator):
-            encoder = {id(p) for p in self.generator.encoder_parameters()}
-            groups = [
-                {"params": [p for p in self.generator.parameters() if id(p) in encoder], "lr_scale": cfg.encoder_lr_scale},
-                {"params": [p for p in self.generator.parameters() if id(p) not in encoder], "lr_scale": 1.0},
-            ]
-        else:
-            groups = [{"params": list(self.generator.parameters()), "lr_scale": 1.0}]
-        self.opt_g = torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
-        self.class_weights: torch.Tensor | None = None  # effunet: set by fit() from the training data's ab prior
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=betas)
+        self.objective = objective_for(self.generator, cfg, self.device)
+        try:
+            groups = self.objective.param_groups()
+        except ObjectiveError as exc:
+            raise TrainingError(str(exc)) from None
+        self.opt_g = torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
@@ -273,9 +213,8 @@ class Trainer:
         state = {
             "step": self.step,
             "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
+            **self.objective.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "config": json.loads(self.config.train.model_dump_json()),
@@ -287,9 +226,8 @@ class Trainer:
         state = read_checkpoint(path, self.device)
         try:
             self.generator.load_state_dict(state["generator"])
-            self.discriminator.load_state_dict(state["discriminator"])
             self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
+            self.objective.load_state_dict(state)
             self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"].cpu())
             self.step = int(state["step"])
@@ -300,8 +238,7 @@ class Trainer:
         cfg = self.config.train
         provenance = {
             "name": "colorize-lite" if cfg.preset == "lite" else f"colorize-{cfg.preset}",
-            "objective": (f"{cfg.lambda_ce} x rebalanced CE (mix {cfg.rebalance}) + {cfg.lambda_l1} x L1"
-                          if isinstance(self.generator, EffUNetGenerator) else f"{cfg.lambda_l1} x L1 (+ GAN after {cfg.l1_steps})"),
+            "objective": self.objective.describe(),
             "tool": f"colorize-batch {__version__}",
             "steps": self.step,
             "preset": cfg.preset,
@@ -335,74 +272,10 @@ class Trainer:
             lightness = rgb_to_lab(batch[keep, 3:].expand(-1, 3, -1, -1))[:, :1]
         else:
             lightness = lab[:, :1]
-        real_l, real_ab = normalize_l(lightness), normalize_ab(lab[:, 1:])
-        gan_phase = self.step >= cfg.l1_steps
+        batch_lab = Batch(normalize_l(lightness), normalize_ab(lab[:, 1:]), lab[:, 1:])
         for group in self.opt_g.param_groups:
-            group["lr"] = self.learning_rate(gan_phase) * group.get("lr_scale", 1.0)
-        losses: dict[str, float] = {}
-        if isinstance(self.generator, EffUNetGenerator):
-            return self._class_step(real_l, real_ab, lab[:, 1:], losses)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            fake_ab = self.generator(real_l)
-        if gan_phase:
-            self.discriminator.requires_grad_(True)
-            self.opt_d.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                d_fake = self.discriminator(torch.cat([real_l, fake_ab.detach()], 1))
-                d_real = self.discriminator(torch.cat([real_l, real_ab], 1))
-                loss_d = 0.5 * (self.gan_loss(d_fake, False) + self.gan_loss(d_real, True))
-            self.scaler.scale(loss_d).backward()
-            self.scaler.step(self.opt_d)
-            losses["d"] = float(loss_d.detach())
-            self.discriminator.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            loss_l1 = F.l1_loss(fake_ab.float(), real_ab)
-            loss_g = cfg.lambda_l1 * loss_l1
-            if gan_phase:
-                loss_gan = self.gan_loss(self.discriminator(torch.cat([real_l, fake_ab], 1)), True)
-                loss_g = loss_g + loss_gan
-                losses["g_gan"] = float(loss_gan.detach())
-        self.scaler.scale(loss_g).backward()
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-        losses["l1"] = float(loss_l1.detach())
-        return losses
-
-    def _class_step(self, real_l: torch.Tensor, real_ab: torch.Tensor, lab_ab: torch.Tensor, losses: dict) -> dict[str, float]:
-        """effunet: rebalanced CE over ab bins at 1/4 resolution + L1 of the full-size expectation."""
-        cfg = self.config.train
-        gen = self.generator
-        assert isinstance(gen, EffUNetGenerator)
-        if self.class_weights is None:
-            self.class_weights = torch.ones(gen.config.bins, device=self.device)
-        self.opt_g.zero_grad(set_to_none=True)
-        planes = self._training_hints(lab_ab) if gen.hints is not None else None
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            logits = gen.logits(real_l, planes)
-        target = F.adaptive_avg_pool2d(lab_ab, (logits.shape[-2], logits.shape[-1]))
-        loss_ce = rebalanced_ce(logits, target, gen.ab_bins, self.class_weights)
-        mean_ab = F.interpolate(gen.decode(logits, 1.0), size=real_ab.shape[-2:], mode="bilinear", align_corners=False)
-        loss_l1 = F.l1_loss(mean_ab, real_ab)
-        loss = cfg.lambda_ce * loss_ce + cfg.lambda_l1 * loss_l1
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-        losses["ce"] = float(loss_ce.detach())
-        losses["l1"] = float(loss_l1.detach())
-        return losses
-
-    def _training_hints(self, lab_ab: torch.Tensor) -> torch.Tensor:
-        """Hint planes revealing random points of each photo's true ab (Zhang et al. 2017: a
-        geometric number of points, discs of 1-4.5 px radius, each of its mean true colour);
-        fixed by ``(seed, step)``."""
-        cfg = self.config.train
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
-        size = lab_ab.shape[-1]
-        truth = lab_ab.detach().float().cpu()
-        planes = [rasterize(sample_points(ab, hint_count(g, 1.0 / cfg.hint_mean_points), g, (1.0, 4.5)), size, size, size)
-                  for ab in truth]
-        return torch.stack(planes).to(self.device)
+            group["lr"] = self.learning_rate(self.step >= cfg.l1_steps) * group.get("lr_scale", 1.0)
+        return self.objective.step(batch_lab, self.step, Optimisation(self.opt_g, self.scaler, self.use_amp))
 
     # -- validation --------------------------------------------------------------------
     def validate(self, val_files: list[Path], size: int) -> dict:
@@ -417,12 +290,7 @@ class Trainer:
         cfg = self.config.train
         files, weights = training_files(cfg, self.data_roots)
         val_files = colour_photos(cfg.val_dir, cfg.val_limit) if cfg.val_dir else []
-        if isinstance(self.generator, EffUNetGenerator) and cfg.lambda_ce > 0:
-            bins = self.generator.ab_bins.detach().cpu()
-            prior = ab_prior(files, weights, bins, seed=cfg.seed)
-            self.class_weights = rebalance_weights(prior, bins, cfg.rebalance).to(self.device)
-            log.info("ab prior over %d bins: max share %.3f, rebalancing weights %.2f-%.2f",
-                     len(bins), float(prior.max()), float(self.class_weights.min()), float(self.class_weights.max()))
+        self.objective.prepare(files, weights)
         log.info(
             "training %s (%.1fM parameters) on %d files, %s, from step %d to %d",
             cfg.preset, count_parameters(self.generator) / 1e6, len(files), self.device, self.step, cfg.steps,
@@ -436,7 +304,7 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG (dropout) untouched
         )
         self.generator.train()
-        self.discriminator.train()
+        self.objective.train()
         log_path = self.out_dir / "train_log.jsonl"
         started = time.monotonic()
         window: dict[str, list[float]] = {}

