@@ -34,7 +34,7 @@ from .discovery import find_images
 from .hints import rasterize, sample_points
 from .inference import Colorizer
 from .recombination import chroma_planes, recombine
-from .writing import atomic_write_with
+from .safe_files import atomic_write_with
 
 AUC_THRESHOLDS = torch.arange(0, 151, dtype=torch.float32)
 

@@ -57,7 +57,7 @@ from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Stat
 from .names import display
 from .planning import parse_source_key
 from .reporting import RunReport
-from .writing import atomic_write, atomic_write_text
+from .safe_files import atomic_write, atomic_write_text
 
 log = logging.getLogger("colorize_batch")
 

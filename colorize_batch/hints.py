@@ -291,7 +291,7 @@ def read_bundle(data: object) -> dict[Path, dict]:
 def import_bundle(bundle: Path, root: Path) -> list[Path]:
     """Unpack a bundle into the hints tree ``root`` (mirrored paths, each file written atomically);
     nothing is written unless every document in it is valid. Returns the files written."""
-    from .writing import atomic_write_text, leads_outside
+    from .safe_files import atomic_write_text, leads_outside
 
     try:
         raw = read_user_file(bundle, BUNDLE_LIMIT, "hint bundle")

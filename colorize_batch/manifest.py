@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from .names import display, to_json
-from .writing import atomic_write_text, file_sha256
+from .safe_files import atomic_write_text, file_sha256
 
 STATE_DIR = ".colorize-batch"
 MANIFEST_STEM, MANIFEST_SUFFIX = "manifest", ".jsonl"

@@ -23,7 +23,8 @@ from .hints import HintError, Hints, locate, read_hints
 from .manifest import Manifest, RunIdentity, fingerprint
 from .names import display
 from .sharding import Shard
-from .writing import PIL_FORMAT, same_file, target_problem
+from .encoding import PIL_FORMAT
+from .safe_files import same_file, target_problem
 
 log = logging.getLogger("colorize_batch")
 

@@ -280,6 +280,6 @@ class RunReport:
 def write_json_atomic(path: Path, data: dict) -> None:
     """A JSON document (a report, ``eval``'s scores), written atomically (file names that are not
     UTF-8 round-trip: see names.py)."""
-    from .writing import atomic_write_text
+    from .safe_files import atomic_write_text
 
     atomic_write_text(Path(path), to_json(data, indent=2) + "\n")

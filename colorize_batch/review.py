@@ -71,7 +71,7 @@ from .reporting import RunStats
 from .signals import StopFlag
 from .stages import ResultSink, Status, network_hints, network_squares, predict_planes, render_result
 from .weights import WeightsError, check_size, load_weights
-from .writing import atomic_write_text, file_sha256, target_problem
+from .safe_files import atomic_write_text, file_sha256, target_problem
 
 log = logging.getLogger("colorize_batch")
 

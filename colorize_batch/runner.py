@@ -30,7 +30,7 @@ from .reporting import RunReport, RunStats, print_summary
 from .sharding import Shard
 from .signals import StopFlag
 from .weights import WeightsError, check_size, load_weights
-from .writing import clean_stale_temps, file_sha256
+from .safe_files import clean_stale_temps, file_sha256
 
 log = logging.getLogger("colorize_batch")
 

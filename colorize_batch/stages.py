@@ -29,20 +29,17 @@ from .manifest import Manifest, RunIdentity, Status
 from .planning import Job
 from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
-from .writing import (
+from .encoding import (
     Provenance,
-    WriteError,
-    atomic_write,
-    copy_file,
     encode,
     encode_jpeg_ycbcr,
     encode_png16,
     encode_tiff16,
     jpeg_half_chroma,
     output_format,
-    refuse_source,
     wants_16_bit,
 )
+from .safe_files import WriteError, atomic_write, copy_file, refuse_source
 
 log = logging.getLogger("colorize_batch")
 

@@ -21,7 +21,7 @@ import torch
 from . import color
 from .model import FAMILIES, PRESETS, EffUNetConfig, EffUNetGenerator, UNetConfig, UNetGenerator, count_parameters, family_of
 from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
-from .writing import atomic_write_with, file_sha256
+from .safe_files import atomic_write_with, file_sha256
 
 __all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "check_size", "describe_weights", "file_sha256",
            "load_weights", "save_weights", "torch_save_atomic"]

@@ -17,7 +17,7 @@ import yaml
 from conftest import grey_image, save
 from PIL import Image
 
-from colorize_batch import runner, writing
+from colorize_batch import runner, safe_files
 from colorize_batch.manifest import STATE_DIR, RunLock, manifest_path, report_path
 from colorize_batch.model import build_generator
 from colorize_batch.weights import save_weights
@@ -173,7 +173,7 @@ def test_read_only_output_reports_each_file(tmp_path, run_cli, monkeypatch):
 
     from types import SimpleNamespace
 
-    monkeypatch.setattr(writing, "tempfile", SimpleNamespace(mkstemp=read_only))
+    monkeypatch.setattr(safe_files, "tempfile", SimpleNamespace(mkstemp=read_only))
     result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0")
     assert result.exit_code == 1
     rep = report(tmp_path / "out")

@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import grey_image, save
 from PIL import Image
 
-from colorize_batch import manifest, writing
+from colorize_batch import manifest, safe_files
 from colorize_batch.manifest import STATE_DIR, lock_path, report_path
 
 
@@ -27,7 +27,7 @@ def test_full_disk_mid_run_lists_the_files_never_tried(tmp_path, run_cli, monkey
             return real_fsync(fd)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writing.os, "fsync", full)
+    monkeypatch.setattr(safe_files.os, "fsync", full)
     result = run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "--batch-size", "2")
     assert result.exit_code == 1
     rep = json.loads(report_path(tmp_path / "out").read_text())

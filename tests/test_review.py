@@ -37,7 +37,7 @@ from colorize_batch.config import load_config
 from colorize_batch.hints import hex_to_ab, parse_hints
 from colorize_batch.manifest import Manifest, RunLock
 from colorize_batch.review import MAX_BODY_BYTES, TOKEN_COOKIE, Reviewer, create_app, distinct_colours
-from colorize_batch.writing import file_sha256
+from colorize_batch.safe_files import file_sha256
 
 WEIGHTS = REPO / "weights" / "colorize-effnet-lite0.pt"
 TOKEN = "test-token-123"

@@ -443,7 +443,7 @@ def _metadata_is_sound(path: Path) -> None:
         assert exif.get(0x0112, 1) == 1 and exif.get(0x0131, "").startswith("colorize-batch")
         dpi = im.info.get("dpi")
         assert dpi is None or all(0 < float(d) < 1e6 for d in dpi), dpi
-        from colorize_batch.writing import srgb_icc
+        from colorize_batch.encoding import srgb_icc
 
         assert im.info.get("icc_profile") == srgb_icc()
         assert im.mode == "RGB" and np.ptp(np.asarray(im).astype(int)[..., 0] - np.asarray(im).astype(int)[..., 2]) > 0

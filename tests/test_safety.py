@@ -16,7 +16,7 @@ from PIL import Image
 
 from colorize_batch.manifest import STATE_DIR as STATE
 from colorize_batch.manifest import Manifest, manifest_path, report_path, state_dir
-from colorize_batch.writing import is_temp_name
+from colorize_batch.safe_files import is_temp_name
 
 
 def digest(path: Path) -> str:
@@ -309,10 +309,10 @@ def test_report_follows_the_umask(tmp_path, run_cli):
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
 def test_outputs_are_byte_reproducible(tmp_path, run_cli, suffix, monkeypatch):
     save(tmp_path / "in" / f"a{suffix}", Image.fromarray(grey_image()))
-    from colorize_batch import writing
+    from colorize_batch import encoding
 
     run_cli("run", tmp_path / "in", tmp_path / "o1", "--workers", "0", "-q", expect=0)
-    writing.srgb_icc.cache_clear()  # a later process makes its profile anew (LittleCMS stamps the time)
+    encoding.srgb_icc.cache_clear()  # a later process makes its profile anew (LittleCMS stamps the time)
     import time
 
     time.sleep(1.1)

@@ -12,7 +12,7 @@ from colorize_batch.decoding import network_input
 from colorize_batch.evaluate import ab_of, grey_from_rgb
 from colorize_batch.examples import colour_photo
 from colorize_batch.recombination import chroma_planes, colorize_fast, ycbcr_planes
-from colorize_batch.writing import Provenance, encode, encode_jpeg_ycbcr, jpeg_half_chroma
+from colorize_batch.encoding import Provenance, encode, encode_jpeg_ycbcr, jpeg_half_chroma
 
 
 @pytest.fixture(scope="module")
