@@ -52,7 +52,8 @@ from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from . import __version__
-from .hints import BUNDLE_FORMAT, DEFAULT_RADIUS, hints_path_for, locate, parse_hints, read_hint_document
+from .decoding import ALPHA_MODES, GREY_16_MODES, to_8bit
+from .hints import BUNDLE_FORMAT, HintError, hints_path_for, locate, read_editor_document, safe_relative
 from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, refuse_links, report_path
 from .names import display
 from .planning import parse_source_key
@@ -92,26 +93,30 @@ class ThumbResult:
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
-    """Something JPEG can store: 16/32-bit grey scaled to 8-bit, alpha flattened on white."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        arr = np.asarray(im).astype(np.float32)
-        if im.mode == "I" and arr.max(initial=0) <= 255:
-            scaled = arr  # 8-bit values stored in a 32-bit image
-        else:
-            scaled = arr / 257.0  # 0..65535 -> 0..255
-        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
-        if arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+    """Something JPEG can store, at the levels ``run`` reads: 16-bit grey (and 32-bit "I", clipped
+    to 16 bits as decoding does) through :func:`decoding.to_8bit`, alpha flattened on white."""
+    if im.mode in GREY_16_MODES:
+        levels = np.asarray(im)
+        if levels.dtype != np.uint16:
+            levels = np.clip(levels, 0, 65535).astype(np.uint16)
+        return Image.fromarray(to_8bit(levels), "L")
     if im.mode in ("L", "RGB"):
         return im
-    if im.mode in ("LA", "La", "RGBA", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")  # 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def thumbnail_image(im: Image.Image, long_side: int = THUMB_LONG_SIDE) -> Image.Image:
+    """The 8-bit thumbnail of an open image: upright as browsers show the full file (EXIF), at
+    the 8-bit levels decoding gives (:func:`_to_8bit`, before resampling), long side ``long_side``."""
+    if im.format == "JPEG":
+        im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (long_side, long_side))
+    small = _to_8bit(ImageOps.exif_transpose(im))
+    small.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return small
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
@@ -144,11 +149,7 @@ def make_thumbnail(job: ThumbJob, long_side: int = THUMB_LONG_SIDE) -> ThumbResu
             if _fresh(job.thumb, job.image):
                 with Image.open(job.thumb) as existing:
                     return ThumbResult(image_size, existing.size)
-            if im.format == "JPEG":
-                im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (long_side, long_side))
-            small = ImageOps.exif_transpose(im)  # browsers apply EXIF orientation to the full file too
-            small.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
-            small = _to_8bit(small)
+            small = thumbnail_image(im, long_side)
             job.thumb.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
             small.save(buf, "JPEG", quality=THUMB_QUALITY, optimize=True)
@@ -233,13 +234,11 @@ def _sort_key(rel: str) -> tuple:
 
 
 def _safe_rel(rel: object) -> PurePosixPath | None:
-    """A manifest path usable under a root: relative, without ``..`` (else None)."""
-    if not isinstance(rel, str) or not rel:
+    """A manifest path usable under a root (:func:`hints.safe_relative`'s rule), else None."""
+    try:
+        return safe_relative(rel)
+    except HintError:
         return None
-    path = PurePosixPath(rel)  # '\\' is an ordinary character of a Linux file name, not a separator
-    if path.is_absolute() or ".." in path.parts or not path.parts:
-        return None
-    return path
 
 
 def _url(path: str | PurePosixPath) -> str:
@@ -358,17 +357,10 @@ def _hint_target(source_rel: PurePosixPath, src_root: Path | None, hints_root: P
         path = locate(src_root / source_rel if src_root else Path(rel), rel, hints_root)
         if path is None:
             return target
-        data, _ = read_hint_document(path)
-        parse_hints(data)
+        return replace(target, document=read_editor_document(path))
     except (OSError, ValueError) as exc:  # HintError is a ValueError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return HintTarget(target.rel, target.file, None, f"its hint file cannot be used ({reason}): editing replaces it")
-    points = [{"x": p["x"], "y": p["y"], "color": "#" + p["color"].strip().lstrip("#").lower(),
-               "radius": p.get("radius", DEFAULT_RADIUS)} for p in data.get("points", [])]
-    document: dict = {"points": points}
-    if isinstance(data.get("global"), dict) and data["global"]:
-        document["global"] = data["global"]
-    return HintTarget(target.rel, target.file, document)
+        return replace(target, problem=f"its hint file cannot be used ({reason}): editing replaces it")
 
 
 def _hint_data(items: Sequence[Item], files: Sequence[ItemFiles], store: str, live: bool = False) -> tuple[Markup, dict[str, int]]:
@@ -466,6 +458,129 @@ class Site:
                 self.items[i] = replace(self.items[i], hint=hint)
 
 
+@dataclass(frozen=True)
+class RunState:
+    """What the gallery reads of a run: its manifest records, its last report, where its sources
+    and hint files are, and the warnings for the header so far."""
+
+    out_dir: Path
+    records: list[ManifestRecord]
+    last_run_path: Path
+    last_run: RunReport | None
+    src_root: Path | None
+    hints_root: Path | None
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A manifest record the gallery shows, with its paths checked (:func:`_safe_rel`)."""
+
+    record: ManifestRecord
+    source_rel: PurePosixPath
+    output_rel: PurePosixPath
+    page: int  # 0-based page of a multi-page TIFF
+
+    def output_thumb(self, thumbs: Path) -> Path:
+        return thumbs / "out" / f"{self.output_rel}.jpg"
+
+    def source_thumb(self, thumbs: Path) -> Path:
+        return thumbs / "src" / f"{self.source_rel}{f'.p{self.page + 1}' if self.page else ''}.jpg"
+
+
+def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) -> RunState:
+    """The manifest, the last report, the source and hints folders (see :func:`collect_site`)."""
+    manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add()
+    if not manifest.path.is_file():
+        raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
+    last_run_path = report_path(out_dir)
+    last_run = _read_last_run(last_run_path, out_dir)
+    src_root, src_warning = _source_root(source_dir, last_run)
+    if hints_dir is None and last_run and last_run.hints_dir is not None:
+        hints_dir = Path(last_run.hints_dir)
+    hints_root = Path(hints_dir).resolve() if hints_dir is not None else None
+    return RunState(out_dir, list(manifest.records.values()), last_run_path, last_run, src_root, hints_root,
+                    [src_warning] if src_warning else [])
+
+
+def _shown_entries(state: RunState) -> list[Entry]:
+    """The records that wrote an output, in page order; those with unusable paths left out (with a warning)."""
+    entries: list[Entry] = []
+    skipped_bad = 0
+    for rec in state.records:
+        if not rec.status.wrote_output:
+            continue
+        relative, page = parse_source_key(rec.source)
+        source_rel = _safe_rel(relative)
+        output_rel = _safe_rel(rec.output)
+        if source_rel is None or output_rel is None:
+            skipped_bad += 1
+            continue
+        entries.append(Entry(rec, source_rel, output_rel, page))
+    if skipped_bad:
+        state.warnings.append(f"{skipped_bad} manifest record(s) with unusable paths were left out.")
+    entries.sort(key=lambda e: _sort_key(e.record.source))
+    return entries
+
+
+def _entry_thumbnails(entries: Sequence[Entry], state: RunState, thumbs: Path, workers: int) -> dict[Path, ThumbResult]:
+    """Every entry's two thumbnails, made or reused (never through a linked folder)."""
+    jobs: list[ThumbJob] = []
+    for entry in entries:
+        jobs.append(ThumbJob(state.out_dir / entry.output_rel, entry.output_thumb(thumbs)))
+        source = state.src_root / entry.source_rel if state.src_root else None
+        jobs.append(ThumbJob(source, entry.source_thumb(thumbs), entry.page))
+    _refuse_linked_thumb_folders(jobs, thumbs)
+    started = time.monotonic()
+    results = make_thumbnails(jobs, workers)
+    made = sum(r.made for r in results.values())
+    log.info("gallery: %d thumbnail(s) made, %d reused, in %.1fs", made,
+             sum(1 for r in results.values() if r.thumb_size and not r.made), time.monotonic() - started)
+    return results
+
+
+def _item(entry: Entry, state: RunState, gallery: Path, results: dict[Path, ThumbResult]) -> tuple[Item, ItemFiles]:
+    """One card of the pages and where its files are; a hint file that cannot be used adds a warning."""
+    thumbs = gallery / THUMB_DIR
+    rec, source_rel, output_rel, page = entry.record, entry.source_rel, entry.output_rel, entry.page
+    out_thumb, s_thumb = entry.output_thumb(thumbs), entry.source_thumb(thumbs)
+    source_path = state.src_root / source_rel if state.src_root else None
+    out_pic = _picture(results[out_thumb], out_thumb, gallery, state.out_dir / output_rel)
+    src_pic = _picture(results[s_thumb], s_thumb, gallery, source_path)
+    if src_pic.placeholder == "file missing":
+        src_pic = Picture(None, None, None, None, "source missing")
+    if out_pic.placeholder == "file missing":
+        out_pic = Picture(None, None, None, None, "output missing")
+    folder = display(str(source_rel.parent)) if str(source_rel.parent) != "." else ""
+    name = display(source_rel.name) + (f" (page {page + 1})" if page else "")
+    hint = _hint_target(source_rel, state.src_root, state.hints_root) if rec.status is Status.DONE and out_pic.thumb_url else None
+    if hint is not None and hint.problem:
+        state.warnings.append(f"{display(source_rel.as_posix())}: {hint.problem}")
+    item = Item(display(rec.source), rec.status.value, display(output_rel.as_posix()), folder, name, src_pic, out_pic, hint)
+    return item, ItemFiles(rec.source, source_rel, page, state.out_dir / output_rel, source_path, out_thumb, s_thumb)
+
+
+def _summary(state: RunState, shown: int) -> dict:
+    """The header every page shares: counts, model, date, warnings, failures, where hints go."""
+    records, last_run, src_root, hints_root = state.records, state.last_run, state.src_root, state.hints_root
+    statuses = Counter(rec.status for rec in records)
+    roots = [str(r) for r in (src_root, last_run.input if last_run else None) if r]
+    failures = _failures(records, last_run, roots)
+    return {
+        "tool": f"colorize-batch {__version__} gallery",
+        "last_counts": last_run.counts if last_run else None,
+        "totals": {s.value: statuses[s] for s in Status},
+        "model": _model_label(last_run, records),
+        "date": _run_date(state.last_run_path, last_run, records),
+        "warnings": state.warnings,
+        "failures": failures[:MAX_FAILURES_SHOWN],
+        "failures_total": len(failures),
+        "total_items": shown,
+        "hints_where": display(hints_root) if hints_root else display(src_root) if src_root else None,
+        "hints_beside": hints_root is None,
+    }
+
+
 def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2, hints_dir: Path | None = None) -> Site:
     """Read the run's manifest and last report and make (or reuse) every thumbnail.
 
@@ -475,95 +590,16 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
     :class:`~colorize_batch.manifest.StateLinkError` when a state file or folder is a link.
     """
     out_dir = Path(out_dir).resolve()
-    manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add()
-    if not manifest.path.is_file():
-        raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
-    records = list(manifest.records.values())
-    last_run_path = report_path(out_dir)
-    last_run = _read_last_run(last_run_path, out_dir)
-    src_root, src_warning = _source_root(source_dir, last_run)
-    if hints_dir is None and last_run and last_run.hints_dir is not None:
-        hints_dir = Path(last_run.hints_dir)
-    hints_root = Path(hints_dir).resolve() if hints_dir is not None else None
+    state = _read_state(out_dir, source_dir, hints_dir)
     gallery = gallery_dir(out_dir)
-    thumbs = gallery / THUMB_DIR
     check_gallery_links(out_dir)
     gallery.mkdir(parents=True, exist_ok=True)
-    warnings: list[str] = [src_warning] if src_warning else []
-
-    # Which records to show, and the thumbnails they need.
-    entries: list[tuple[ManifestRecord, PurePosixPath, PurePosixPath, int]] = []
-    skipped_bad = 0
-    for rec in records:
-        if not rec.status.wrote_output:
-            continue
-        relative, page = parse_source_key(rec.source)
-        source_rel = _safe_rel(relative)
-        output_rel = _safe_rel(rec.output)
-        if source_rel is None or output_rel is None:
-            skipped_bad += 1
-            continue
-        entries.append((rec, source_rel, output_rel, page))
-    if skipped_bad:
-        warnings.append(f"{skipped_bad} manifest record(s) with unusable paths were left out.")
-    entries.sort(key=lambda e: _sort_key(e[0].source))
-
-    def src_thumb(source_rel: PurePosixPath, page: int) -> Path:
-        return thumbs / "src" / f"{source_rel}{f'.p{page + 1}' if page else ''}.jpg"
-
-    jobs: list[ThumbJob] = []
-    for _, source_rel, output_rel, page in entries:
-        jobs.append(ThumbJob(out_dir / output_rel, thumbs / "out" / f"{output_rel}.jpg"))
-        jobs.append(ThumbJob(src_root / source_rel if src_root else None, src_thumb(source_rel, page), page))
-    _refuse_linked_thumb_folders(jobs, thumbs)
-    started = time.monotonic()
-    results = make_thumbnails(jobs, workers)
-    made = sum(r.made for r in results.values())
-    log.info("gallery: %d thumbnail(s) made, %d reused, in %.1fs", made,
-             sum(1 for r in results.values() if r.thumb_size and not r.made), time.monotonic() - started)
-
-    items: list[Item] = []
-    files: list[ItemFiles] = []
-    for rec, source_rel, output_rel, page in entries:
-        out_thumb, s_thumb = thumbs / "out" / f"{output_rel}.jpg", src_thumb(source_rel, page)
-        source_path = src_root / source_rel if src_root else None
-        out_pic = _picture(results[out_thumb], out_thumb, gallery, out_dir / output_rel)
-        src_pic = _picture(results[s_thumb], s_thumb, gallery, source_path)
-        if src_pic.placeholder == "file missing":
-            src_pic = Picture(None, None, None, None, "source missing")
-        if out_pic.placeholder == "file missing":
-            out_pic = Picture(None, None, None, None, "output missing")
-        key = display(rec.source)
-        folder = display(str(source_rel.parent)) if str(source_rel.parent) != "." else ""
-        name = display(source_rel.name) + (f" (page {page + 1})" if page else "")
-        hint = _hint_target(source_rel, src_root, hints_root) if rec.status is Status.DONE and out_pic.thumb_url else None
-        if hint is not None and hint.problem:
-            warnings.append(f"{display(source_rel.as_posix())}: {hint.problem}")
-        items.append(Item(key, rec.status.value, display(output_rel.as_posix()), folder, name, src_pic, out_pic, hint))
-        files.append(ItemFiles(rec.source, source_rel, page, out_dir / output_rel, source_path, out_thumb, s_thumb))
-
-    # Summary shared by all pages.
-    statuses = Counter(rec.status for rec in records)
-    totals = {s.value: statuses[s] for s in Status}
-    last_counts = last_run.counts if last_run else None
-    roots = [str(r) for r in (src_root, last_run.input if last_run else None) if r]
-    failures = _failures(records, last_run, roots)
-    common = {
-        "tool": f"colorize-batch {__version__} gallery",
-        "last_counts": last_counts,
-        "totals": totals,
-        "model": _model_label(last_run, records),
-        "date": _run_date(last_run_path, last_run, records),
-        "warnings": warnings,
-        "failures": failures[:MAX_FAILURES_SHOWN],
-        "failures_total": len(failures),
-        "total_items": len(items),
-        "hints_where": display(hints_root) if hints_root else display(src_root) if src_root else None,
-        "hints_beside": hints_root is None,
-    }
+    entries = _shown_entries(state)
+    results = _entry_thumbnails(entries, state, gallery / THUMB_DIR, workers)
+    cards = [_item(entry, state, gallery, results) for entry in entries]
+    items, files = [item for item, _ in cards], [where for _, where in cards]
     store = hashlib.sha256(os.fsencode(str(out_dir))).hexdigest()[:16]  # this gallery's edits in localStorage
-
-    return Site(out_dir, gallery, items, files, common, store, src_root, hints_root)
+    return Site(out_dir, gallery, items, files, _summary(state, len(items)), store, state.src_root, state.hints_root)
 
 
 def _live_picture(picture: Picture, index: int, side: str) -> Picture:
@@ -597,6 +633,22 @@ def render_page(site: Site, number: int, page_size: int = 100, live: bool = Fals
     )
 
 
+def _write_pages(site: Site, page_size: int) -> int:
+    """Every page of the site, each written atomically; returns how many."""
+    pages = site.pages(page_size)
+    for number in range(1, pages + 1):
+        _write_atomic(site.gallery / page_filename(number), render_page(site, number, page_size))
+    return pages
+
+
+def _remove_stale_pages(gallery: Path, pages: int) -> None:
+    """The pages a previous, longer build left beyond the last one."""
+    for stale in gallery.glob("page-*.html"):
+        match = _PAGE_FILE.fullmatch(stale.name)
+        if match and int(match.group(1)) > pages:
+            stale.unlink()
+
+
 def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int = 100, workers: int = 2,
                   hints_dir: Path | None = None) -> Path:
     """Write the review site into ``OUT/.colorize-batch/gallery/``; return its ``index.html``.
@@ -607,13 +659,7 @@ def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int 
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
     site = collect_site(out_dir, source_dir, workers, hints_dir)
-    gallery = site.gallery
-    pages = site.pages(page_size)
-    for number in range(1, pages + 1):
-        _write_atomic(gallery / page_filename(number), render_page(site, number, page_size))
-    for stale in gallery.glob("page-*.html"):  # a previous, longer build's pages
-        match = _PAGE_FILE.fullmatch(stale.name)
-        if match and int(match.group(1)) > pages:
-            stale.unlink()
-    log.info("gallery: %d file(s) on %d page(s): %s", len(site.items), pages, gallery / "index.html")
-    return gallery / "index.html"
+    pages = _write_pages(site, page_size)
+    _remove_stale_pages(site.gallery, pages)
+    log.info("gallery: %d file(s) on %d page(s): %s", len(site.items), pages, site.gallery / "index.html")
+    return site.gallery / "index.html"

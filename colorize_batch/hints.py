@@ -31,7 +31,7 @@ import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import torch
@@ -178,6 +178,20 @@ def read_hint_document(path: Path) -> tuple[Any, bytes]:
     return _json_document(raw), raw
 
 
+def read_editor_document(path: Path) -> dict:
+    """A hint file as the gallery's editor shows it: checked (:func:`parse_hints`), every point with
+    its ``#rrggbb`` colour and its radius (the default where it has none), its global tint if any.
+    :class:`HintError` says why not."""
+    data, _ = read_hint_document(path)
+    parse_hints(data)
+    points = [{"x": p["x"], "y": p["y"], "color": "#" + p["color"].strip().lstrip("#").lower(),
+               "radius": p.get("radius", DEFAULT_RADIUS)} for p in data.get("points", [])]
+    document: dict = {"points": points}
+    if isinstance(data.get("global"), dict) and data["global"]:
+        document["global"] = data["global"]
+    return document
+
+
 def read_hints(path: Path) -> tuple[Hints, str]:
     """What a hint file says and the sha256 of its bytes (the manifest keys reruns on it)."""
     data, raw = read_hint_document(path)
@@ -257,16 +271,22 @@ def hints_path_for(relative: str | PurePath, root: Path) -> Path:
     return root / relative.parent / (relative.stem + HINTS_SUFFIX)
 
 
-def _safe_relative(name: object) -> Path:
+def safe_relative(name: object) -> PurePosixPath:
+    """``name`` as a path that stays under any root it is joined to: relative, not empty, without
+    ``..`` or NUL; :class:`HintError` says why not. The one rule for paths that come from a file
+    (bundle keys here, manifest paths in the gallery). ``\\`` is an ordinary character of a
+    Linux file name, not a separator."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise HintError(f"image name {name!r} is not a relative path")
-    rel = Path(name)
-    if rel.is_absolute() or ".." in rel.parts or name.startswith(("/", "\\")):
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts:
         raise HintError(f"image name {name!r} leaves the hints folder")
+    if not rel.parts:
+        raise HintError(f"image name {name!r} is not a relative path")
     return rel
 
 
-def read_bundle(data: object) -> dict[Path, dict]:
+def read_bundle(data: object) -> dict[PurePosixPath, dict]:
     """The hint documents of a bundle (what the review gallery downloads):
     ``{"format": "colorize-batch-hints", "version": 1, "images": {"a/b/photo.jpg": {"points": [...]}}}``.
     Every document is checked with :func:`parse_hints`; an error names the image."""
@@ -279,7 +299,7 @@ def read_bundle(data: object) -> dict[Path, dict]:
         raise HintError("a bundle's 'images' must map image paths to hint documents")
     out = {}
     for name, document in images.items():
-        rel = _safe_relative(name)
+        rel = safe_relative(name)
         try:
             parse_hints(document)
         except HintError as exc:
