@@ -478,7 +478,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
     photos = colour_photos(color_dir, limit)
     if not photos:
         raise click.UsageError(f"{color_dir}: no images found")
-    result = evaluate(Colorizer(generator, dev, config.model.precision, config.model.temperature, config.model.hint_edges), photos, config.model.size,
+    result = evaluate(Colorizer.for_model(generator, dev, config.model), photos, config.model.size,
                       batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
                       method=config.output.recombination,
                       sheet_limit=sheet_images if sheet else 0, hints=hint_points, degrade=degrade)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
 
 from .config import LoaderSection, PipelineConfig
-from .decoding import DecodedBatch, DecodedItem, DecodeDataset, collate_items, unpack_batch
+from .batch_transport import DecodedBatch, DecodedItem, DecodeDataset, collate_items, unpack_batch
 from .engine import EngineError
 from .inference import Colorizer, Lanes, resolve_device, resolve_lanes, usable_cores
 from .manifest import close_inherited_locks
@@ -299,6 +299,8 @@ class LocalEngine:
     """
 
     def __init__(self, config: PipelineConfig, quiet: bool = False, lanes: Lanes | None = None):
+        """``quiet`` is part of the engines' constructor (:func:`~colorize_batch.runner.make_engine`);
+        this engine says nothing of its own. Raises ``InferenceError`` for a device that is not there."""
         self.config = config
         self.device = resolve_device(config.model.device)
         self.lanes = lanes or resolve_lanes(self.device, config.loader.lanes, config.loader.torch_threads)
@@ -313,8 +315,7 @@ class LocalEngine:
 
     def load(self, weights: Path, sha256: str) -> WeightsInfo:
         generator, info = load_weights(weights, self.device, sha256)
-        model = self.config.model
-        self.colorizer = Colorizer(generator, self.device, model.precision, model.temperature, model.hint_edges)
+        self.colorizer = Colorizer.for_model(generator, self.device, self.config.model)
         self.model_id = info.model_id
         return info
 
@@ -331,13 +332,13 @@ class _LocalRun:
 
     def __init__(self, engine: LocalEngine, colorizer: Colorizer, plan: Plan, sink: ResultSink, stop: StopFlag):
         cfg = self.config = engine.config
-        self.colorizer, self.model_id, self.lane_count, self.lane_threads = colorizer, engine.model_id, engine.lanes.count, engine.lanes.threads
+        self.colorizer, self.model_id, self.lanes_wanted = colorizer, engine.model_id, engine.lanes
         self.jobs, self.sink, self.stats, self.stop = plan.jobs, sink, sink.stats, stop
         self.lock = threading.Lock()  # the sink (counters, manifest, progress) and the stage clocks
         self.abort = threading.Event()  # set when the run is being torn down: nobody waits any more
         self.closed = threading.Event()  # set when run() leaves: late results (after a third Ctrl-C) are dropped
         self.failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised by execute()
-        self.batches: queue.Queue = queue.Queue(maxsize=self.lane_count)
+        self.batches: queue.Queue = queue.Queue(maxsize=engine.lanes.count)
         self.in_flight = threading.Semaphore(pending_writes(cfg.loader))
         self.writing = 0  # renders started and not yet recorded
         self.pending: set[Future] = set()  # renders submitted and not yet settled
@@ -415,7 +416,7 @@ class _LocalRun:
         return bool(self.stop or self.stats.stopped_reason)
 
     def lane(self) -> None:
-        torch.set_num_threads(self.lane_threads)  # this thread's own OpenMP team
+        torch.set_num_threads(self.lanes_wanted.threads)  # this thread's own OpenMP team
         try:
             while (batch := _get(self.batches, self.abort)) is not None:
                 if not self.stopping():  # stopping: queued batches stay undone
@@ -443,7 +444,7 @@ class _LocalRun:
     def execute(self) -> None:
         loader = self.loader()
         threads_before = torch.get_num_threads()  # a lane's set_num_threads also sets the default for new threads
-        self.lanes = [threading.Thread(target=self.lane, name=f"lane-{i}", daemon=True) for i in range(self.lane_count)]
+        self.lanes = [threading.Thread(target=self.lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes_wanted.count)]
         for thread in self.lanes:
             thread.start()
         at_once = False  # a second Ctrl-C: queued renders are dropped, not waited for

@@ -27,7 +27,7 @@ from typing import cast
 import numpy as np
 
 from .config import PipelineConfig
-from .decoding import DecodeDataset
+from .batch_transport import DecodeDataset
 from .discovery import WorkItem
 from .engine import EngineError
 from .hints import Hints
@@ -79,8 +79,7 @@ class ColorizeActor:
         generator, info = load_weights(self.config.model.weights, device)
         if info.model_id != model_id:  # another file at that path on this node: outputs would lie about their model
             raise RayEngineError(f"{self.config.model.weights} on this node is {info.model_id}, the driver's is {model_id}")
-        self.colorizer = Colorizer(generator, torch.device(device), self.config.model.precision, self.config.model.temperature,
-                                   self.config.model.hint_edges)
+        self.colorizer = Colorizer.for_model(generator, torch.device(device), self.config.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config

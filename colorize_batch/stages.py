@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .config import PipelineConfig
-from .decoding import DecodedItem
+from .batch_transport import DecodedItem
 from .hints import Hints, apply_tint, batch_planes
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, Status
