@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 
 from .config import PipelineConfig, load_config
-from .decoding import Decoded, DecodedItem, DecodeError, decode, decode_image
+from .batch_transport import DecodedItem
+from .decoding import Decoded, DecodeError, decode, decode_image
 from .hints import HintError, Hints, parse_hints, read_hints
 from .inference import Colorizer, resolve_device, resolve_lanes
 from .recombination import recombine
@@ -130,7 +131,7 @@ class ColorizeSession:
         problem = check_size(model.size, self.weights_info, "model.size")
         if problem:
             raise WeightsError(problem)
-        self.colorizer = Colorizer(generator, on, model.precision, model.temperature)
+        self.colorizer = Colorizer.for_model(generator, on, model)
         loader = self.config.loader
         self.lanes = resolve_lanes(on, loader.lanes, loader.torch_threads)
 

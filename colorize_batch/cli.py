@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from logging.handlers import WatchedFileHandler
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,30 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> LogFileHandl
     return file_handler
 
 
-def _resolve_config(ctx: click.Context, config_path: Path | None, mapping: dict[str, str]) -> PipelineConfig:
-    """YAML first, then the flags the user actually typed (``mapping``: param -> dotted key)."""
+# Every flag that sets a configuration key, written once: click parameter name -> dotted key.
+CONFIG_FLAGS = {
+    "weights": "model.weights",
+    "device": "model.device",
+    "size": "model.size",
+    "temperature": "model.temperature",
+    "batch_size": "loader.batch_size",
+    "workers": "loader.workers",
+    "lanes": "loader.lanes",
+    "fmt": "output.format",
+    "color_inputs": "input.color_inputs",
+    "hints_dir": "input.hints_dir",
+    "hints_only": "input.hints_only",
+    "steps": "train.steps",
+}
+
+
+def _resolve_config(ctx: click.Context, config_path: Path | None) -> PipelineConfig:
+    """YAML first, then the flags of :data:`CONFIG_FLAGS` the user actually typed for this command."""
     overrides: dict[str, Any] = {}
-    for param, dotted in mapping.items():
-        value = ctx.params.get(param)
+    for param, value in ctx.params.items():
+        dotted = CONFIG_FLAGS.get(param)
         source = ctx.get_parameter_source(param)
-        if value is not None and source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+        if dotted and value is not None and source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
             overrides[dotted] = str(value.absolute()) if isinstance(value, Path) else value  # relative to cwd, not the YAML
     try:
         return load_config(config_path, overrides)
@@ -88,10 +106,34 @@ def _resolve_config(ctx: click.Context, config_path: Path | None, mapping: dict[
         raise InputError(str(exc)) from None
 
 
+# Options that several commands share: one spelling, one help text each.
 config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
     help="Pipeline description overlaid on the installation's pipeline.yaml, key by key.",
 )
+weights_option = click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
+                              help="Generator weights file (model.weights).")
+device_option = click.option("--device", type=str, help="auto (CUDA if present) | cpu | cuda | cuda:N (model.device).")
+size_option = click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
+temperature_option = click.option(
+    "--temperature", type=click.FloatRange(0.05, 5.0),
+    help="Annealed-mean temperature of classification-head weights (effunet): lower is more vivid, "
+         "1.0 the plain expectation; ignored by unet weights (model.temperature).")
+format_option = click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
+print_config_option = click.option("--print-config", is_flag=True, help="Print the merged configuration as YAML and exit "
+                                   "(with -v: where each value came from).")
+verbose_option = click.option("-v", "--verbose", count=True, help="More log lines.")
+
+
+def model_options(func):
+    """--config, --weights, --device, --size, --temperature: what every command that runs the model takes."""
+    for option in reversed((config_option, weights_option, device_option, size_option, temperature_option)):
+        func = option(func)
+    return func
+
+
+def _print_config(config: PipelineConfig, verbose: int) -> None:
+    click.echo(config.to_yaml(sources=verbose > 0), nl=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -111,37 +153,66 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------- run
-TEMPERATURE_HELP = ("Annealed-mean temperature of classification-head weights (effunet): lower is more vivid, "
-                    "1.0 the plain expectation; ignored by unet weights (model.temperature).")
-RUN_FLAGS = {
-    "weights": "model.weights",
-    "device": "model.device",
-    "size": "model.size",
-    "batch_size": "loader.batch_size",
-    "workers": "loader.workers",
-    "lanes": "loader.lanes",
-    "fmt": "output.format",
-    "color_inputs": "input.color_inputs",
-    "temperature": "model.temperature",
-    "hints_dir": "input.hints_dir",
-    "hints_only": "input.hints_only",
-}
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything ``colorize-batch run`` was asked, as click parsed it (the flags of
+    :data:`CONFIG_FLAGS` are read from the click context into the configuration)."""
+
+    in_path: Path
+    out_path: Path
+    config_path: Path | None
+    weights: Path | None
+    device: str | None
+    size: int | None
+    temperature: float | None
+    batch_size: int | None
+    workers: int | None
+    lanes: int | None
+    fmt: str | None
+    color_inputs: str | None
+    hints_dir: Path | None
+    hints_only: bool | None
+    force: bool
+    checksum: bool
+    dry_run: bool
+    print_config: bool
+    report_path: Path | None
+    log_file: Path | None
+    shard: str | None
+    shard_count: int | None
+    engine: str
+    ray_address: str | None
+    actors: int | None
+    gpus_per_actor: float | None
+    gallery: bool
+    quiet: bool
+    verbose: int
+
+    def engine_options(self) -> dict[str, Any]:
+        """The engine's own options (``ray``: address, actors, gpus_per_actor); a Ray option
+        without ``--engine ray`` is a usage error."""
+        ray_options = {"address": self.ray_address, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor}
+        if self.engine == "ray":
+            return ray_options
+        if any(v is not None for v in ray_options.values()):
+            raise click.UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
+        return {}
+
+    @property
+    def writes_gallery(self) -> bool:
+        return self.gallery and not self.dry_run
 
 
 @main.command()
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
-@config_option
-@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Generator weights file (model.weights).")
-@click.option("--device", type=str, help="auto (CUDA if present) | cpu | cuda | cuda:N (model.device).")
+@model_options
 @click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass (loader.batch_size).")
 @click.option("--workers", type=click.IntRange(0, 64), help="Decoding processes; 0 decodes in the main process (loader.workers).")
 @click.option("--lanes", type=click.IntRange(0, 64), help="Threads making forward passes, each with its share of the cores; "
               "0 = auto: 2 on a multi-core CPU, 1 on CUDA (loader.lanes).")
-@click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
-@click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
+@format_option
 @click.option("--color-inputs", type=click.Choice(["skip", "copy", "recolor"]), help="What to do with inputs already in colour.")
-@click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
 @click.option("--hints", "hints_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Colour hints under this folder, mirroring IN (a/b/photo.jpg -> DIR/a/b/photo.hints.json) "
                    "instead of photo.hints.json beside each scan (input.hints_dir).")
@@ -149,8 +220,7 @@ RUN_FLAGS = {
 @click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
 @click.option("--checksum", is_flag=True, help="Fingerprint sources by sha256 instead of size + mtime.")
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
-@click.option("--print-config", is_flag=True, help="Print the merged configuration as YAML and exit "
-              "(with -v: where each value came from).")
+@print_config_option
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
 @click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; stable hash of each relative path). "
@@ -165,11 +235,9 @@ RUN_FLAGS = {
               "(default: the cluster's GPUs shared out; 0 with --device cpu).")
 @click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
-@click.option("-v", "--verbose", count=True, help="More log lines.")
+@verbose_option
 @click.pass_context
-def run(ctx, in_path, out_path, config_path, weights, device, batch_size, workers, lanes, size, fmt, color_inputs,
-        temperature, hints_dir, hints_only, force, checksum, dry_run, print_config, report_path, log_file, shard, shard_count, engine, ray_address, actors,
-        gpus_per_actor, gallery, quiet, verbose):
+def run(ctx: click.Context, **params: Any) -> None:
     """Colorize every black-and-white photo under IN into a mirrored tree under OUT.
 
     IN may also be a single image; OUT is then a file name or a folder. Outputs keep each
@@ -185,43 +253,15 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     Exit codes: 0 all good (skips included), 1 some files failed,
     2 usage or configuration error, 75 OUT is locked by another run, 130 interrupted.
     """
-    config = _resolve_config(ctx, config_path, RUN_FLAGS)
-    if print_config:
-        click.echo(config.to_yaml(sources=verbose > 0), nl=False)
+    request = RunRequest(**params)
+    config = _resolve_config(ctx, request.config_path)
+    if request.print_config:
+        _print_config(config, request.verbose)
         ctx.exit(EXIT_OK)
-    log_handler = _setup_logging(-1 if quiet else verbose, log_file)
-    from .runner import run_pipeline
-    from .sharding import ShardError, resolve_shard
-
-    try:
-        shard_spec = resolve_shard(shard, shard_count)
-    except ShardError as exc:
-        raise click.UsageError(str(exc)) from None
-    ray_options = {"address": ray_address, "actors": actors, "gpus_per_actor": gpus_per_actor}
-    if engine != "ray" and any(v is not None for v in ray_options.values()):
-        raise click.UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
-    if gallery and not dry_run:  # refused before the run, not after it
-        from .gallery import check_gallery_links
-        from .manifest import StateLinkError
-
-        try:
-            check_gallery_links(out_path)
-        except StateLinkError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-    try:
-        code = run_pipeline(in_path, out_path, config, force=force, checksum=checksum, dry_run=dry_run,
-                            report_path=report_path, quiet=quiet, shard=shard_spec, engine=engine,
-                            engine_options=ray_options if engine == "ray" else None)
-    except KeyboardInterrupt:  # Ctrl-C outside the colorizing itself (planning, the report): no "Aborted!", exit 130
-        click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
-        ctx.exit(EXIT_INTERRUPTED)
-    if gallery and not dry_run and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and in_path.is_dir():
-        from .gallery import build_gallery
-
-        index = build_gallery(out_path, in_path, workers=config.loader.writer_threads, hints_dir=config.input.hints_dir)
-        if not quiet:
-            click.echo(f"review gallery: {index}", err=True)
+    log_handler = _setup_logging(-1 if request.quiet else request.verbose, request.log_file)
+    code = _run(ctx, request, config)
+    if request.writes_gallery and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and request.in_path.is_dir():
+        _write_gallery(request, config)
     if log_handler is not None:
         log_handler.flush()  # a last line still buffered fails here, if it fails
         if log_handler.failed and code == EXIT_OK:
@@ -229,16 +269,57 @@ def run(ctx, in_path, out_path, config_path, weights, device, batch_size, worker
     ctx.exit(code)
 
 
+def _run(ctx: click.Context, request: RunRequest, config: PipelineConfig) -> int:
+    """The run itself (:func:`~colorize_batch.runner.run_pipeline`), its usage errors refused first."""
+    from .runner import run_pipeline
+    from .sharding import ShardError, resolve_shard
+
+    try:
+        shard = resolve_shard(request.shard, request.shard_count)
+    except ShardError as exc:
+        raise click.UsageError(str(exc)) from None
+    engine_options = request.engine_options()
+    if request.writes_gallery:  # refused before the run, not after it
+        _check_gallery_links(ctx, request.out_path)
+    try:
+        return run_pipeline(request.in_path, request.out_path, config, force=request.force, checksum=request.checksum,
+                            dry_run=request.dry_run, report_path=request.report_path, quiet=request.quiet, shard=shard,
+                            engine=request.engine, engine_options=engine_options)
+    except KeyboardInterrupt:  # Ctrl-C outside the colorizing itself (planning, the report): no "Aborted!", exit 130
+        click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+        raise  # not reached: ctx.exit raises
+
+
+def _check_gallery_links(ctx: click.Context, out_path: Path) -> None:
+    from .gallery import check_gallery_links
+    from .manifest import StateLinkError
+
+    try:
+        check_gallery_links(out_path)
+    except StateLinkError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(EXIT_USAGE)
+
+
+def _write_gallery(request: RunRequest, config: PipelineConfig) -> None:
+    from .gallery import build_gallery
+
+    index = build_gallery(request.out_path, request.in_path, workers=config.loader.writer_threads, hints_dir=config.input.hints_dir)
+    if not request.quiet:
+        click.echo(f"review gallery: {index}", err=True)
+
+
 # ----------------------------------------------------------------------------- info
 @main.command()
 @config_option
-@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Weights file (model.weights).")
-@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (model.device).")
+@weights_option
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @click.pass_context
 def info(ctx, config_path, weights, device, as_json):
     """Version, weights file (sha256, architecture, model id), device found and torch version."""
-    config = _resolve_config(ctx, config_path, {"weights": "model.weights", "device": "model.device"})
+    config = _resolve_config(ctx, config_path)
     import torch
 
     from .inference import InferenceError, resolve_device
@@ -289,9 +370,9 @@ def info(ctx, config_path, weights, device, as_json):
 @click.option("--init", "init_weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start the generator from this weights file (fine-tuning).")
 @click.option("--max-minutes", type=float, help="Stop cleanly (checkpoint + weights) after this many minutes.")
 @click.option("--steps", type=int, help="Total training steps (train.steps).")
-@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N")
-@click.option("--print-config", is_flag=True, help="Print the merged configuration and exit (with -v: where each value came from).")
-@click.option("-v", "--verbose", count=True)
+@device_option
+@print_config_option
+@verbose_option
 @click.pass_context
 def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minutes, steps, device, print_config, verbose):
     """Train a generator on folders of colour photos.
@@ -302,9 +383,9 @@ def train(ctx, data_dirs, config_path, out_dir, resume, init_weights, max_minute
 
     DATA_DIRS override train.data from the config (each with weight 1).
     """
-    config = _resolve_config(ctx, config_path, {"steps": "train.steps", "device": "model.device"})
+    config = _resolve_config(ctx, config_path)
     if print_config:
-        click.echo(config.to_yaml(sources=verbose > 0), nl=False)
+        _print_config(config, verbose)
         return
     _setup_logging(verbose)
     import torch
@@ -348,49 +429,19 @@ def _train_progress():
 @click.option("--step", type=int, help="Export the validation snapshot of this step instead of the last checkpoint.")
 def export(run_dir, dest, step):
     """Write a training run's generator as a small fp16 weights file (architecture included)."""
-    from .weights import WeightsError, load_weights, save_weights
+    from .train import TrainingError, export_checkpoint, export_snapshot
 
-    if step is not None:  # a validation snapshot is a weights file already: re-saved under its new name
-        snapshot = run_dir / f"generator_{step:06d}.pt"
-        try:
-            generator, info = load_weights(snapshot)
-        except WeightsError as exc:
-            raise InputError(str(exc)) from None
-        path = save_weights(dest, generator, {**info.provenance, "name": dest.stem})
-    else:
-        path = _export_checkpoint(run_dir, dest)
-    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-
-
-def _export_checkpoint(run_dir: Path, dest: Path) -> Path:
-    """The run's last checkpoint through the trainer's own export (the same file and provenance training writes)."""
-    import torch
-    from pydantic import ValidationError
-
-    from .config import TrainSection
-    from .train import CHECKPOINT, Trainer, TrainingError, read_checkpoint
-
-    ckpt = run_dir / CHECKPOINT
     try:
-        train_cfg = TrainSection.model_validate(read_checkpoint(ckpt)["config"])
-        train_cfg.pretrained = False  # every weight comes from the checkpoint
-        trainer = Trainer(PipelineConfig(train=train_cfg), run_dir, [], torch.device("cpu"))
-        trainer.load_checkpoint()
+        path = export_checkpoint(run_dir, dest) if step is None else export_snapshot(run_dir, step, dest)
     except TrainingError as exc:
         raise InputError(str(exc)) from None
-    except (KeyError, ValidationError, RuntimeError) as exc:
-        raise InputError(f"{ckpt}: cannot be exported ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    return trainer.export(dest, {"name": dest.stem})
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 # ----------------------------------------------------------------------------- eval
 @main.command("eval")
 @click.argument("color_dir", type=click.Path(exists=True, path_type=Path))
-@config_option
-@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Weights file (model.weights).")
-@click.option("--size", type=click.IntRange(32, 2048), help="Network input size (model.size).")
-@click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
-@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N")
+@model_options
 @click.option("--limit", type=int, help="Only the first N photos.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
@@ -400,15 +451,14 @@ def _export_checkpoint(run_dir: Path, dest: Path) -> Path:
 @click.option("--degrade", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True,
               help="Make each grey input look like an old scan at this strength (fading, blur, grain, JPEG...; fixed seed).")
 @click.pass_context
-def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device, limit, report_path, sheet, sheet_images, hint_points,
+def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature, limit, report_path, sheet, sheet_images, hint_points,
                  degrade):
     """Score a model on colour photos: PSNR, SSIM, colourfulness, ΔCF and AuC, against grey.
 
     Each photo is made grey, colorized through the same code as `run`, and compared with
     the truth; the grey input itself is the baseline.
     """
-    config = _resolve_config(ctx, config_path, {"weights": "model.weights", "size": "model.size", "device": "model.device",
-                                                "temperature": "model.temperature"})
+    config = _resolve_config(ctx, config_path)
     _setup_logging(0)
     from .evaluate import colour_photos, contact_sheet, evaluate, format_table
     from .inference import Colorizer, InferenceError, resolve_device
@@ -428,7 +478,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, size, temperature, device
     photos = colour_photos(color_dir, limit)
     if not photos:
         raise click.UsageError(f"{color_dir}: no images found")
-    result = evaluate(Colorizer(generator, dev, config.model.precision, config.model.temperature, config.model.hint_edges), photos, config.model.size,
+    result = evaluate(Colorizer.for_model(generator, dev, config.model), photos, config.model.size,
                       batch_size=config.loader.batch_size, chroma_gain=config.model.chroma_gain,
                       method=config.output.recombination,
                       sheet_limit=sheet_images if sheet else 0, hints=hint_points, degrade=degrade)
@@ -505,9 +555,6 @@ def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, 
 
 
 # ----------------------------------------------------------------------------- review
-REVIEW_FLAGS = {key: RUN_FLAGS[key] for key in ("weights", "device", "size", "fmt", "temperature", "hints_dir")}
-
-
 @main.command("review")
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path, file_okay=False))
 @config_option
@@ -515,15 +562,15 @@ REVIEW_FLAGS = {key: RUN_FLAGS[key] for key in ("weights", "device", "size", "fm
               help="Port on 127.0.0.1 to listen on; 0 = any free port.")
 @click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the grey originals (default: the input recorded in the run's last report).")
-@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), help="Generator weights file (model.weights).")
-@click.option("--device", type=str, help="auto | cpu | cuda | cuda:N (model.device).")
-@click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
-@click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
-@click.option("--temperature", type=click.FloatRange(0.05, 5.0), help=TEMPERATURE_HELP)
+@weights_option
+@device_option
+@size_option
+@format_option
+@temperature_option
 @click.option("--hints", "hints_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Folder of the hint files, mirroring IN (input.hints_dir; default: the last run's, else beside the scans).")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Photos per gallery page.")
-@click.option("-v", "--verbose", count=True, help="More log lines.")
+@verbose_option
 @click.pass_context
 def review(ctx, out_dir, config_path, port, source_dir, weights, device, size, fmt, temperature, hints_dir, page_size, verbose):
     """Serve a live review of a finished run on 127.0.0.1 until Ctrl-C.
@@ -540,7 +587,7 @@ def review(ctx, out_dir, config_path, port, source_dir, weights, device, size, f
     Exit codes: 130 stopped by Ctrl-C/SIGTERM, 2 usage (no run in OUT, bad weights, port in use),
     75 OUT is locked by a run or another review.
     """
-    config = _resolve_config(ctx, config_path, REVIEW_FLAGS)
+    config = _resolve_config(ctx, config_path)
     _setup_logging(verbose)
     from .review import run_review
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .color import denormalize_ab, grey_to_lightness, normalize_l
+from .config import ModelSection
 from .hint_edges import edge_aware
 from .model import EffUNetGenerator, UNetGenerator, fused_for_inference
 
@@ -124,6 +125,12 @@ class Colorizer:
         self.forward_seconds = 0.0  # summed over lanes (threads calling predict)
         self.images = 0
         self._count_lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, generator: UNetGenerator | EffUNetGenerator, device: torch.device, model: ModelSection) -> Colorizer:
+        """The colorizer a run uses for ``model``'s settings (precision, temperature, hint_edges): the
+        one place that reads them, so ``run``, its engines, ``eval``, ``review`` and the API agree."""
+        return cls(generator, device, model.precision, model.temperature, model.hint_edges)
 
     @torch.inference_mode()
     def predict(self, grey_batch: torch.Tensor, on_device: bool = False, hints: torch.Tensor | None = None) -> torch.Tensor:

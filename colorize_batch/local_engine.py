@@ -1,7 +1,8 @@
 """The local engine: every stage of a run on this machine.
 
-    decode (DataLoader worker processes) -> triage + forward pass + chroma planes (lane threads)
-        -> recombine + encode + write (writer thread pool) -> ResultSink (under one lock)
+    decode (DataLoader worker processes) -> stage_batch: triage + forward pass + chroma planes
+        (lane threads) -> render_result: recombine + encode + write (writer thread pool)
+        -> the runner's ResultSink (under one lock)
 
 The stages themselves live in :mod:`~colorize_batch.stages` (shared with the Ray engine);
 this module only distributes them over processes and threads, and survives decode workers
@@ -13,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import resource
 import signal
 import threading
 import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,13 +28,14 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
 
 from .config import LoaderSection, PipelineConfig
-from .decoding import DecodedBatch, DecodedItem, DecodeDataset, collate_items, unpack_batch
-from .inference import Colorizer, Lanes, resolve_lanes, usable_cores
-from .manifest import Manifest, RunIdentity, close_inherited_locks
+from .batch_transport import DecodedBatch, DecodedItem, DecodeDataset, collate_items, unpack_batch
+from .engine import EngineError
+from .inference import Colorizer, Lanes, resolve_device, resolve_lanes, usable_cores
+from .manifest import close_inherited_locks
 from .planning import Job, Plan
-from .reporting import ProgressDisplay, RunStats
 from .signals import StopFlag
-from .stages import FileResult, ResultSink, predict_planes, render_result, triage
+from .stages import FileResult, PendingRender, ResultSink, render_result, stage_batch
+from .weights import WeightsInfo, load_weights
 
 log = logging.getLogger("colorize_batch")
 
@@ -262,155 +266,216 @@ def _finish_writes(pool: ThreadPoolExecutor, lanes: list[threading.Thread], pend
     pool.shutdown(wait=True)  # the writer threads, idle now, end at once
 
 
+def ensure_fd_limit(needed: int) -> str | None:
+    """Make sure this process may open ``needed`` file descriptors: the soft ``RLIMIT_NOFILE`` is
+    raised to the hard one when that is enough; otherwise the problem, in one line. Too few
+    descriptors would not fail cleanly: decoded batches would wait for their shared memory until
+    ``input.decode_timeout``, twice per batch."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        for target in (hard, needed):  # the hard limit itself may be refused (above the kernel's nr_open)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError):
+                continue
+            log.debug("file descriptor limit raised from %d to %d", soft, target)
+            return None
+    available = soft if hard == resource.RLIM_INFINITY else max(soft, hard)
+    return f"too few file descriptors: {available}, need {needed} (raise the limit: ulimit -n {needed})"
+
+
 class LocalEngine:
     """Decoding in DataLoader worker processes, forward passes in lane threads, rendering in a thread pool.
 
     The main thread only moves decoded batches from the DataLoader into a short queue. Each
-    lane (:func:`~colorize_batch.inference.resolve_lanes`) takes a batch, settles failures and
-    colour inputs, runs the forward pass and the chroma planes with its own intra-op threads,
-    and hands each image to the writer pool. Results are recorded, under one lock, by
-    whichever thread finishes them. Bounded everywhere: ``lanes`` batches queued, one batch in
-    each lane, at most ``2 x writer_threads + batch_size`` images waiting for a writer.
+    lane (:func:`~colorize_batch.inference.resolve_lanes`) takes a batch, runs
+    :func:`~colorize_batch.stages.stage_batch` on it (failures and colour inputs settled, the
+    forward pass and the chroma planes with its own intra-op threads), and hands each image to
+    the writer pool. Results go to the sink, under one lock, from whichever thread finishes
+    them. Bounded everywhere: ``lanes`` batches queued, one batch in each lane, at most
+    ``2 x writer_threads + batch_size`` images waiting for a writer.
     """
 
-    def __init__(self, config: PipelineConfig, colorizer: Colorizer, model_id: str, stats: RunStats,
-                 manifest: Manifest | None, ident: RunIdentity | None, quiet: bool = False,
-                 lanes: Lanes | None = None):
+    def __init__(self, config: PipelineConfig, quiet: bool = False, lanes: Lanes | None = None):
+        """``quiet`` is part of the engines' constructor (:func:`~colorize_batch.runner.make_engine`);
+        this engine says nothing of its own. Raises ``InferenceError`` for a device that is not there."""
         self.config = config
-        self.colorizer = colorizer
-        self.model_id = model_id
-        self.stats = stats
-        self.manifest = manifest
-        self.ident = ident
-        self.quiet = quiet
-        self.lanes = lanes or resolve_lanes(colorizer.device, config.loader.lanes, config.loader.torch_threads)
-        self.description = str(colorizer.device)
+        self.device = resolve_device(config.model.device)
+        self.lanes = lanes or resolve_lanes(self.device, config.loader.lanes, config.loader.torch_threads)
+        self.description = str(self.device)
+        self.colorizer: Colorizer | None = None
+        self.model_id = ""
 
-    def run(self, plan: Plan, stop: StopFlag) -> None:
-        cfg, stats, jobs = self.config, self.stats, plan.jobs
+    def check(self) -> None:
+        problem = ensure_fd_limit(fds_needed(self.config.loader, self.lanes.count))
+        if problem:
+            raise EngineError(problem)
+
+    def load(self, weights: Path, sha256: str) -> WeightsInfo:
+        generator, info = load_weights(weights, self.device, sha256)
+        self.colorizer = Colorizer.for_model(generator, self.device, self.config.model)
+        self.model_id = info.model_id
+        return info
+
+    def run(self, plan: Plan, sink: ResultSink, stop: StopFlag) -> None:
+        assert self.colorizer is not None, "load() comes before run()"
+        _LocalRun(self, self.colorizer, plan, sink, stop).execute()
+        sink.stats.stage_seconds["forward"] += self.colorizer.forward_seconds
+        if stop:
+            sink.stats.interrupted = True
+
+
+class _LocalRun:
+    """One :meth:`LocalEngine.run`: the threads, queues and bounds it shares, and their steps."""
+
+    def __init__(self, engine: LocalEngine, colorizer: Colorizer, plan: Plan, sink: ResultSink, stop: StopFlag):
+        cfg = self.config = engine.config
+        self.colorizer, self.model_id, self.lanes_wanted = colorizer, engine.model_id, engine.lanes
+        self.jobs, self.sink, self.stats, self.stop = plan.jobs, sink, sink.stats, stop
+        self.lock = threading.Lock()  # the sink (counters, manifest, progress) and the stage clocks
+        self.abort = threading.Event()  # set when the run is being torn down: nobody waits any more
+        self.closed = threading.Event()  # set when run() leaves: late results (after a third Ctrl-C) are dropped
+        self.failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised by execute()
+        self.batches: queue.Queue = queue.Queue(maxsize=engine.lanes.count)
+        self.in_flight = threading.Semaphore(pending_writes(cfg.loader))
+        self.writing = 0  # renders started and not yet recorded
+        self.pending: set[Future] = set()  # renders submitted and not yet settled
+        threads_per_writer = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
+        self.pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
+                                       initializer=torch.set_num_threads, initargs=(threads_per_writer,))
+        self.lanes: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ results
+    def record(self, result: FileResult) -> None:
+        with self.lock:
+            if not self.closed.is_set():  # an unrecorded output is simply redone by the next run
+                self.sink.add(result)
+
+    def fail(self, exc: BaseException) -> None:
+        self.failures.append(exc)
+        self.abort.set()
+
+    def render(self, pending: PendingRender) -> FileResult:
+        with self.lock:
+            self.writing += 1
+        return render_result(pending.item, pending.ab, pending.planes, pending.job, self.config, self.model_id)
+
+    def rendered(self, future: Future) -> None:
+        with self.lock:
+            self.pending.discard(future)
+        if future.cancelled():  # cancelled by a second Ctrl-C before it started: nothing written
+            self.in_flight.release()
+            return
+        try:
+            self.record(future.result())
+        except BaseException as exc:  # noqa: BLE001 - surfaced by execute(), never lost in a callback
+            self.fail(exc)
+        finally:
+            with self.lock:
+                self.writing -= 1
+            self.in_flight.release()
+
+    # ------------------------------------------------------------------ lanes
+    def decoded(self, batch: DecodedBatch) -> list[tuple[DecodedItem, Job]]:
+        """The batch's items with their jobs; their decode seconds and notes go to the stats."""
+        pairs = [(item, self.jobs[item.index]) for item in unpack_batch(batch)]
+        with self.lock:
+            for item, job in pairs:
+                self.stats.stage_seconds["decode"] += item.decode_s
+                for note in item.notes:
+                    self.stats.note(str(job.item.source), note)
+        return pairs
+
+    def colour(self, batch: DecodedBatch) -> None:
+        staged = stage_batch(self.colorizer, self.decoded(batch), self.config)
+        for result in staged.settled:
+            self.record(result)
+        with self.lock:
+            self.stats.stage_seconds["recombine"] += staged.plane_seconds
+        for pending in staged.renders:
+            if not self.submit(pending):
+                return
+
+    def submit(self, pending: PendingRender) -> bool:
+        """Hand one image to the writer pool; ``False`` when the run is being torn down."""
+        if not _acquire(self.in_flight, self.abort):
+            return False
+        try:
+            future = self.pool.submit(self.render, pending)
+        except RuntimeError:  # the pool was shut down by a second Ctrl-C
+            self.in_flight.release()
+            return False
+        with self.lock:
+            self.pending.add(future)
+        future.add_done_callback(self.rendered)  # after the add: its discard comes after it
+        return True
+
+    def stopping(self) -> bool:
+        return bool(self.stop or self.stats.stopped_reason)
+
+    def lane(self) -> None:
+        torch.set_num_threads(self.lanes_wanted.threads)  # this thread's own OpenMP team
+        try:
+            while (batch := _get(self.batches, self.abort)) is not None:
+                if not self.stopping():  # stopping: queued batches stay undone
+                    self.colour(batch)
+        except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
+            self.fail(exc)
+
+    # ------------------------------------------------------------------ the main thread
+    def feed(self, loader: Iterator[DecodedBatch]) -> None:
+        """Move decoded batches into the lanes' queue until the end or a stop, then end the lanes."""
+        for batch in loader:
+            if self.stopping() or not _put(self.batches, batch, self.abort):
+                break
+        for _ in self.lanes:
+            _put(self.batches, None, self.abort)  # each lane finishes what is queued, then meets a None
+        _wait_for(self.lanes)
+
+    def loader(self) -> Generator[DecodedBatch, None, None]:
+        cfg, jobs = self.config, self.jobs
         dataset = DecodeDataset([j.item.source for j in jobs], cfg.model.size, cfg.input.max_pixels, [j.page for j in jobs],
                                 timeout=cfg.input.decode_timeout)
-        loader = decoded_batches(dataset, cfg.loader.batch_size, cfg.loader.workers, cfg.loader.prefetch_factor,
-                                 cfg.input.decode_timeout, stop)
-        progress = ProgressDisplay(len(jobs), quiet=self.quiet)
-        sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
-        lock = threading.Lock()  # the sink (counters, manifest, progress) and the stage clocks
-        abort = threading.Event()  # set when the run is being torn down: nobody waits any more
-        failures: list[BaseException] = []  # a lane's or a writer callback's unexpected error, re-raised here
-        batches: queue.Queue = queue.Queue(maxsize=self.lanes.count)
-        in_flight = threading.Semaphore(pending_writes(cfg.loader))
-        threads_per_writer = max(1, usable_cores() // cfg.loader.writer_threads)  # torch ops in writers share the cores too
-        pool = ThreadPoolExecutor(max_workers=cfg.loader.writer_threads, thread_name_prefix="writer",
-                                  initializer=torch.set_num_threads, initargs=(threads_per_writer,))
+        return decoded_batches(dataset, cfg.loader.batch_size, cfg.loader.workers, cfg.loader.prefetch_factor,
+                               cfg.input.decode_timeout, self.stop)
 
-        closed = threading.Event()  # set when run() leaves: late results (after a third Ctrl-C) are dropped
-        writing = [0]  # renders started and not yet recorded
-        pending: set[Future] = set()  # renders submitted and not yet settled
-
-        def record(result: FileResult) -> None:
-            with lock:
-                if not closed.is_set():  # an unrecorded output is simply redone by the next run
-                    sink.add(result)
-
-        def fail(exc: BaseException) -> None:
-            failures.append(exc)
-            abort.set()
-
-        def render(*args: Any) -> FileResult:
-            with lock:
-                writing[0] += 1
-            return render_result(*args)
-
-        def rendered(future: Future) -> None:
-            with lock:
-                pending.discard(future)
-            if future.cancelled():  # cancelled by a second Ctrl-C before it started: nothing written
-                in_flight.release()
-                return
-            try:
-                record(future.result())
-            except BaseException as exc:  # noqa: BLE001 - surfaced by run(), never lost in a callback
-                fail(exc)
-            finally:
-                with lock:
-                    writing[0] -= 1
-                in_flight.release()
-
-        def colour(batch: DecodedBatch) -> None:
-            to_color: list[tuple[DecodedItem, Job]] = []
-            for item in unpack_batch(batch):
-                job = jobs[item.index]
-                with lock:
-                    stats.stage_seconds["decode"] += item.decode_s
-                    for note in item.notes:
-                        stats.note(str(job.item.source), note)
-                settled = triage(item, job, cfg)
-                if settled is not None:
-                    record(settled)
-                else:
-                    to_color.append((item, job))
-            if not to_color:
-                return
-            ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for it, _ in to_color], cfg,
-                                                       [job.hints for _, job in to_color])
-            with lock:
-                stats.stage_seconds["recombine"] += plane_seconds
-            for i, (item, job) in enumerate(to_color):
-                if not _acquire(in_flight, abort):
-                    return
-                try:
-                    future = pool.submit(render, item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id)
-                except RuntimeError:  # the pool was shut down by a second Ctrl-C
-                    in_flight.release()
-                    return
-                with lock:
-                    pending.add(future)
-                future.add_done_callback(rendered)  # after the add: its discard comes after it
-
-        def lane() -> None:
-            torch.set_num_threads(self.lanes.threads)  # this thread's own OpenMP team
-            try:
-                while (batch := _get(batches, abort)) is not None:
-                    if not (stop or stats.stopped_reason):  # stopping: queued batches stay undone
-                        colour(batch)
-            except BaseException as exc:  # noqa: BLE001 - e.g. CUDA out of memory: stop the run, re-raise below
-                fail(exc)
-
-        at_once = False  # a second Ctrl-C: queued renders are dropped, not waited for
+    def execute(self) -> None:
+        loader = self.loader()
         threads_before = torch.get_num_threads()  # a lane's set_num_threads also sets the default for new threads
-        lanes = [threading.Thread(target=lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes.count)]
-        for thread in lanes:
+        self.lanes = [threading.Thread(target=self.lane, name=f"lane-{i}", daemon=True) for i in range(self.lanes_wanted.count)]
+        for thread in self.lanes:
             thread.start()
+        at_once = False  # a second Ctrl-C: queued renders are dropped, not waited for
         try:
-            for batch in loader:
-                if stop or stats.stopped_reason or not _put(batches, batch, abort):
-                    break
-            for _ in lanes:
-                _put(batches, None, abort)  # each lane finishes what is queued, then meets a None
-            _wait_for(lanes)
+            self.feed(loader)
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once (below: only the writes already running finish)
             at_once = True
             raise
         finally:
             loader.close()  # decode workers are shut down now, not when garbage is collected
             try:
-                try:
-                    _finish_writes(pool, lanes, pending, abort, at_once)
-                except KeyboardInterrupt:
-                    if at_once:  # a third Ctrl-C: the files being written are left to finish unrecorded
-                        raise
-                    _finish_writes(pool, lanes, pending, abort, at_once=True)  # a second Ctrl-C while waiting for them all
-                    raise
-            finally:  # also when a third Ctrl-C interrupts the waiting above
-                pool.shutdown(wait=False, cancel_futures=True)
-                with lock:
-                    closed.set()
-                    stats.unrecorded = writing[0]  # still being written: they finish, unrecorded
-                _wait_for(lanes)  # aborted, each leaves after its current step: none may be inside torch at exit
-                progress.close()
+                self.finish(at_once)
+            finally:
                 torch.set_num_threads(threads_before)
-        if failures:
-            raise failures[0]
-        stats.stage_seconds["forward"] += self.colorizer.forward_seconds
-        if stop:
-            stats.interrupted = True
+        if self.failures:
+            raise self.failures[0]
+
+    def finish(self, at_once: bool) -> None:
+        """Wait for the renders in flight (all, or with ``at_once`` those already writing), even
+        through more Ctrl-C's, and leave no lane inside torch."""
+        try:
+            try:
+                _finish_writes(self.pool, self.lanes, self.pending, self.abort, at_once)
+            except KeyboardInterrupt:
+                if at_once:  # a third Ctrl-C: the files being written are left to finish unrecorded
+                    raise
+                _finish_writes(self.pool, self.lanes, self.pending, self.abort, at_once=True)  # a second Ctrl-C while waiting for them all
+                raise
+        finally:  # also when a third Ctrl-C interrupts the waiting above
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            with self.lock:
+                self.closed.set()
+                self.stats.unrecorded = self.writing  # still being written: they finish, unrecorded
+            _wait_for(self.lanes)  # aborted, each leaves after its current step: none may be inside torch at exit

@@ -1,8 +1,11 @@
 """The Ray engine: the same stages as the local engine, spread over a Ray cluster's actors.
 
     driver: plan_run (discovery, manifest skips, collisions) -> ray.data.from_items(rows)
-    actors: decode -> triage -> predict_planes (batched) -> render_result    (model loaded once)
-    driver: one status row per file -> FileResult -> ResultSink (manifest, counts, report)
+    actors: decode -> stage_batch (triage, predict_planes) -> render_result   (model loaded once per actor)
+    driver: one status row per file -> FileResult -> the runner's ResultSink (manifest, counts, report)
+
+The driver only checks and describes the weights file (:func:`~colorize_batch.weights.read_weights_info`);
+the network is built in the actors alone.
 
 Rows are plain values (index into ``plan.jobs``, source, output, page), so the file list,
 tree mirroring, manifest and lock stay exactly the local engine's; images never travel
@@ -19,18 +22,19 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 import numpy as np
 
 from .config import PipelineConfig
-from .decoding import DecodedItem, DecodeDataset
+from .batch_transport import DecodeDataset
 from .discovery import WorkItem
+from .engine import EngineError
 from .hints import Hints
-from .manifest import Manifest, RunIdentity
 from .planning import Job, Plan
-from .reporting import ProgressDisplay, RunStats
 from .signals import StopFlag
-from .stages import FileResult, ResultSink, Status, predict_planes, render_result, triage
+from .stages import FileResult, ResultSink, Status, render_result, stage_batch
+from .weights import WeightsInfo, read_weights_info
 
 log = logging.getLogger("colorize_batch")
 
@@ -39,7 +43,7 @@ LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # status rows and the weights only
 STAGE_COLUMNS = ("decode", "forward", "recombine", "encode", "write")
 
 
-class RayEngineError(Exception):
+class RayEngineError(EngineError):
     """Ray is missing, unreachable, or cannot give the resources asked for (a usage error, exit 2)."""
 
 
@@ -75,59 +79,48 @@ class ColorizeActor:
         generator, info = load_weights(self.config.model.weights, device)
         if info.model_id != model_id:  # another file at that path on this node: outputs would lie about their model
             raise RayEngineError(f"{self.config.model.weights} on this node is {info.model_id}, the driver's is {model_id}")
-        self.colorizer = Colorizer(generator, torch.device(device), self.config.model.precision, self.config.model.temperature,
-                                   self.config.model.hint_edges)
+        self.colorizer = Colorizer.for_model(generator, torch.device(device), self.config.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config
-        rows = len(batch["index"])
-        results: list[FileResult | None] = [None] * rows
-        decode_s = [0.0] * rows
-        shares = [dict.fromkeys(STAGE_COLUMNS, 0.0) for _ in range(rows)]
-        to_color: list[tuple[int, DecodedItem, Job]] = []
-        for r in range(rows):
-            job = _job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]),
-                           str(batch["hints"][r]))
-            item = DecodeDataset([job.item.source], cfg.model.size, cfg.input.max_pixels, [job.page])[0]
-            decode_s[r] = item.decode_s
-            settled = triage(item, job, cfg)
-            if settled is not None:
-                results[r] = settled
-            else:
-                to_color.append((r, item, job))
-        if to_color:
-            forward_before = self.colorizer.forward_seconds
-            try:
-                ab, cb, cr, plane_seconds = predict_planes(self.colorizer, [it for _, it, _ in to_color], cfg,
-                                                           [job.hints for _, _, job in to_color])
-            except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: fail this batch, not the whole run
-                for r, _, job in to_color:
-                    results[r] = FileResult(job, Status.FAILED, reason=f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0])
-                to_color = []
-            else:
-                forward = (self.colorizer.forward_seconds - forward_before) / len(to_color)
-                planes = plane_seconds / len(to_color)
-            for i, (r, item, job) in enumerate(to_color):
-                results[r] = render_result(item, ab[i], (cb[i], cr[i]), job, cfg, self.model_id)
-                shares[r]["forward"] += forward
-                shares[r]["recombine"] += planes
-        done = [result for result in results if result is not None]
-        assert len(done) == rows, "every row has a result"
-        for r, result in enumerate(done):
-            shares[r]["decode"] += decode_s[r]
-            for stage, seconds in result.stage_seconds.items():
-                shares[r][stage] = shares[r].get(stage, 0.0) + seconds
-        out: dict[str, np.ndarray] = {
-            "index": np.asarray(batch["index"], dtype=np.int64),
-            "status": np.array([res.status.value for res in done], dtype=object),
-            "sha256": np.array([res.sha256 or "" for res in done], dtype=object),
-            "reason": np.array([res.reason or "" for res in done], dtype=object),
-            "output": np.array([str(res.job.output) for res in done], dtype=object),
-            "disk_full": np.array([res.disk_full for res in done], dtype=bool),
-        }
-        for stage in STAGE_COLUMNS:
-            out[f"{stage}_s"] = np.array([s[stage] for s in shares], dtype=np.float64)
-        return out
+        jobs = [_job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]),
+                         str(batch["hints"][r])) for r in range(len(batch["index"]))]
+        decoder = DecodeDataset([job.item.source for job in jobs], cfg.model.size, cfg.input.max_pixels, [job.page for job in jobs])
+        items = [decoder[r] for r in range(len(jobs))]
+        staged = stage_batch(self.colorizer, list(zip(items, jobs)), cfg, contain_errors=True)
+        shares = {"forward": staged.forward_seconds, "recombine": staged.plane_seconds}
+        shares = {stage: seconds / max(1, len(staged.renders)) for stage, seconds in shares.items()}
+        rendered = [_with_shares(render_result(r.item, r.ab, r.planes, r.job, cfg, self.model_id), shares)
+                    for r in staged.renders]
+        row_of = {id(job): r for r, job in enumerate(jobs)}
+        results: list[FileResult | None] = [None] * len(jobs)
+        for result in staged.settled + rendered:
+            results[row_of[id(result.job)]] = result
+        assert all(result is not None for result in results), "every row has a result"
+        return status_rows(batch["index"], cast("list[FileResult]", results), [item.decode_s for item in items])
+
+
+def _with_shares(result: FileResult, shares: dict[str, float]) -> FileResult:
+    """``result`` with its share of the batch's forward pass and chroma planes added to its stage seconds."""
+    for stage, seconds in shares.items():
+        result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
+    return result
+
+
+def status_rows(index: np.ndarray, results: list[FileResult], decode_s: list[float]) -> dict[str, np.ndarray]:
+    """The actor's answer for a batch: one status row per file (plain columns, no images)."""
+    out: dict[str, np.ndarray] = {
+        "index": np.asarray(index, dtype=np.int64),
+        "status": np.array([res.status.value for res in results], dtype=object),
+        "sha256": np.array([res.sha256 or "" for res in results], dtype=object),
+        "reason": np.array([res.reason or "" for res in results], dtype=object),
+        "output": np.array([str(res.output or "") for res in results], dtype=object),
+        "disk_full": np.array([res.disk_full for res in results], dtype=bool),
+        "decode_s": np.array(decode_s, dtype=np.float64),
+    }
+    for stage in STAGE_COLUMNS[1:]:
+        out[f"{stage}_s"] = np.array([res.stage_seconds.get(stage, 0.0) for res in results], dtype=np.float64)
+    return out
 
 
 def root_cause(exc: BaseException) -> str:
@@ -147,11 +140,10 @@ def root_cause(exc: BaseException) -> str:
 def result_from_row(row: dict, job: Job) -> tuple[FileResult, float]:
     """A status row back into the driver's :class:`FileResult` (+ its decode seconds)."""
     status = Status(str(row["status"]))
-    if status.wrote_output:
-        job.output = Path(str(row["output"]))  # copy mode keeps the source's suffix
-    stages = {stage: float(row[f"{stage}_s"]) for stage in STAGE_COLUMNS if stage != "decode"}
+    output = Path(str(row["output"])) if status.wrote_output else None  # copy mode keeps the source's suffix
+    stages = {stage: float(row[f"{stage}_s"]) for stage in STAGE_COLUMNS[1:]}
     result = FileResult(job, status, sha256=str(row["sha256"]) or None, reason=str(row["reason"]) or None,
-                        stage_seconds={k: v for k, v in stages.items() if v}, disk_full=bool(row["disk_full"]))
+                        stage_seconds={k: v for k, v in stages.items() if v}, disk_full=bool(row["disk_full"]), output=output)
     return result, float(row["decode_s"])
 
 
@@ -165,24 +157,32 @@ class RayEngine:
     actor starts (Ray would wait for it forever).
     """
 
-    def __init__(self, config: PipelineConfig, model_id: str, stats: RunStats, manifest: Manifest | None,
-                 ident: RunIdentity | None, quiet: bool = False, address: str | None = None,
+    def __init__(self, config: PipelineConfig, quiet: bool = False, address: str | None = None,
                  actors: int | None = None, gpus_per_actor: float | None = None):
-        self.ray = import_ray()
         if actors is not None and actors < 1:
             raise RayEngineError(f"--actors {actors}: must be at least 1")
         if gpus_per_actor is not None and gpus_per_actor < 0:
             raise RayEngineError(f"--gpus-per-actor {gpus_per_actor}: must not be negative")
         self.config = config
-        self.model_id = model_id
-        self.stats = stats
-        self.manifest = manifest
-        self.ident = ident
         self.quiet = quiet
         self.address = address
         self.actors = actors
         self.gpus_per_actor = gpus_per_actor
         self.description = "ray"
+        self.model_id = ""
+
+    @property
+    def ray(self):
+        return import_ray()
+
+    def check(self) -> None:
+        import_ray()
+
+    def load(self, weights: Path, sha256: str) -> WeightsInfo:
+        """Check and describe the weights file; only the actors build the network (each once)."""
+        info = read_weights_info(weights, sha256)
+        self.model_id = info.model_id
+        return info
 
     # --------------------------------------------------------------------- cluster
     def _connect(self) -> bool:
@@ -231,11 +231,12 @@ class RayEngine:
         return actors, want, "cuda" if want else "cpu"
 
     # --------------------------------------------------------------------- run
-    def run(self, plan: Plan, stop: StopFlag) -> None:
-        ray, cfg, stats = self.ray, self.config, self.stats
+    def run(self, plan: Plan, sink: ResultSink, stop: StopFlag) -> None:
+        ray, cfg, stats = self.ray, self.config, sink.stats
         jobs = plan.jobs
         started = self._connect()
-        progress = None
+        ray_data_log = logging.getLogger("ray.data")
+        ray_data_level = ray_data_log.level
         try:
             actors, gpus, device = self._resources()
             self.description = f"ray: {actors} actor(s) on {device}" + (f" ({gpus:g} GPU each)" if gpus else "")
@@ -243,8 +244,6 @@ class RayEngine:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # the run's own progress display counts the files
             context.print_on_execution_start = False
-            ray_data_log = logging.getLogger("ray.data")
-            ray_data_level = ray_data_log.level
             ray_data_log.setLevel(logging.ERROR)  # its per-dataset INFO lines and the "progress bars disabled" note
             rows = [{"index": i, "source": str(j.item.source), "relative": str(j.item.relative), "output": str(j.output),
                      "page": j.page, "hints": j.hints.to_json() if j.hints else ""} for i, j in enumerate(jobs)]
@@ -258,8 +257,6 @@ class RayEngine:
                 num_cpus=1,
                 **remote,
             )
-            progress = ProgressDisplay(len(jobs), quiet=self.quiet)
-            sink = ResultSink(stats, self.manifest, self.ident, plan.out_path, progress)
             batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
             try:
                 for batch in batches:
@@ -280,9 +277,7 @@ class RayEngine:
         except ray.exceptions.RayError as exc:
             raise RayEngineError(f"the Ray run failed: {root_cause(exc)}") from exc
         finally:
-            if progress is not None:
-                progress.close()
-                ray_data_log.setLevel(ray_data_level)
+            ray_data_log.setLevel(ray_data_level)
             if started:
                 ray.shutdown()
         if stop:

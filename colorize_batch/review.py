@@ -7,7 +7,7 @@ and removed; at a point the model's most likely distinct colours are offered
 (:func:`distinct_colours`); "accept" writes the photo's hint file and its output.
 
 - The model is loaded once at start; the photo being edited is decoded once (the same
-  :class:`~colorize_batch.decoding.DecodeDataset` item ``run`` decodes) and kept.
+  :class:`~colorize_batch.batch_transport.DecodeDataset` item ``run`` decodes) and kept.
 - A preview goes through ``run``'s own stages: :func:`~colorize_batch.stages.predict_planes`
   (hint planes, forward pass, global tint, chroma planes), then the fast recombination
   (:func:`~colorize_batch.recombination.ycbcr_planes`: the scan's own grey levels as luma,
@@ -57,7 +57,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .color import grey_to_lightness, lab_to_rgb
 from .config import PipelineConfig
-from .decoding import DecodeDataset, DecodedItem, to_8bit
+from .batch_transport import DecodeDataset, DecodedItem
+from .decoding import to_8bit
 from .discovery import WorkItem
 from .exit_codes import ExitCode
 from .gallery import NoManifestError, Site, collect_site, render_page
@@ -197,8 +198,7 @@ class Reviewer:
         if problem:
             raise ReviewError(problem)
         self.model_id = info.model_id
-        self.colorizer = Colorizer(generator, device, config.model.precision, config.model.temperature,
-                                   config.model.hint_edges)
+        self.colorizer = Colorizer.for_model(generator, device, config.model)
         self._lock = threading.Lock()
         self._editing: Editing | None = None
 

@@ -1,12 +1,13 @@
 """The per-file stages both engines run, and the record of what happened to each file.
 
-    triage (decode failures, colour inputs) -> predict_planes (one batch on the device)
+    stage_batch: triage (decode failures, colour inputs) -> predict_planes (one batch on the device)
         -> render_result (recombine, encode, atomic write) -> FileResult -> ResultSink
 
-The local engine (:mod:`~colorize_batch.local_engine`) calls them from its lane and writer
-threads, the Ray engine (:mod:`~colorize_batch.ray_engine`) from its actors; the driver of
-either folds each :class:`FileResult` into the counters, manifest and progress display with
-a :class:`ResultSink`.
+Both engines call :func:`stage_batch` for each decoded batch and :func:`render_result` for
+each image it leaves to render: the local engine (:mod:`~colorize_batch.local_engine`) from
+its lane and writer threads, the Ray engine (:mod:`~colorize_batch.ray_engine`) in its
+actors. The runner folds each :class:`FileResult` into the counters, manifest and progress
+display with the one :class:`ResultSink` it builds for the run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from PIL import Image
 
 from .config import PipelineConfig
-from .decoding import DecodedItem
+from .batch_transport import DecodedItem
 from .hints import Hints, apply_tint, batch_planes
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, Status
@@ -46,7 +47,10 @@ log = logging.getLogger("colorize_batch")
 
 @dataclass
 class FileResult:
-    """What happened to one job; engines produce these, :class:`ResultSink` records them."""
+    """What happened to one job; engines produce these, :class:`ResultSink` records them.
+
+    ``output``: the file written (``job.output``, or for a copied colour input the same name with
+    the source's suffix); ``None`` when nothing was written."""
 
     job: Job
     status: Status
@@ -54,6 +58,7 @@ class FileResult:
     reason: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     disk_full: bool = False
+    output: Path | None = None
 
 
 def render(item: DecodedItem, ab: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor], job: Job,
@@ -95,7 +100,7 @@ def render_result(item: DecodedItem, ab: torch.Tensor, planes: tuple[torch.Tenso
         return FileResult(job, Status.FAILED, reason=str(exc), disk_full=exc.disk_full)
     except Exception as exc:  # noqa: BLE001 - one file must not stop the run
         return FileResult(job, Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
-    return FileResult(job, Status.DONE, sha, stage_seconds=timings)
+    return FileResult(job, Status.DONE, sha, stage_seconds=timings, output=job.output)
 
 
 def triage(item: DecodedItem, job: Job, config: PipelineConfig) -> FileResult | None:
@@ -114,8 +119,7 @@ def triage(item: DecodedItem, job: Job, config: PipelineConfig) -> FileResult | 
         sha = copy_file(job.item.source, dest)
     except WriteError as exc:
         return FileResult(job, Status.FAILED, reason=str(exc), disk_full=exc.disk_full)
-    job.output = dest
-    return FileResult(job, Status.COPIED, sha)
+    return FileResult(job, Status.COPIED, sha, output=dest)
 
 
 def _network_square(item: DecodedItem) -> torch.Tensor:
@@ -159,6 +163,57 @@ def predict_planes(colorizer: Colorizer, items: list[DecodedItem], config: Pipel
     return ab, cb, cr, time.perf_counter() - t0
 
 
+@dataclass
+class PendingRender:
+    """One image of a batch that :func:`stage_batch` left to :func:`render_result`."""
+
+    item: DecodedItem
+    job: Job
+    ab: torch.Tensor
+    planes: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class StagedBatch:
+    """A batch after triage and the forward pass: files already settled, images left to render, and
+    the seconds the forward pass (``colorizer.forward_seconds`` grew by) and the chroma planes took."""
+
+    settled: list[FileResult]
+    renders: list[PendingRender] = field(default_factory=list)
+    forward_seconds: float = 0.0
+    plane_seconds: float = 0.0
+
+
+def stage_batch(colorizer: Colorizer, pairs: Sequence[tuple[DecodedItem, Job]], config: PipelineConfig,
+                contain_errors: bool = False) -> StagedBatch:
+    """Triage each decoded item of a batch, then one :func:`predict_planes` for those to colorize.
+
+    ``contain_errors``: an error of the forward pass (CUDA out of memory) fails the batch's files
+    to colorize instead of propagating (it then stops the whole run).
+    """
+    settled: list[FileResult] = []
+    to_color: list[tuple[DecodedItem, Job]] = []
+    for item, job in pairs:
+        result = triage(item, job, config)
+        if result is None:
+            to_color.append((item, job))
+        else:
+            settled.append(result)
+    if not to_color:
+        return StagedBatch(settled)
+    forward_before = colorizer.forward_seconds
+    try:
+        ab, cb, cr, plane_seconds = predict_planes(colorizer, [item for item, _ in to_color], config,
+                                                   [job.hints for _, job in to_color])
+    except Exception as exc:
+        if not contain_errors:
+            raise
+        reason = f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        return StagedBatch(settled + [FileResult(job, Status.FAILED, reason=reason) for _, job in to_color])
+    renders = [PendingRender(item, job, ab[i], (cb[i], cr[i])) for i, (item, job) in enumerate(to_color)]
+    return StagedBatch(settled, renders, colorizer.forward_seconds - forward_before, plane_seconds)
+
+
 class ResultSink:
     """Folds :class:`FileResult` rows into the run's counters, manifest and progress display."""
 
@@ -183,7 +238,8 @@ class ResultSink:
         for stage, seconds in result.stage_seconds.items():
             stats.stage_seconds[stage] += seconds
         if self.manifest is not None and self.ident is not None:
-            out_rel = str(job.output.relative_to(self.out_root)) if result.status.wrote_output else None
+            written = result.output if result.status.wrote_output else None
+            out_rel = str(written.relative_to(self.out_root)) if written is not None else None
             self.manifest.add(job.source_key, job.fingerprint, self.ident, result.status, out_rel, result.sha256,
                               result.reason)
         if self.progress is not None:

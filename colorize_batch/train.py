@@ -339,3 +339,30 @@ class Trainer:
         self.save_checkpoint()
         weights_path = self.export()
         return {"step": self.step, "stopped_early": stopped_early, "weights": str(weights_path), "losses": last}
+
+
+def export_checkpoint(run_dir: Path, dest: Path) -> Path:
+    """A run folder's last checkpoint as a weights file at ``dest``, through the trainer's own
+    :meth:`Trainer.export` (the same file and provenance training writes); :class:`TrainingError`
+    says in one line why it cannot be."""
+    from pydantic import ValidationError
+
+    ckpt = run_dir / CHECKPOINT
+    try:
+        train_cfg = TrainSection.model_validate(read_checkpoint(ckpt)["config"])
+        train_cfg.pretrained = False  # every weight comes from the checkpoint
+        trainer = Trainer(PipelineConfig(train=train_cfg), run_dir, [], torch.device("cpu"))
+        trainer.load_checkpoint()
+    except (KeyError, ValidationError, RuntimeError) as exc:
+        raise TrainingError(f"{ckpt}: cannot be exported ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    return trainer.export(dest, {"name": dest.stem})
+
+
+def export_snapshot(run_dir: Path, step: int, dest: Path) -> Path:
+    """The validation snapshot of ``step`` (a weights file already) re-saved as ``dest``, named after it."""
+    snapshot = run_dir / f"generator_{step:06d}.pt"
+    try:
+        generator, info = load_weights(snapshot)
+    except WeightsError as exc:
+        raise TrainingError(str(exc)) from None
+    return save_weights(dest, generator, {**info.provenance, "name": dest.stem})

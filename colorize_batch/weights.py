@@ -74,12 +74,8 @@ def check_size(size: int, info: WeightsInfo, what: str = "model.size") -> str | 
     return None
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> tuple[UNetGenerator | EffUNetGenerator, WeightsInfo]:
-    """Build the generator described by a weights file, in eval mode, in float32 on ``device``.
-
-    ``sha256``: the file's hash when the caller has it already (it is not read twice).
-    """
-    path = Path(path)
+def _read_payload(path: Path, sha256: str | None) -> tuple[dict, str]:
+    """A weights file's checked payload and its sha256 (``sha256``: the caller's, when it has it)."""
     try:
         with open_user_file(path, WEIGHTS_LIMIT, "weights file") as fh:  # never a FIFO, never unbounded
             with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
@@ -107,16 +103,46 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sh
     family = payload.get("family", "unet")
     if family not in FAMILIES:
         raise WeightsError(f"{path}: generator family {family!r} is not known to this version (known: {sorted(FAMILIES)})")
-    config_type, generator_type = FAMILIES[family]
+    return payload, sha256
+
+
+def _mismatch(path: Path, exc: Exception) -> WeightsError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return WeightsError(f"{path}: weights do not match the model code ({first})")
+
+
+def _info(path: Path, payload: dict, sha256: str) -> WeightsInfo:
+    config_type = FAMILIES[payload.get("family", "unet")][0]
     try:
-        config: UNetConfig | EffUNetConfig = cast("type[UNetConfig | EffUNetConfig]", config_type).from_dict(payload["architecture"])
-        generator = generator_type(config)  # no pretrained download: every tensor comes from the file
+        config = cast("type[UNetConfig | EffUNetConfig]", config_type).from_dict(payload["architecture"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise _mismatch(path, exc) from None
+    return WeightsInfo(path=path, sha256=sha256, architecture=config, provenance=payload.get("provenance", {}))
+
+
+def read_weights_info(path: str | os.PathLike, sha256: str | None = None) -> WeightsInfo:
+    """What :func:`load_weights` checks and says about a weights file, without building the network
+    (a driver that only hands the file to the processes that run it)."""
+    path = Path(path)
+    payload, sha256 = _read_payload(path, sha256)
+    return _info(path, payload, sha256)
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu", sha256: str | None = None) -> tuple[UNetGenerator | EffUNetGenerator, WeightsInfo]:
+    """Build the generator described by a weights file, in eval mode, in float32 on ``device``.
+
+    ``sha256``: the file's hash when the caller has it already (it is not read twice).
+    """
+    path = Path(path)
+    payload, sha256 = _read_payload(path, sha256)
+    info = _info(path, payload, sha256)
+    generator_type = FAMILIES[payload.get("family", "unet")][1]
+    try:
+        generator = generator_type(info.architecture)  # no pretrained download: every tensor comes from the file
         generator.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: weights do not match the model code ({first})") from None
+        raise _mismatch(path, exc) from None
     generator.to(device).eval()
-    info = WeightsInfo(path=path, sha256=sha256, architecture=config, provenance=payload.get("provenance", {}))
     return generator, info
 
 

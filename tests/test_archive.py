@@ -17,7 +17,7 @@ import yaml
 from conftest import grey_image, save
 from PIL import Image
 
-from colorize_batch import runner, safe_files
+from colorize_batch import local_engine, safe_files
 from colorize_batch.manifest import STATE_DIR, RunLock, manifest_path, report_path
 from colorize_batch.model import build_generator
 from colorize_batch.weights import save_weights
@@ -44,7 +44,7 @@ def test_rerun_skips_up_to_date_files_without_loading_the_model(tmp_path, run_cl
     def no_model(*a, **k):
         raise AssertionError("the model must not be loaded when nothing is to be done")
 
-    monkeypatch.setattr(runner, "load_weights", no_model)
+    monkeypatch.setattr(local_engine, "load_weights", no_model)  # LocalEngine.load loads them
     run_cli("run", tmp_path / "in", tmp_path / "out", "--workers", "2", "-q", expect=0)  # workers do not matter
     rep = report(tmp_path / "out")
     assert rep["counts"]["done"] == 0 and rep["counts"]["skipped_up_to_date"] == 5

@@ -125,7 +125,7 @@ def test_tiff_orientation_is_applied_once(tmp_path, compression):
 
 
 def test_batches_are_packed_for_the_trip_and_unpacked_unchanged(tmp_path):
-    from colorize_batch.decoding import DecodeDataset, collate_items, unpack_batch
+    from colorize_batch.batch_transport import DecodeDataset, collate_items, unpack_batch
 
     save(tmp_path / "a.png", Image.fromarray(grey_image(33, 17)))  # odd byte count before a 16-bit image
     save(tmp_path / "b.png", Image.fromarray(grey_image(20, 10).astype(np.uint16) * 257))

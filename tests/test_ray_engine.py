@@ -26,6 +26,7 @@ from colorize_batch.ray_engine import RayEngine, RayEngineError, import_ray  # n
 from colorize_batch.reporting import RunStats  # noqa: E402
 from colorize_batch.runner import run_pipeline  # noqa: E402
 from colorize_batch.signals import StopFlag  # noqa: E402
+from colorize_batch.stages import ResultSink  # noqa: E402
 from colorize_batch.weights import load_weights  # noqa: E402
 
 
@@ -132,8 +133,9 @@ def test_stop_flag_finishes_what_came_back_and_exits_130(tmp_path, tiny_weights,
     stats = RunStats()
     stop = StopFlag()
     stop.event.set()  # as if Ctrl-C came at once: the first results are recorded, then the run stops
-    model_id = load_weights(tiny_weights)[1].model_id
-    RayEngine(config, model_id, stats, None, None, quiet=True, actors=1).run(plan, stop)
+    engine = RayEngine(config, quiet=True, actors=1)
+    engine.load(tiny_weights, load_weights(tiny_weights)[1].sha256)
+    engine.run(plan, ResultSink(stats, None, None, plan.out_path), stop)
     assert stats.interrupted and stats.exit_code() == 130
     assert 1 <= stats.counts["done"] < 12
     assert len(outputs(tmp_path / "out")) >= stats.counts["done"]
@@ -148,7 +150,9 @@ def test_gpus_requested_on_a_cluster_without_gpus_fail_fast(tmp_path, tiny_weigh
     assert "has no GPUs" in capsys.readouterr().err
     with pytest.raises(RayEngineError, match="need 3 CPUs"):
         plan = plan_run(tmp_path / "in", tmp_path / "out2", config, None, None)
-        RayEngine(config, "tiny-test", RunStats(), None, None, actors=3).run(plan, StopFlag())
+        engine = RayEngine(config, actors=3)
+        engine.load(tiny_weights, load_weights(tiny_weights)[1].sha256)
+        engine.run(plan, ResultSink(RunStats(), None, None, plan.out_path), StopFlag())
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch):

@@ -254,3 +254,31 @@ def test_lanes_default_to_two_on_a_multi_core_cpu_and_one_on_cuda():
     assert resolve_lanes(cpu, cores=1) == Lanes(1, 1)
     assert resolve_lanes(cuda, cores=16) == Lanes(1, 16)
     assert resolve_lanes(cpu, lanes=3, torch_threads=2, cores=4) == Lanes(3, 2)
+
+
+def test_a_copied_colour_input_keeps_its_suffix_in_the_result_not_in_the_job(tmp_path, run_cli, tiny_weights):
+    """FileResult carries the path written: a colour JPEG copied under --format png stays .jpg, the
+    manifest records that name, the planned job is left as planned, and a rerun finds it up to date."""
+    from skimage import data
+
+    from colorize_batch.batch_transport import DecodeDataset
+    from colorize_batch.config import load_config
+    from colorize_batch.planning import plan_run
+    from colorize_batch.stages import Status, triage
+
+    colour = save(tmp_path / "in" / "colour.jpg", Image.fromarray(data.astronaut()).resize((96, 96)))
+    args = ("run", tmp_path / "in", tmp_path / "out", "--workers", "0", "-q", "--format", "png", "--color-inputs", "copy")
+    run_cli(*args, expect=0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["colour.jpg"]
+    assert (tmp_path / "out" / "colour.jpg").read_bytes() == colour.read_bytes()
+    records = [json.loads(line) for line in manifest_path(tmp_path / "out").read_text().splitlines()]
+    assert [(r["status"], r["output"]) for r in records] == [("copied", "colour.jpg")]
+    run_cli(*args, expect=0)
+    assert json.loads(report_path(tmp_path / "out").read_text())["counts"]["skipped_up_to_date"] == 1
+
+    config = load_config(None, {"model.weights": str(tiny_weights), "output.format": "png", "input.color_inputs": "copy"})
+    job = plan_run(tmp_path / "in", tmp_path / "again", config, None, None).jobs[0]
+    planned = job.output
+    result = triage(DecodeDataset([job.item.source], config.model.size)[0], job, config)
+    assert result is not None and result.status is Status.COPIED
+    assert result.output == tmp_path / "again" / "colour.jpg" and job.output == planned == tmp_path / "again" / "colour.png"

@@ -15,7 +15,7 @@ from colorize_batch.evaluate import ab_auc, colourfulness, grey_from_rgb, psnr
 from colorize_batch.examples import colour_photo
 from colorize_batch.inference import Colorizer
 from colorize_batch.recombination import chroma_planes, recombine
-from colorize_batch.weights import load_weights
+from colorize_batch.weights import load_weights, save_weights
 
 
 @pytest.fixture
@@ -111,3 +111,16 @@ def test_shipped_weights_colour_astronaut_better_than_grey():
     grey_rgb = np.repeat(grey[..., None], 3, 2)
     assert colourfulness(out) > 10 + colourfulness(grey_rgb)
     assert psnr(out, truth) > psnr(grey_rgb, truth)
+
+
+def test_export_step_resaves_a_validation_snapshot_under_its_new_name(tmp_path, run_cli, tiny_weights):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    generator, info = load_weights(tiny_weights)
+    save_weights(run_dir / "generator_000004.pt", generator, {**info.provenance, "steps": 4})  # as Trainer.fit writes it
+    run_cli("export", run_dir, tmp_path / "best.pt", "--step", "4", expect=0)
+    exported, out_info = load_weights(tmp_path / "best.pt")
+    assert out_info.provenance["name"] == "best" and out_info.provenance["steps"] == 4
+    assert all(torch.equal(exported.state_dict()[k], generator.state_dict()[k]) for k in generator.state_dict())
+    result = run_cli("export", run_dir, tmp_path / "none.pt", "--step", "5", expect=2)  # no such snapshot: one line, exit 2
+    assert "generator_000005.pt" in result.output and not (tmp_path / "none.pt").exists()
