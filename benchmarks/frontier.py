@@ -57,9 +57,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["set"], r["degrade"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (name, degrade) in zip(axes[0], panels):
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    degrades = sorted({r["degrade"] for r in rows})
+    panels = [(name, degrade) for name in sets for degrade in degrades]  # one row per set, one column per degradation
+    fig, axes = plt.subplots(len(sets), len(degrades), figsize=(4.6 * len(degrades), 3.4 * len(sets)), squeeze=False)
+    for ax, (name, degrade) in zip(axes.ravel(), panels):
         for label in dict.fromkeys(r["label"] for r in rows):
             curve = sorted((r for r in rows if r["label"] == label and r["set"] == name and r["degrade"] == degrade),
                            key=lambda r: r["temperature"])

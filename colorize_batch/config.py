@@ -50,7 +50,7 @@ class ModelSection(_Section):
     device: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     chroma_gain: float = Field(1.0, ge=0.0, le=3.0)
-    temperature: float = Field(0.65, ge=0.05, le=5.0, description="annealed-mean temperature of classification-head "
+    temperature: float = Field(0.8, ge=0.05, le=5.0, description="annealed-mean temperature of classification-head "
                                "generators (effunet): lower = more vivid, 1.0 = the expectation; ignored by unet weights")
     hint_edges: bool = Field(True, description="colour hints respect the photo's edges: the hint branch's effect is cut "
                              "at edges of the grey and each hint's colour carried along its object (hint_edges.py); "

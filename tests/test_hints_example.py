@@ -89,15 +89,17 @@ def test_the_coffee_hints_turn_the_cup_blue_and_leave_the_table(tmp_path, run_cl
     hinted_ab = hinted[..., 1:][region].mean(axis=0)
     assert hue_gap(hue_degrees(*plain_ab), hint_hue) > 90  # without hints: not blue
     assert hue_gap(hue_degrees(*hinted_ab), hint_hue) < 30  # with them: the hint's hue
-    assert float(np.hypot(*hinted_ab)) > 12  # and coloured, not grey (measured: 24.6; branch alone 17.8)
+    assert float(np.hypot(*hinted_ab)) > 12  # and coloured, not grey (measured: 21.9)
     far_shift = float(np.linalg.norm(hinted[..., 1:][far].mean(axis=0) - plain[..., 1:][far].mean(axis=0)))
-    assert far_shift < 1.0, far_shift  # measured: 0.31 (branch alone: 0.18)
+    assert far_shift < 1.0, far_shift  # measured: 0.12
     ring = table_ring(red)
     assert ring.sum() > 5000
 
     def halo(out: np.ndarray) -> float:
         return float(np.linalg.norm(out[..., 1:][ring] - plain[..., 1:][ring], axis=1).mean())
 
-    assert halo(hinted) < 0.92 * halo(branch_only), (halo(hinted), halo(branch_only))  # measured: 15.1 vs 17.3
+    print(f"coffee hints: hue {hue_degrees(*hinted_ab):.1f} (hint {hint_hue:.1f}), chroma {float(np.hypot(*hinted_ab)):.1f}, "
+          f"far corner {far_shift:.2f}, halo {halo(hinted):.1f} (branch alone {halo(branch_only):.1f})")
+    assert halo(hinted) < 0.92 * halo(branch_only), (halo(hinted), halo(branch_only))  # measured: 13.6 vs 14.9 (weights/README.md)
     # the grey levels are the scan's either way (up to JPEG rounding of the two outputs)
     assert float(np.abs(hinted[..., 0] - plain[..., 0]).mean()) < 0.5
