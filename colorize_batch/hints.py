@@ -167,14 +167,20 @@ def _json_document(raw: bytes) -> Any:
         raise HintError("not a usable hint document (nested too deeply)") from None
 
 
-def read_hint_document(path: Path) -> tuple[Any, bytes]:
-    """A hint file's decoded JSON (not yet checked: :func:`parse_hints`) and its bytes."""
+def _read_bounded(path: Path, limit: int, what: str, short: str) -> bytes:
+    """A named file's bytes (reading.read_user_file: regular, under ``limit``); problems as
+    HintError ("cannot read the ``short``: ...")."""
     try:
-        raw = read_user_file(path, HINTS_LIMIT, "hint file")
+        return read_user_file(path, limit, what)
     except FileLimitError as exc:
         raise HintError(exc.reason) from None
     except OSError as exc:
-        raise HintError(f"cannot read the hint file: {exc.strerror or exc}") from None
+        raise HintError(f"cannot read the {short}: {exc.strerror or exc}") from None
+
+
+def read_hint_document(path: Path) -> tuple[Any, bytes]:
+    """A hint file's decoded JSON (not yet checked: :func:`parse_hints`) and its bytes."""
+    raw = _read_bounded(path, HINTS_LIMIT, "hint file", "hint file")
     return _json_document(raw), raw
 
 
@@ -313,12 +319,7 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     nothing is written unless every document in it is valid. Returns the files written."""
     from .safe_files import atomic_write_text, leads_outside
 
-    try:
-        raw = read_user_file(bundle, BUNDLE_LIMIT, "hint bundle")
-    except FileLimitError as exc:
-        raise HintError(exc.reason) from None
-    except OSError as exc:
-        raise HintError(f"cannot read the bundle: {exc.strerror or exc}") from None
+    raw = _read_bounded(bundle, BUNDLE_LIMIT, "hint bundle", "bundle")
     try:
         data = _json_document(raw)
     except HintError as exc:

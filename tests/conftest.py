@@ -15,6 +15,20 @@ from colorize_batch.weights import save_weights
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS = REPO / "weights" / "colorize-lite.pt"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def launch_chromium(pw, tmp_path: Path, **options):
+    """Debian's Chromium through Playwright, headless, a fresh profile, no background networking
+    (this machine's closed network refuses it); a persistent context of a 1280x900 window."""
+    return pw.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 900}, **options,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,13 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import CHROMIUM, launch_chromium
 from PIL import Image
 
 from colorize_batch.cli import gallery_command
 from colorize_batch.gallery import build_gallery
 from colorize_batch.manifest import gallery_dir, manifest_path, report_path, state_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 # "</script>" holds a "/", so on disk this is folder "<script>alert(1)<" + file "script>.png".
 HOSTILE_SCRIPT = "<script>alert(1)</script>.png"
 HOSTILE_IMG = "<img src=x onerror=alert(1)>.png"  # a single file name
@@ -257,10 +253,7 @@ def test_real_browser(fake_run, tmp_path):
     errors: list[str] = []
 
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        context = launch_chromium(pw, tmp_path)
         try:
             page = context.new_page()
             page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import grey_image, save
+from conftest import CHROMIUM, grey_image, launch_chromium, save
 from PIL import Image
 
 from colorize_batch.cli import main
@@ -18,11 +18,6 @@ from colorize_batch.gallery import build_gallery
 from colorize_batch.hints import hints_path_for, locate, parse_hints, read_bundle
 from colorize_batch.names import display
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 PLAIN = "roll 1/a photo.png"  # output: roll 1/a photo.jpg (--format jpg): the bundle must name the INPUT
 HINTED = "roll 1/b.png"  # has a hint file beside it already
 ODD = os.fsdecode(b"caf\xe9 <b>&\".png")  # not UTF-8, and HTML/JS specials
@@ -84,10 +79,7 @@ def test_browser_writes_hints_that_import_and_run_find(hint_run, tmp_path):
     errors: list[str] = []
 
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900}, accept_downloads=True,
-        )
+        context = launch_chromium(pw, tmp_path, accept_downloads=True)
         try:
             page = context.new_page()
             page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))

@@ -7,6 +7,7 @@ re-colorize round trip of a 3000x2000 scan.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO, grey_image, save
+from conftest import CHROMIUM, REPO, grey_image, launch_chromium, save
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -45,11 +47,6 @@ PLAIN = "roll 1/a.png"
 HOSTILE = "<img src=x onerror=alert(1)>.png"  # one file name: HTML specials
 ODD = os.fsdecode(b"caf\xe9 \"'&.png")  # not UTF-8, and quotes
 HINT = {"x": 0.2, "y": 0.5, "color": "#2040c0", "radius": 0.03}
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 def cli(*args: object) -> tuple[int, str]:
@@ -72,18 +69,24 @@ def reviewed(tmp_path) -> tuple[Path, Path]:
     return src, out
 
 
-@pytest.fixture
-def server(reviewed):
-    """The review app in-process, holding OUT's lock as the command does."""
-    src, out = reviewed
+@contextlib.contextmanager
+def serving(out: Path) -> Iterator[tuple[TestClient, Reviewer]]:
+    """The review app in-process over OUT, holding OUT's lock as the command does."""
     config = load_config(None, {"model.weights": str(WEIGHTS)})
     with RunLock(out):
         reviewer = Reviewer(out, config)
         try:
             with TestClient(create_app(reviewer, TOKEN), base_url="http://127.0.0.1") as client:
-                yield client, reviewer, src, out
+                yield client, reviewer
         finally:
             reviewer.close()
+
+
+@pytest.fixture
+def server(reviewed):
+    src, out = reviewed
+    with serving(out) as (client, reviewer):
+        yield client, reviewer, src, out
 
 
 def post(client: TestClient, path: str, body: object, token: bool = True):
@@ -206,18 +209,12 @@ def test_accept_writes_hint_file_output_and_manifest_so_run_finds_it_up_to_date(
 
 def test_run_after_accept_reports_the_photo_up_to_date(reviewed):
     src, out = reviewed
-    config = load_config(None, {"model.weights": str(WEIGHTS)})
-    with RunLock(out):
-        reviewer = Reviewer(out, config)
-        try:
-            with TestClient(create_app(reviewer, TOKEN), base_url="http://127.0.0.1") as client:
-                assert post(client, "/api/accept", {"key": PLAIN, "points": [HINT]}).status_code == 200
-                code, output = cli("run", src, out, "--weights", WEIGHTS, "--workers", "0", "-q")
-                assert code == 75, output  # the review holds the lock
-                code, output = cli("review", out, "--weights", WEIGHTS)
-                assert code == 75 and "holds the lock" in output
-        finally:
-            reviewer.close()
+    with serving(out) as (client, _):
+        assert post(client, "/api/accept", {"key": PLAIN, "points": [HINT]}).status_code == 200
+        code, output = cli("run", src, out, "--weights", WEIGHTS, "--workers", "0", "-q")
+        assert code == 75, output  # the review holds the lock
+        code, output = cli("review", out, "--weights", WEIGHTS)
+        assert code == 75 and "holds the lock" in output
     accepted = file_sha256(out / PLAIN)
     code, output = cli("run", src, out, "--weights", WEIGHTS, "--workers", "0", "-q")
     assert code == 0, output
@@ -347,10 +344,7 @@ def _browser_loop(sync_api, url: str, tmp_path: Path) -> tuple[list[int], str]:
     point, add and remove another, accept; the click round trips (ms) and the colour picked."""
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        context = launch_chromium(pw, tmp_path)
         try:
             page = context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
