@@ -127,6 +127,7 @@ class TrainSection(_Section):
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_warmup: int = Field(0, ge=0, description="steps of linear learning-rate warm-up from 0 (fresh optimiser state on trained weights)")
     gan_lr: float = Field(5e-5, gt=0)
     beta1: float = 0.5
     beta2: float = 0.999

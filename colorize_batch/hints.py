@@ -253,6 +253,54 @@ def sample_points(true_ab: torch.Tensor, count: int, generator: torch.Generator,
     return points
 
 
+def revealed_planes(true_ab: torch.Tensor, centres: torch.Tensor, radii_px: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Batched :func:`sample_points` + :func:`rasterize` for training on square crops: ``(B, 2, S, S)``
+    true ab (Lab units), ``(B, K, 2)`` relative centres ``(x, y)``, ``(B, K)`` radii in pixels and a
+    ``(B, K)`` bool of the points in use -> ``(B, 3, S, S)`` planes, each point the mean truth over
+    its disc, later points painting over earlier ones, on the truth's device. Each disc is worked
+    out in the small window around its centre, not over the whole image."""
+    b, _, size, _ = true_ab.shape
+    device = true_ab.device
+    reach = int(math.ceil(float(radii_px.max()))) + 1 if radii_px.numel() else 1
+    offsets = torch.arange(-reach, reach + 1, device=device)
+    cx = (centres[..., 0] * size).long().clamp(0, size - 1)  # the pixel under the centre (window middle)
+    cy = (centres[..., 1] * size).long().clamp(0, size - 1)
+    xs = cx[..., None, None] + offsets[None, None, None, :]  # (B, K, 1, P)
+    ys = cy[..., None, None] + offsets[None, None, :, None]  # (B, K, P, 1)
+    r = radii_px.clamp_min(0.5)[..., None, None]
+    dx = ((xs + 0.5 - centres[..., 0, None, None] * size) / r).pow(2)
+    dy = ((ys + 0.5 - centres[..., 1, None, None] * size) / r).pow(2)
+    inside = (xs >= 0) & (xs < size) & (ys >= 0) & (ys < size)
+    masks = (dx + dy <= 1.0) & inside & valid[..., None, None]  # (B, K, P, P)
+    masks[..., reach, reach] |= valid  # a disc smaller than a pixel keeps the pixel under its centre
+    xs, ys = xs.clamp(0, size - 1).expand_as(masks), ys.clamp(0, size - 1).expand_as(masks)
+    batch = torch.arange(b, device=device).view(b, 1, 1, 1).expand_as(masks)
+    values = true_ab.float().permute(0, 2, 3, 1)[batch, ys, xs]  # (B, K, P, P, 2)
+    weights = masks.float()[..., None]
+    means = normalize_ab((values * weights).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1))  # (B, K, 2)
+    planes = torch.zeros(b, 3, size, size, device=device)
+    for k in range(masks.shape[1]):  # in order: later points paint over earlier ones
+        bi, i, j = masks[:, k].nonzero(as_tuple=True)
+        y, x = ys[bi, k, i, j], xs[bi, k, i, j]
+        planes[bi, 0, y, x], planes[bi, 1, y, x], planes[bi, 2, y, x] = means[bi, k, 0], means[bi, k, 1], 1.0
+    return planes
+
+
+def training_hint_planes(true_ab: torch.Tensor, generator: torch.Generator, mean_points: float,
+                         radius_px: tuple[float, float] = (1.0, 4.5), cap: int = 24) -> torch.Tensor:
+    """Hint planes revealing random points of each ``(B, 2, S, S)`` truth (Zhang et al. 2017): a
+    geometric number of points (mean ``mean_points``, 1 to ``cap``), uniform centres, radii drawn
+    from ``radius_px``; every draw comes from ``generator`` (CPU), the planes are made on the
+    truth's device."""
+    b = true_ab.shape[0]
+    counts = torch.tensor([hint_count(generator, 1.0 / mean_points, cap) for _ in range(b)])
+    draws = torch.rand(b, cap, 3, generator=generator)
+    lo, hi = radius_px
+    valid = torch.arange(cap)[None, :] < counts[:, None]
+    device = true_ab.device
+    return revealed_planes(true_ab, draws[..., :2].to(device), (lo + (hi - lo) * draws[..., 2]).to(device), valid.to(device))
+
+
 def hint_count(generator: torch.Generator, p: float = 0.125, cap: int = 24) -> int:
     """A random number of points for training, geometric with mean 1/p (at least 1, at most ``cap``)."""
     u = float(torch.rand(1, generator=generator))

@@ -600,6 +600,11 @@ PRESETS["effnet-lite0"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_g
 # The same with a colour-hint branch (0.3M parameters more): one weights file for automatic and guided runs.
 PRESETS["effnet-lite0-hints"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
                                               hint_channels=(32, 64, 96, 128))
+# Wider up path at /32, /16 and /8 (where the photo's content decides the colours; /4 stays 64, as that
+# level is most of the decoder's arithmetic): the capacity candidate of the GPU campaign (issue 24).
+PRESETS["effnet-lite0-wide"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260)
+PRESETS["effnet-lite0-wide-hints"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260,
+                                                   hint_channels=(32, 64, 96, 128))
 
 
 def build_generator(config: UNetConfig | EffUNetConfig | str = "lite", pretrained: bool = False) -> UNetGenerator | EffUNetGenerator:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from .color import rgb_to_lab
 from .config import TrainSection
-from .hints import hint_count, rasterize, sample_points
+from .hints import training_hint_planes
 from .model import EffUNetGenerator, GANLoss, UNetGenerator, build_discriminator, family_of
 
 log = logging.getLogger("colorize_batch.train")
@@ -248,15 +248,10 @@ class BinClassObjective:
 
     def training_hints(self, lab_ab: torch.Tensor, step: int) -> torch.Tensor:
         """Hint planes revealing random points of each photo's true ab (Zhang et al. 2017: a
-        geometric number of points, discs of 1-4.5 px radius, each of its mean true colour);
-        fixed by ``(seed, step)``."""
-        cfg = self.cfg
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-        size = lab_ab.shape[-1]
-        truth = lab_ab.detach().float().cpu()
-        planes = [rasterize(sample_points(ab, hint_count(g, 1.0 / cfg.hint_mean_points), g, (1.0, 4.5)), size, size, size)
-                  for ab in truth]
-        return torch.stack(planes).to(self.device)
+        geometric number of points, discs of 1-4.5 px radius, each of its mean true colour),
+        made batched on the training device; fixed by ``(seed, step)``."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + step)
+        return training_hint_planes(lab_ab.detach(), g, self.cfg.hint_mean_points)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -251,11 +251,14 @@ class Trainer:
         return save_weights(path or self.out_dir / "generator.pt", self.generator, provenance)
 
     def learning_rate(self, gan_phase: bool) -> float:
-        """``lr`` (``gan_lr`` once the GAN runs), times a cosine decay to 0 over the run if asked."""
+        """``lr`` (``gan_lr`` once the GAN runs), times a cosine decay to 0 over the run if asked,
+        times a linear warm-up over the first ``lr_warmup`` steps."""
         cfg = self.config.train
         base = cfg.gan_lr if gan_phase else cfg.lr
         if cfg.lr_schedule == "cosine":
             base *= 0.5 * (1 + math.cos(math.pi * min(self.step, cfg.steps) / cfg.steps))
+        if self.step < cfg.lr_warmup:
+            base *= (self.step + 1) / (cfg.lr_warmup + 1)
         return base
 
     # -- one step ----------------------------------------------------------------------

@@ -18,12 +18,15 @@ from colorize_batch.hints import (
     HintError,
     apply_tint,
     HintPoint,
+    _disc,
     hex_to_ab,
     hint_count,
     parse_hints,
     rasterize,
     read_hints,
+    revealed_planes,
     sample_points,
+    training_hint_planes,
 )
 from colorize_batch.model import build_generator, fused_for_inference
 from colorize_batch.weights import load_weights, save_weights
@@ -120,6 +123,30 @@ def test_sampled_points_carry_the_true_colour_of_their_disc():
             assert p.a == pytest.approx(0.0)
     counts = [hint_count(torch.Generator().manual_seed(s), 1 / 8) for s in range(400)]
     assert min(counts) >= 1 and max(counts) <= 24 and 5 < np.mean(counts) < 9
+
+
+def test_batched_training_planes_equal_the_point_by_point_ones():
+    """revealed_planes (training, batched on the device) paints what sample_points + rasterize paint
+    for the same points: each disc's mean truth, later points over earlier ones, none where unused."""
+    torch.manual_seed(0)
+    truth = torch.randn(3, 2, 48, 48) * 30
+    g = torch.Generator().manual_seed(5)
+    centres, radii = torch.rand(3, 6, 2, generator=g), 1.0 + 3.5 * torch.rand(3, 6, generator=g)
+    valid = torch.tensor([[True] * 6, [True, True, False, False, False, False], [False] * 6])
+    batched = revealed_planes(truth, centres, radii, valid)
+    for i in range(3):
+        points = []
+        for k in range(6):
+            if valid[i, k]:
+                probe = HintPoint(float(centres[i, k, 0]), float(centres[i, k, 1]), 0.0, 0.0, float(radii[i, k]) / 48)
+                mask = _disc(probe, 48, 48, 48)
+                a, b = truth[i][:, mask].mean(1).tolist()
+                points.append(HintPoint(probe.x, probe.y, a, b, probe.radius))
+        assert torch.allclose(batched[i], rasterize(points, 48, 48, 48), atol=1e-5)
+    assert float(batched[2].abs().sum()) == 0.0
+    planes = training_hint_planes(truth, torch.Generator().manual_seed(1), 8.0)
+    again = training_hint_planes(truth, torch.Generator().manual_seed(1), 8.0)
+    assert planes.shape == (3, 3, 48, 48) and torch.equal(planes, again) and bool((planes[:, 2].flatten(1).sum(1) > 0).all())
 
 
 @pytest.fixture(scope="module")
