@@ -71,7 +71,8 @@ def phase(label: str, trainers: dict[str, Trainer], minutes: float, workers: int
     loader = DataLoader(
         CropDataset(files, first.crop, first.degrade, first.degrade_strength),
         batch_sampler=StepBatchSampler(weights, first.batch_size, first.seed, 0),
-        num_workers=workers, pin_memory=True, prefetch_factor=6 if workers else None,
+        num_workers=workers, pin_memory=next(iter(trainers.values())).device.type == "cuda",
+        prefetch_factor=6 if workers else None,
     )
     budget = minutes * 60
     started = time.monotonic()

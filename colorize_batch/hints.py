@@ -287,13 +287,15 @@ def revealed_planes(true_ab: torch.Tensor, centres: torch.Tensor, radii_px: torc
 
 
 def training_hint_planes(true_ab: torch.Tensor, generator: torch.Generator, mean_points: float,
-                         radius_px: tuple[float, float] = (1.0, 4.5), cap: int = 24) -> torch.Tensor:
+                         radius_px: tuple[float, float] = (1.0, 4.5), cap: int = 24, hint_free: float = 0.0) -> torch.Tensor:
     """Hint planes revealing random points of each ``(B, 2, S, S)`` truth (Zhang et al. 2017): a
     geometric number of points (mean ``mean_points``, 1 to ``cap``), uniform centres, radii drawn
-    from ``radius_px``; every draw comes from ``generator`` (CPU), the planes are made on the
-    truth's device."""
+    from ``radius_px``, and for a ``hint_free`` share of the photos none at all; every draw comes
+    from ``generator`` (CPU), the planes are made on the truth's device."""
     b = true_ab.shape[0]
     counts = torch.tensor([hint_count(generator, 1.0 / mean_points, cap) for _ in range(b)])
+    if hint_free > 0:
+        counts[torch.rand(b, generator=generator) < hint_free] = 0
     draws = torch.rand(b, cap, 3, generator=generator)
     lo, hi = radius_px
     valid = torch.arange(cap)[None, :] < counts[:, None]

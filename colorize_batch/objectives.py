@@ -248,10 +248,11 @@ class BinClassObjective:
 
     def training_hints(self, lab_ab: torch.Tensor, step: int) -> torch.Tensor:
         """Hint planes revealing random points of each photo's true ab (Zhang et al. 2017: a
-        geometric number of points, discs of 1-4.5 px radius, each of its mean true colour),
-        made batched on the training device; fixed by ``(seed, step)``."""
+        geometric number of points, discs of 1-4.5 px radius, each of its mean true colour; none
+        for a ``hint_free`` share of the crops), made batched on the training device; fixed by
+        ``(seed, step)``."""
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + step)
-        return training_hint_planes(lab_ab.detach(), g, self.cfg.hint_mean_points)
+        return training_hint_planes(lab_ab.detach(), g, self.cfg.hint_mean_points, hint_free=self.cfg.hint_free)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -147,6 +147,9 @@ def test_batched_training_planes_equal_the_point_by_point_ones():
     planes = training_hint_planes(truth, torch.Generator().manual_seed(1), 8.0)
     again = training_hint_planes(truth, torch.Generator().manual_seed(1), 8.0)
     assert planes.shape == (3, 3, 48, 48) and torch.equal(planes, again) and bool((planes[:, 2].flatten(1).sum(1) > 0).all())
+    some_free = training_hint_planes(torch.randn(64, 2, 16, 16), torch.Generator().manual_seed(2), 8.0, hint_free=0.5)
+    free = int((some_free[:, 2].flatten(1).sum(1) == 0).sum())
+    assert 16 <= free <= 48  # about half the photos shown without hints
 
 
 @pytest.fixture(scope="module")
