@@ -233,7 +233,8 @@ class RunRequest:
               "(default: one per GPU, else the cluster's CPUs - 1).")
 @click.option("--gpus-per-actor", type=click.FloatRange(0), help="With --engine ray: GPUs per actor, fractions share a GPU "
               "(default: the cluster's GPUs shared out; 0 with --device cpu).")
-@click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run.")
+@click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run "
+              "(with the model's suggested colours: see gallery --help).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
 @verbose_option
 @click.pass_context
@@ -304,8 +305,15 @@ def _check_gallery_links(ctx: click.Context, out_path: Path) -> None:
 
 def _write_gallery(request: RunRequest, config: PipelineConfig) -> None:
     from .gallery import build_gallery
+    from .inference import InferenceError
+    from .weights import WeightsError
 
-    index = build_gallery(request.out_path, request.in_path, workers=config.loader.writer_threads, hints_dir=config.input.hints_dir)
+    options: dict[str, Any] = {"workers": config.loader.writer_threads, "hints_dir": config.input.hints_dir}
+    try:
+        index = build_gallery(request.out_path, request.in_path, suggester=_suggester(config, None), **options)
+    except (InputError, WeightsError, InferenceError) as exc:  # the run is over: its gallery goes without suggestions
+        logging.getLogger("colorize_batch").warning("gallery: no suggested colours: %s", exc)
+        index = build_gallery(request.out_path, request.in_path, **options)
     if not request.quiet:
         click.echo(f"review gallery: {index}", err=True)
 
@@ -532,26 +540,60 @@ def report_merge(out_dir, dest):
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Thumbnail threads.")
 @click.option("--hints", "hints_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the hint files, mirroring IN (default: the last run's --hints, else beside the scans).")
-def gallery_command(out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int, workers: int,
-                    hints_dir: Path | None) -> None:
+@click.option("--suggest/--no-suggest", default=None,
+              help="Offer the model's suggested colours in the hint editor (default: on when the weights file exists). "
+                   "Costs about what colorizing costs: every photo decoded again and one forward pass of the model "
+                   "(only for photos new or changed since the last build: kept in gallery/suggest/), and about 5-7 KB "
+                   "per photo in the pages.")
+@config_option
+@weights_option
+@device_option
+@size_option
+@click.pass_context
+def gallery_command(ctx: click.Context, out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int,
+                    workers: int, hints_dir: Path | None, suggest: bool | None, config_path: Path | None, **_model: Any) -> None:
     """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/.
 
-    A click on a colour result adds a colour hint there; the page downloads photo.hints.json
-    per image, or a bundle of every edited image for `colorize-batch hints import`.
+    A click on a colour result adds a colour hint there, of the picker's colour or one of the
+    model's suggested colours for that spot; the page downloads photo.hints.json per image, or
+    a bundle of every edited image for `colorize-batch hints import`. Give it the run's
+    --config, --weights and --size, so that the suggestions are the run's model's.
     """
     import webbrowser
 
     from .gallery import NoManifestError, build_gallery
+    from .inference import InferenceError
     from .manifest import StateLinkError
+    from .weights import WeightsError
 
+    suggester = _suggester(_resolve_config(ctx, config_path), suggest)
     try:
-        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir)
+        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir,
+                              suggester=suggester)
+    except (WeightsError, InferenceError) as exc:
+        raise InputError(f"suggested colours: {exc}") from None
     except (NoManifestError, StateLinkError) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise click.exceptions.Exit(EXIT_USAGE) from None
     click.echo(str(index))
     if open_browser:
         webbrowser.open(index.resolve().as_uri())
+
+
+def _suggester(config: PipelineConfig, wanted: bool | None):
+    """The model for the gallery's suggested colours (loaded when first needed), or ``None``:
+    ``wanted`` ``None`` means on when the weights file exists. A missing file: :class:`InputError`."""
+    from .suggestions import Suggester
+
+    weights = config.model.weights
+    if wanted is False or (wanted is None and not weights.is_file()):
+        return None
+    if not weights.is_file():
+        raise InputError(f"{display(weights)}: weights file not found (for --suggest: set --weights, or --no-suggest)")
+    try:
+        return Suggester(config.model, config.input.max_pixels)
+    except OSError as exc:
+        raise InputError(f"{display(weights)}: cannot read the weights file ({exc.strerror or exc})") from None
 
 
 # ----------------------------------------------------------------------------- review

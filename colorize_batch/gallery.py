@@ -27,6 +27,10 @@ Design points:
   image for ``colorize-batch hints import``. Each image's input relative path (the bundle's
   key) and its existing hint file's points travel as JSON in a ``<script type="application/json">``
   block (``<``, ``>``, ``&`` escaped, ASCII only), never spliced into the script.
+* Suggested colours: with a :class:`~colorize_batch.suggestions.Suggester` (the model, loaded
+  only when a grid must be made), each editable image's coarse grid of the model's most likely distinct colours
+  travels in that block too; the grids are kept in ``gallery/suggest/<source rel>.json`` and
+  reused while newer than the source and made by the same weights at the same size.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
@@ -59,10 +64,13 @@ from .names import display
 from .planning import parse_source_key
 from .reporting import RunReport
 from .safe_files import atomic_write, atomic_write_text
+from .suggestions import Suggester, SuggestionSource
 
 log = logging.getLogger("colorize_batch")
 
 THUMB_DIR = "thumbs"
+SUGGEST_DIR = "suggest"  # each image's suggested colours, reused by later builds
+MAX_GRID_BYTES = 64 * 1024  # a cached grid file larger than this is not ours: made again
 THUMB_LONG_SIDE = 320
 THUMB_QUALITY = 82
 MAX_FAILURES_SHOWN = 1000
@@ -363,16 +371,22 @@ def _hint_target(source_rel: PurePosixPath, src_root: Path | None, hints_root: P
         return replace(target, problem=f"its hint file cannot be used ({reason}): editing replaces it")
 
 
-def _hint_data(items: Sequence[Item], files: Sequence[ItemFiles], store: str, live: bool = False) -> tuple[Markup, dict[str, int]]:
+def _hint_data(items: Sequence[Item], files: Sequence[ItemFiles], store: str, live: bool = False,
+               suggestions: dict[str, dict] | None = None) -> tuple[Markup, dict[str, int]]:
     """The page's hint JSON (one entry per image: the pages of a TIFF share its one hint file;
-    ``key``: the manifest key of its first item on the page, which the review server edits)
-    and each relative path's index in it."""
+    ``key``: the manifest key of its first item on the page, which the review server edits;
+    ``suggest``: its suggested colours' grid, when the gallery has them) and each relative
+    path's index in it."""
     index: dict[str, int] = {}
     images: list[dict] = []
     for item, where in zip(items, files):
         if item.hint is not None and item.hint.rel not in index:
             index[item.hint.rel] = len(images)
-            images.append({"rel": item.hint.rel, "key": where.key, "file": item.hint.file, "existing": item.hint.document})
+            image = {"rel": item.hint.rel, "key": where.key, "file": item.hint.file, "existing": item.hint.document}
+            grid = (suggestions or {}).get(item.hint.rel)
+            if grid is not None:
+                image["suggest"] = {"rows": grid["rows"], "cols": grid["cols"], "cells": grid["cells"]}
+            images.append(image)
     return _script_json({"format": BUNDLE_FORMAT, "version": 1, "store": store, "live": live,
                          "default_radius": 0.02, "images": images}), index
 
@@ -386,14 +400,15 @@ def check_gallery_links(out_dir: Path) -> None:
     """Refuse (:class:`~colorize_batch.manifest.StateLinkError`, nothing written) when the gallery's
     folders or its ``index.html`` are symbolic links: it never writes through a link."""
     gallery = gallery_dir(out_dir)
-    for path in (gallery / page_filename(1), gallery / THUMB_DIR / "src", gallery / THUMB_DIR / "out"):
+    for path in (gallery / page_filename(1), gallery / THUMB_DIR / "src", gallery / THUMB_DIR / "out", gallery / SUGGEST_DIR):
         refuse_links(path, Path(out_dir))
 
 
-def _refuse_linked_thumb_folders(jobs: Sequence[ThumbJob], thumbs: Path) -> None:
-    """Thumbnails mirror OUT's folders under ``thumbs/``: none of them may be a link either."""
-    for folder in sorted({job.thumb.parent for job in jobs}):
-        refuse_links(folder, thumbs)
+def _refuse_linked_folders(files: Iterable[Path], root: Path) -> None:
+    """Thumbnails and suggestion grids mirror OUT's folders under ``thumbs/`` and ``suggest/``:
+    none of those folders may be a link either."""
+    for folder in sorted({path.parent for path in files}):
+        refuse_links(folder, root)
 
 
 def _groups(items: Sequence[Item], previous_folder: str | None) -> list[Group]:
@@ -442,6 +457,7 @@ class Site:
     store: str  # this gallery's key for the browser's localStorage
     src_root: Path | None
     hints_root: Path | None
+    suggestions: dict[str, dict] = field(default_factory=dict)  # input relative path -> suggested colours' grid
 
     def pages(self, page_size: int) -> int:
         return max(1, -(-len(self.items) // page_size))
@@ -485,7 +501,14 @@ class Entry:
         return thumbs / "out" / f"{self.output_rel}.jpg"
 
     def source_thumb(self, thumbs: Path) -> Path:
-        return thumbs / "src" / f"{self.source_rel}{f'.p{self.page + 1}' if self.page else ''}.jpg"
+        return thumbs / "src" / f"{self._page_name}.jpg"
+
+    def suggestion_file(self, folder: Path) -> Path:
+        return folder / f"{self._page_name}.json"
+
+    @property
+    def _page_name(self) -> str:
+        return f"{self.source_rel}{f'.p{self.page + 1}' if self.page else ''}"
 
 
 def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) -> RunState:
@@ -530,7 +553,7 @@ def _entry_thumbnails(entries: Sequence[Entry], state: RunState, thumbs: Path, w
         jobs.append(ThumbJob(state.out_dir / entry.output_rel, entry.output_thumb(thumbs)))
         source = state.src_root / entry.source_rel if state.src_root else None
         jobs.append(ThumbJob(source, entry.source_thumb(thumbs), entry.page))
-    _refuse_linked_thumb_folders(jobs, thumbs)
+    _refuse_linked_folders((job.thumb for job in jobs), thumbs)
     started = time.monotonic()
     results = make_thumbnails(jobs, workers)
     made = sum(r.made for r in results.values())
@@ -560,6 +583,65 @@ def _item(entry: Entry, state: RunState, gallery: Path, results: dict[Path, Thum
     return item, ItemFiles(rec.source, source_rel, page, state.out_dir / output_rel, source_path, out_thumb, s_thumb)
 
 
+def _cached_grid(path: Path, source: Path, key: dict) -> dict | None:
+    """The grid an earlier build wrote at ``path``, if still valid: a regular file (never read
+    through a link) newer than ``source`` and made as ``key`` says (weights, size, format)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_GRID_BYTES or not _fresh(path, source):
+            return None
+        try:
+            grid = json.loads(fh.read(MAX_GRID_BYTES))
+        except (OSError, ValueError):
+            return None
+    return grid if isinstance(grid, dict) and all(grid.get(k) == v for k, v in key.items()) else None
+
+
+def _suggestions(entries: Sequence[Entry], items: Sequence[Item], state: RunState, gallery: Path,
+                 suggester: Suggester | None) -> dict[str, dict]:
+    """Each editable image's suggested colours, by input relative path (the pages of a TIFF share
+    their first page's): reused from ``gallery/suggest/`` (:func:`_cached_grid`), else made by
+    ``suggester`` (one forward pass per image) and written there atomically."""
+    if suggester is None or state.src_root is None:
+        return {}
+    folder = gallery / SUGGEST_DIR
+    wanted: dict[str, tuple[Path, Path, int]] = {}  # rel -> (source, grid file, page)
+    for entry, item in zip(entries, items):
+        source = state.src_root / entry.source_rel
+        if item.hint is not None and item.hint.rel not in wanted and source.is_file():
+            wanted[item.hint.rel] = (source, entry.suggestion_file(folder), entry.page)
+    _refuse_linked_folders((grid_file for _, grid_file, _ in wanted.values()), folder)
+    started = time.monotonic()
+    key = suggester.key()
+    grids = {rel: _cached_grid(grid_file, source, key) for rel, (source, grid_file, _) in wanted.items()}
+    missing = [rel for rel, grid in grids.items() if grid is None]
+    made = suggester.grids([SuggestionSource(wanted[rel][0], wanted[rel][2]) for rel in missing])
+    for rel, grid in zip(missing, made):
+        if grid is not None:
+            grid_file = wanted[rel][1]
+            grid_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(grid_file, json.dumps(grid, separators=(",", ":")).encode(), fsync=False)
+        grids[rel] = grid
+    log.info("gallery: suggested colours for %d image(s) made, %d reused, in %.1fs", sum(g is not None for g in made),
+             len(grids) - len(missing), time.monotonic() - started)
+    return {rel: grid for rel, grid in grids.items() if grid is not None}
+
+
+def _suggestion_warning(state: RunState, suggester: Suggester | None) -> str | None:
+    """A header line when the suggestions' weights are not the ones that made the photos."""
+    if suggester is None:
+        return None
+    other = sum(1 for rec in state.records if rec.status is Status.DONE and rec.model != suggester.model_sha256)
+    if not other:
+        return None
+    return (f"The suggested colours come from other weights (sha256 {suggester.model_sha256[:12]}) than the ones that made "
+            f"{other} of these photos: give gallery the run's --weights (or --no-suggest).")
+
+
 def _summary(state: RunState, shown: int) -> dict:
     """The header every page shares: counts, model, date, warnings, failures, where hints go."""
     records, last_run, src_root, hints_root = state.records, state.last_run, state.src_root, state.hints_root
@@ -581,11 +663,14 @@ def _summary(state: RunState, shown: int) -> dict:
     }
 
 
-def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2, hints_dir: Path | None = None) -> Site:
+def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2, hints_dir: Path | None = None,
+                 suggester: Suggester | None = None) -> Site:
     """Read the run's manifest and last report and make (or reuse) every thumbnail.
 
     ``hints_dir``: where the images' hint files are (``input.hints_dir``; default: the one the
     last run used, else beside the scans), to show their points in the hint editor.
+    ``suggester``: the model, to offer its suggested colours in the hint editor (made or reused:
+    :func:`_suggestions`); ``None``: none offered.
     Raises :class:`NoManifestError` when ``out_dir`` has no manifest, and
     :class:`~colorize_batch.manifest.StateLinkError` when a state file or folder is a link.
     """
@@ -598,8 +683,13 @@ def collect_site(out_dir: Path, source_dir: Path | None = None, workers: int = 2
     results = _entry_thumbnails(entries, state, gallery / THUMB_DIR, workers)
     cards = [_item(entry, state, gallery, results) for entry in entries]
     items, files = [item for item, _ in cards], [where for _, where in cards]
+    suggestions = _suggestions(entries, items, state, gallery, suggester)
+    warning = _suggestion_warning(state, suggester) if suggestions else None
+    if warning:
+        state.warnings.append(warning)
     store = hashlib.sha256(os.fsencode(str(out_dir))).hexdigest()[:16]  # this gallery's edits in localStorage
-    return Site(out_dir, gallery, items, files, _summary(state, len(items)), store, state.src_root, state.hints_root)
+    return Site(out_dir, gallery, items, files, _summary(state, len(items)), store, state.src_root, state.hints_root,
+                suggestions)
 
 
 def _live_picture(picture: Picture, index: int, side: str) -> Picture:
@@ -618,7 +708,7 @@ def render_page(site: Site, number: int, page_size: int = 100, live: bool = Fals
         chunk = [replace(item, source=_live_picture(item.source, first + i, "src"),
                          output=_live_picture(item.output, first + i, "out")) for i, item in enumerate(chunk)]
     previous_folder = site.items[first - 1].folder if number > 1 and chunk else None
-    hint_json, hint_index = _hint_data(chunk, site.files[first: first + page_size], site.store, live)
+    hint_json, hint_index = _hint_data(chunk, site.files[first: first + page_size], site.store, live, site.suggestions)
     return _ENV.get_template("gallery.html").render(
         **site.common,
         page=number,
@@ -650,15 +740,15 @@ def _remove_stale_pages(gallery: Path, pages: int) -> None:
 
 
 def build_gallery(out_dir: Path, source_dir: Path | None = None, page_size: int = 100, workers: int = 2,
-                  hints_dir: Path | None = None) -> Path:
+                  hints_dir: Path | None = None, suggester: Suggester | None = None) -> Path:
     """Write the review site into ``OUT/.colorize-batch/gallery/``; return its ``index.html``.
 
-    ``hints_dir``: see :func:`collect_site`. Raises :class:`NoManifestError` when ``out_dir``
-    has no manifest.
+    ``hints_dir``, ``suggester``: see :func:`collect_site`. Raises :class:`NoManifestError` when
+    ``out_dir`` has no manifest.
     """
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
-    site = collect_site(out_dir, source_dir, workers, hints_dir)
+    site = collect_site(out_dir, source_dir, workers, hints_dir, suggester)
     pages = _write_pages(site, page_size)
     _remove_stale_pages(site.gallery, pages)
     log.info("gallery: %d file(s) on %d page(s): %s", len(site.items), pages, site.gallery / "index.html")

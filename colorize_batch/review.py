@@ -4,7 +4,7 @@ It serves the review gallery of the run (:func:`~colorize_batch.gallery.collect_
 gallery's own template, in its live mode) and an editor: a click on a photo adds a colour hint
 there and the photo comes back re-colorized at display size; points can be moved, recoloured
 and removed; at a point the model's most likely distinct colours are offered
-(:func:`distinct_colours`); "accept" writes the photo's hint file and its output.
+(:func:`~colorize_batch.suggestions.distinct_colours`); "accept" writes the photo's hint file and its output.
 
 - The model is loaded once at start; the photo being edited is decoded once (the same
   :class:`~colorize_batch.batch_transport.DecodeDataset` item ``run`` decodes) and kept.
@@ -55,7 +55,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .color import grey_to_lightness, lab_to_rgb
+from .color import grey_to_lightness
 from .config import PipelineConfig
 from .batch_transport import DecodeDataset, DecodedItem
 from .decoding import to_8bit
@@ -71,6 +71,7 @@ from .recombination import ycbcr_planes
 from .reporting import RunStats
 from .signals import StopFlag
 from .stages import ResultSink, Status, network_hints, network_squares, predict_planes, render_result
+from .suggestions import distinct_colours, swatch_hex
 from .weights import WeightsError, check_size, load_weights
 from .safe_files import atomic_write_text, file_sha256, target_problem
 
@@ -81,10 +82,6 @@ TOKEN_COOKIE = "colorize-batch-review"
 MAX_BODY_BYTES = 64 * 1024  # a request's JSON: 1000 hint points fit in about 60 KB
 PREVIEW_LONG_SIDE = 1024  # the editor's image, pixels on its long side
 PREVIEW_QUALITY = 85
-SUGGESTIONS = 6  # distinct colours offered at a point
-SUGGEST_MIN_SHARE = 0.02  # a colour the model gives less than this (with its neighbour bins) is not offered
-SUGGEST_SEPARATION = 25.0  # Lab ab units between two offered colours
-SWATCH_LIGHTNESS = (45.0, 75.0)  # a swatch shows its colour at the point's lightness, kept in this range
 
 
 class ReviewError(Exception):
@@ -97,49 +94,6 @@ class NotFound(Exception):
 
 class BadRequest(ValueError):
     """A request the server cannot act on; the message says why (HTTP 400)."""
-
-
-# --------------------------------------------------------------------------- suggested colours
-
-
-def distinct_colours(probs: torch.Tensor, bins: torch.Tensor, lightness: float, count: int = SUGGESTIONS,
-                     grid: float = 10.0) -> list[dict]:
-    """The most likely distinct colours of one point: ``probs`` ``(Q,)`` over the ab ``bins`` ``(Q, 2)``.
-
-    Each bin's share is merged with its grid neighbours' (the model often splits one colour
-    over adjacent bins); the best merged bin is taken (its colour: the probability-weighted
-    mean of the merged bins), bins closer than :data:`SUGGEST_SEPARATION` to it are dropped,
-    and so on while a colour has at least :data:`SUGGEST_MIN_SHARE`. Returns
-    ``[{"color": "#rrggbb", "share": p}]``, most likely first; the hex colour is the ab at the
-    point's ``lightness`` (kept within :data:`SWATCH_LIGHTNESS`), fitted into sRGB by
-    desaturating, as recombination does.
-    """
-    distance = torch.cdist(bins.double(), bins.double())
-    near = (distance <= grid * 1.5).double()  # a bin and its (up to 8) neighbours on the grid
-    p = probs.double()
-    merged = near @ p
-    available = torch.ones_like(p, dtype=torch.bool)
-    light = _swatch_lightness(lightness)
-    out: list[dict] = []
-    while len(out) < count:
-        best = int(torch.where(available, merged, torch.full_like(merged, -1.0)).argmax())
-        if not available[best] or float(merged[best]) < SUGGEST_MIN_SHARE:
-            break
-        weights = p * near[best]
-        a, b = ((weights[:, None] * bins.double()).sum(0) / weights.sum()).tolist()
-        out.append({"color": _hex(light, a, b), "share": round(float(merged[best]), 4)})
-        available &= distance[best] > SUGGEST_SEPARATION
-    return out
-
-
-def _swatch_lightness(lightness: float) -> float:
-    return min(max(lightness, SWATCH_LIGHTNESS[0]), SWATCH_LIGHTNESS[1])
-
-
-def _hex(lightness: float, a: float, b: float) -> str:
-    """sRGB hex of Lab ``(lightness, a, b)``, desaturated into the gamut (lightness kept)."""
-    rgb = lab_to_rgb(torch.tensor([lightness, a, b], dtype=torch.float64).view(3, 1, 1), gamut="chroma")
-    return "#" + "".join(f"{round(float(v) * 255):02x}" for v in rgb.flatten())
 
 
 # --------------------------------------------------------------------------- the editing back end
@@ -301,7 +255,7 @@ class Reviewer:
             assert ab is not None
             side = ab.shape[-1]
             a, b = ab[0, :, min(int(py * side), side - 1), min(int(px * side), side - 1)].tolist()
-            return [{"color": _hex(_swatch_lightness(lightness), a, b), "share": 1.0}]
+            return [{"color": swatch_hex(lightness, a, b), "share": 1.0}]
         probs, bins = belief
         rows, cols = probs.shape[-2:]
         r, c = min(int(py * rows), rows - 1), min(int(px * cols), cols - 1)

@@ -231,7 +231,7 @@ def test_cli(fake_run, tmp_path, monkeypatch):
     _, out = fake_run
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
-    result = CliRunner().invoke(gallery_command, [str(out), "--page-size", "3", "--open"])
+    result = CliRunner().invoke(gallery_command, [str(out), "--page-size", "3", "--open", "--no-suggest"])
     assert result.exit_code == 0, result.output
     assert opened == [(gallery_dir(out) / "index.html").resolve().as_uri()]
     assert (gallery_dir(out) / "page-3.html").is_file()

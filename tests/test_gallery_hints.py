@@ -14,9 +14,11 @@ from conftest import CHROMIUM, grey_image, launch_chromium, save
 from PIL import Image
 
 from colorize_batch.cli import main
+from colorize_batch.config import DEFAULT_WEIGHTS, load_config
 from colorize_batch.gallery import build_gallery
 from colorize_batch.hints import hints_path_for, locate, parse_hints, read_bundle
 from colorize_batch.names import display
+from colorize_batch.suggestions import Suggester
 
 PLAIN = "roll 1/a photo.png"  # output: roll 1/a photo.jpg (--format jpg): the bundle must name the INPUT
 HINTED = "roll 1/b.png"  # has a hint file beside it already
@@ -67,12 +69,17 @@ def test_bad_existing_hint_file_is_a_warning(hint_run):
     assert "roll 1/b.png: its hint file cannot be used (point 1: x = 2 is outside 0-1)" in html
 
 
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped weights (for the suggested colours)")
 def test_browser_writes_hints_that_import_and_run_find(hint_run, tmp_path):
+    """Points clicked in Chromium, one recoloured with a suggested colour (the shipped weights'), come
+    back as hint files and a bundle that `hints import` unpacks where a run finds them."""
     if not CHROMIUM.is_file():
         pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
     src, out = hint_run
-    index = build_gallery(out)
+    index = build_gallery(out, suggester=Suggester(load_config(None, {}).model))
+    grids = {image["rel"]: image["suggest"] for image in _hint_data(index)["images"]}
+    assert set(grids) == {PLAIN, HINTED, ODD}
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     dialogs: list[str] = []
@@ -112,7 +119,15 @@ def test_browser_writes_hints_that_import_and_run_find(hint_run, tmp_path):
             odd_img = odd.locator(".hint-area img")
             odd_box = odd_img.bounding_box()
             assert odd_box
+            assert odd.locator(".hint-swatch").count() == 0  # no point chosen yet: no suggestions
             odd_img.click(position={"x": 0.9 * odd_box["width"], "y": 0.1 * odd_box["height"]})
+            swatches = odd.locator(".hint-suggest .hint-swatch")  # the new point's cell's suggested colours
+            assert 1 <= swatches.count() <= 3 and plain.locator(".hint-swatch").count() == 0
+            offered = [swatches.nth(i).get_attribute("data-color") for i in range(swatches.count())]
+            chosen = offered[-1]
+            assert chosen != "#1f8a44"  # not the picker's colour: the download below tells them apart
+            swatches.nth(len(offered) - 1).click()
+            assert odd.locator(".hint-swatch[aria-pressed='true']").get_attribute("data-color") == chosen
 
             def download(button) -> tuple[str, dict]:
                 with page.expect_download() as info:
@@ -136,6 +151,11 @@ def test_browser_writes_hints_that_import_and_run_find(hint_run, tmp_path):
             assert bundle["images"][PLAIN] == document
             odd_point = bundle["images"][ODD]["points"][0]
             assert abs(odd_point["x"] - 0.9) < 0.02 and abs(odd_point["y"] - 0.1) < 0.02
+            assert odd_point["color"] == chosen and odd_point["radius"] == 0.05  # the swatch's colour, the point kept
+            grid = grids[ODD]  # the swatches were those of the cell under the point
+            cell = grid["cells"][min(int(odd_point["y"] * grid["rows"]), grid["rows"] - 1) * grid["cols"]
+                                 + min(int(odd_point["x"] * grid["cols"]), grid["cols"] - 1)]
+            assert offered == ["#" + cell[i: i + 6] for i in range(0, len(cell), 8)]
 
             page.reload()  # edits outlive a reload (localStorage), until forgotten
             assert card(PLAIN).locator(".hint-dot").count() == 1

@@ -38,7 +38,8 @@ from colorize_batch.color import rgb_to_lab
 from colorize_batch.config import load_config
 from colorize_batch.hints import hex_to_ab, parse_hints
 from colorize_batch.manifest import Manifest, RunLock
-from colorize_batch.review import MAX_BODY_BYTES, TOKEN_COOKIE, Reviewer, create_app, distinct_colours
+from colorize_batch.review import MAX_BODY_BYTES, TOKEN_COOKIE, Reviewer, create_app
+from colorize_batch.suggestions import distinct_colours
 from colorize_batch.safe_files import file_sha256
 
 WEIGHTS = REPO / "weights" / "colorize-effnet-lite0.pt"

@@ -27,7 +27,9 @@
 
 // The hint editor: a click on a colour result adds a point (x, y relative to the upright image,
 // 0-1) of the picker's colour; a click on a point removes it. Edits are kept in localStorage
-// (per gallery, across its pages) until they match the image's hint file again.
+// (per gallery, across its pages) until they match the image's hint file again. When the gallery
+// was built with suggested colours (image.suggest: a grid of cells, each "rrggbbPP" tokens, colour
+// and share in percent), the card of the point just added offers its cell's colours as swatches.
 (function () {
   var dataBlock = document.getElementById("hint-data");
   var data = dataBlock ? JSON.parse(dataBlock.textContent) : null;
@@ -36,6 +38,7 @@
   var picker = document.getElementById("hint-color"), radiusInput = document.getElementById("hint-radius");
   var status = document.getElementById("hint-status");
   var edits = {};  // input relative path -> edited hint document
+  var selected = null;  // { rel, index }: the point just added, whose suggested colours its card shows
   function storage(fn) { try { return fn(localStorage); } catch (e) { return null; } }  // file:// storage may be off
   edits = storage(function (s) { return JSON.parse(s.getItem(STORE) || "{}"); }) || {};
   var savedColor = storage(function (s) { return s.getItem(COLOR); });
@@ -59,6 +62,35 @@
     save();
     render();
   }
+  function suggestionsAt(image, p) {
+    var grid = image.suggest;
+    if (!grid) return [];
+    var row = Math.min(grid.rows - 1, Math.floor(p.y * grid.rows)), col = Math.min(grid.cols - 1, Math.floor(p.x * grid.cols));
+    return (grid.cells[row * grid.cols + col].match(/[0-9a-f]{8}/g) || []).map(function (token) {
+      return { color: "#" + token.slice(0, 6), share: Number(token.slice(6)) };
+    });
+  }
+  function selectedPoint(image) {
+    return selected && selected.rel === image.rel ? documentOf(image).points[selected.index] || null : null;
+  }
+  function renderSwatches(bar, image) {
+    var box = bar.querySelector(".hint-suggest"), point = selectedPoint(image);
+    box.textContent = "";
+    var colours = point ? suggestionsAt(image, point) : [];
+    if (!colours.length) return;
+    box.appendChild(document.createTextNode("suggested: "));
+    colours.forEach(function (c) {
+      var swatch = document.createElement("button");
+      swatch.type = "button";
+      swatch.className = "hint-swatch";
+      swatch.setAttribute("data-color", c.color);
+      swatch.setAttribute("aria-pressed", String(c.color === point.color));
+      swatch.setAttribute("aria-label", "suggested colour " + c.color);
+      swatch.title = c.color + " (" + c.share + " %)";
+      swatch.style.background = c.color;
+      box.appendChild(swatch);
+    });
+  }
   function render() {
     document.querySelectorAll(".hint-area").forEach(function (area) {
       var image = data.images[Number(area.getAttribute("data-hint"))];
@@ -67,7 +99,7 @@
       area.querySelectorAll(".hint-dot").forEach(function (dot) { dot.remove(); });
       documentOf(image).points.forEach(function (p, i) {
         var dot = document.createElement("span");
-        dot.className = "hint-dot";
+        dot.className = "hint-dot" + (selectedPoint(image) === p ? " selected" : "");
         dot.setAttribute("data-point", String(i));
         dot.title = p.color + " at " + p.x.toFixed(3) + ", " + p.y.toFixed(3) + " (click to remove)";
         dot.style.left = p.x * 100 + "%";
@@ -82,6 +114,7 @@
       var n = documentOf(image).points.length;
       bar.classList.toggle("edited", image.rel in edits);
       bar.querySelector(".hint-count").textContent = n + " hint point" + (n === 1 ? "" : "s") + (image.rel in edits ? " (edited)" : "");
+      renderSwatches(bar, image);
     });
     var count = Object.keys(edits).length;
     status.textContent = count ? count + " edited image(s) in this gallery" : "no edits yet";
@@ -100,17 +133,26 @@
   document.addEventListener("click", function (e) {
     var dot = e.target.closest(".hint-dot"), area = e.target.closest(".hint-area");
     var bar = e.target.closest(".hint-bar"), button = e.target.closest("[data-hint-action]");
+    var swatch = e.target.closest(".hint-swatch");
     if (area) {
       var image = data.images[Number(area.getAttribute("data-hint"))];
       var points = documentOf(image).points.slice();
       if (dot) {
         points.splice(Number(dot.getAttribute("data-point")), 1);
+        selected = null;
       } else {
         var box = area.querySelector("img").getBoundingClientRect();
         points.push({ x: round((e.clientX - box.left) / box.width), y: round((e.clientY - box.top) / box.height),
                       color: picker.value.toLowerCase(), radius: radius() });
+        selected = { rel: image.rel, index: points.length - 1 };
       }
       setPoints(image, points);
+    } else if (bar && swatch) {  // a suggested colour for the point just added
+      var chosen = data.images[Number(bar.getAttribute("data-hint"))], point = selectedPoint(chosen);
+      if (!point) return;
+      var recoloured = documentOf(chosen).points.slice();
+      recoloured[selected.index] = Object.assign({}, point, { color: swatch.getAttribute("data-color") });
+      setPoints(chosen, recoloured);
     } else if (bar && button) {
       var target = data.images[Number(bar.getAttribute("data-hint"))];
       var action = button.getAttribute("data-hint-action");
@@ -125,6 +167,7 @@
       download("colorize-batch-hints.json", { format: data.format, version: data.version, images: images });
     } else if (e.target.id === "hint-forget") {
       edits = {};
+      selected = null;
       save();
       render();
     }
