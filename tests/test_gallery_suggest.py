@@ -116,8 +116,8 @@ def test_gallery_command_carries_keeps_and_reuses_suggestions(tmp_path, tiny_wei
     result = runner.invoke(main, ["gallery", str(out)], catch_exceptions=False)  # nothing changed: all reused
     assert result.exit_code == 0 and calls == [2, 0] and len(loads) == 1  # and no model loaded
     assert _images(gallery_dir(out) / "index.html") == images
-    later = kept.stat().st_mtime_ns + 1_000_000_000
-    os.utime(src / "cats" / "chelsea.png", ns=(later, later))  # a changed scan: made again
+    earlier = (src / "cats" / "chelsea.png").stat().st_mtime_ns - 1_000_000_000
+    os.utime(kept, ns=(earlier, earlier))  # the scan is now newer than its grid (as after an edit): made again
     assert runner.invoke(main, ["gallery", str(out)], catch_exceptions=False).exit_code == 0 and calls == [2, 0, 1]
     result = runner.invoke(main, ["gallery", str(out), "--size", "128"], catch_exceptions=False)  # another size: all again
     assert result.exit_code == 0 and calls == [2, 0, 1, 2]
