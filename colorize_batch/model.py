@@ -251,6 +251,8 @@ class EffUNetConfig:
     cells (:func:`gamut_ab_bins`) are the classes of the output layer (logits at 1/4 resolution).
     hint_channels: widths of the colour-hint branch at /4, /8, /16 and /32 (:class:`HintBranch`);
     empty: a generator without hint inputs.
+    guide: with hints, also a trainable copy of the encoder that sees the photo and the hint planes
+    (:class:`GuideEncoder`), so a hint's colour can follow the objects the encoder sees.
     """
 
     in_channels: int = 1
@@ -261,6 +263,7 @@ class EffUNetConfig:
     bins: int = 0
     norm: str = "batch"
     hint_channels: tuple[int, ...] = ()
+    guide: bool = False
 
     @property
     def multiple(self) -> int:
@@ -366,8 +369,10 @@ class EfficientNetLite0(nn.Module):
             self._bn1 = norm_layer(LITE0_HEAD)
             self._fc = nn.Linear(LITE0_HEAD, 1000)
 
-    def features(self, x: torch.Tensor, taps: tuple[int, ...] = LITE0_TAPS) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, taps: tuple[int, ...] = LITE0_TAPS, extra: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The outputs of the blocks ``taps``; ``extra`` (stem-sized) is added after the stem."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = x if extra is None else x + extra
         out = []
         for i, block in enumerate(self._blocks):
             x = block(x)
@@ -450,6 +455,43 @@ class HintBranch(nn.Module):
         return [self.to32(h32), self.to16(h16), self.to8(h8), self.to4(h4), self.to_logits(h4)]
 
 
+class GuideEncoder(nn.Module):
+    """Hints at the encoder's input, the automatic model untouched (ControlNet, Zhang L. et al. 2023).
+
+    A trainable copy of the encoder sees the grey photo as the encoder does, plus the hint planes
+    through a bias-free convolution added after its stem; its four taps are added to the frozen
+    encoder's through 1x1 convolutions. The hint input and those convolutions start at zero, so
+    a new guide changes nothing, and the generator runs it only for images that carry hints: their
+    absence gives the automatic model's output exactly. Zhang R. et al. 2017 feed the hints at the
+    input of the whole network; this keeps the automatic model as trained while the copy learns
+    (from the encoder's own weights) where in the photo a hint's colour belongs.
+    """
+
+    def __init__(self, taps: tuple[int, ...]):
+        super().__init__()
+        self.encoder = EfficientNetLite0(with_head=False)
+        self.hint_in = nn.Conv2d(3, LITE0_STEM, 3, stride=2, padding=1, bias=False)
+        self.zero = nn.ModuleList(nn.Conv2d(c, c, 1) for c in taps)
+
+    def zero_convs(self) -> list[nn.Conv2d]:
+        return [conv for conv in self.zero if isinstance(conv, nn.Conv2d)]
+
+    def forward(self, x: torch.Tensor, planes: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` the encoder's 3-channel input, ``planes`` the hint planes -> additions to the 4 taps."""
+        return [zero(f) for zero, f in zip(self.zero, self.encoder.features(x, extra=self.hint_in(planes)))]
+
+
+def init_guide(guide: GuideEncoder, encoder: EfficientNetLite0) -> GuideEncoder:
+    """The copy starts as the (trained) encoder; its hint input and its outputs start at zero."""
+    guide.encoder.load_state_dict(encoder.state_dict())
+    nn.init.zeros_(guide.hint_in.weight)
+    for conv in guide.zero_convs():
+        nn.init.zeros_(conv.weight)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    return guide
+
+
 class EffUNetGenerator(nn.Module):
     """U-Net on an EfficientNet-Lite0 encoder, ab classification head with an annealed-mean decode.
 
@@ -481,6 +523,9 @@ class EffUNetGenerator(nn.Module):
         self.up4 = decoder_block(d8 + taps[0], d4, norm_layer)
         self.classifier = nn.Conv2d(d4, config.bins, 1)
         self.hints = HintBranch(config.hint_channels, config.decoder_channels, config.bins) if config.hint_channels else None
+        if config.guide and not config.hint_channels:
+            raise ValueError("guide needs hint_channels (hints are what it reads)")
+        self.guide = GuideEncoder(tuple(taps)) if config.guide else None
         self.register_buffer("ab_bins", torch.zeros(config.bins, 2))  # Lab units; filled by build_generator / the weights file
         self.temperature = 1.0
         self.frozen_base = False  # set by freeze_base(): only the hint branch trains
@@ -489,28 +534,35 @@ class EffUNetGenerator(nn.Module):
         return list(self.encoder.parameters())
 
     def freeze_base(self) -> list[nn.Parameter]:
-        """Freeze everything but the hint branch (weights and batch-norm statistics); its parameters."""
+        """Freeze everything but the hint branch and the guide (weights and batch-norm statistics);
+        their parameters."""
         if self.hints is None:
             raise ValueError("this architecture has no hint branch (hint_channels is empty)")
         self.frozen_base = True
         for name, p in self.named_parameters():
-            p.requires_grad_(name.startswith("hints."))
+            p.requires_grad_(name.startswith(("hints.", "guide.")))
         self.train(self.training)
-        return list(self.hints.parameters())
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def guide_encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.guide.encoder.parameters()) if self.guide is not None else []
 
     def train(self, mode: bool = True) -> EffUNetGenerator:
         super().train(mode)
         if self.frozen_base:  # the automatic model stays exactly as shipped, batch-norm statistics included
             for name, module in self.named_children():
                 if name != "hints":
-                    module.eval()
+                    module.eval()  # the guide too: its batch norms keep the encoder's statistics
         return self
 
     def logits(self, l_norm: torch.Tensor, hints: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 1, H, W)`` normalised L (+ hint planes) -> ``(B, Q, H/4, W/4)`` bin logits."""
         # L/50 - 1 in [-1, 1] -> grey 0..255 -> (grey - 127) / 128, as 3 equal channels
         x = ((l_norm + 1) * 127.5 - 127.0) / 128.0
-        f4, f8, f16, f32 = self.encoder.features(x.expand(-1, 3, -1, -1))
+        x = x.expand(-1, 3, -1, -1)
+        f4, f8, f16, f32 = self.encoder.features(x)
+        if hints is not None and self.guide is not None:
+            f4, f8, f16, f32 = self._guided(x, hints.to(l_norm.dtype), [f4, f8, f16, f32])
         add = self.hints(hints.to(l_norm.dtype)) if hints is not None and self.hints is not None else None
         y = self.lateral(f32)
         y = y if add is None else y + add[0]
@@ -522,6 +574,15 @@ class EffUNetGenerator(nn.Module):
         y = y if add is None else y + add[3]
         logits = self.classifier(y)
         return logits if add is None else logits + add[4]
+
+    def _guided(self, x: torch.Tensor, planes: torch.Tensor, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The encoder's taps plus the guide's, for the images whose planes hold a hint point."""
+        assert self.guide is not None
+        with_points = (planes[:, 2].flatten(1).amax(1) > 0).nonzero().flatten()
+        if len(with_points) == 0:
+            return taps
+        added = self.guide(x[with_points], planes[with_points])
+        return [f.index_add(0, with_points, g.to(f.dtype)) for f, g in zip(taps, added)]
 
     def decode(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Annealed mean (Zhang et al.): softmax(logits / T) weighted bin centres, normalised ab, low-res."""
@@ -550,11 +611,13 @@ def fused_for_inference(net: EffUNetGenerator) -> EffUNetGenerator:
     import copy
 
     net = copy.deepcopy(net).eval()
-    pairs: list[tuple[nn.Module, str, str]] = [(net.encoder, "_conv_stem", "_bn0")]
-    for block in net.encoder._blocks:
-        if block.expand != 1:
-            pairs.append((block, "_expand_conv", "_bn0"))
-        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    pairs: list[tuple[nn.Module, str, str]] = []
+    for encoder in [net.encoder] + ([net.guide.encoder] if net.guide is not None else []):
+        pairs.append((encoder, "_conv_stem", "_bn0"))
+        for block in encoder._blocks:
+            if block.expand != 1:
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
     for owner, conv_name, bn_name in pairs:
         bn = getattr(owner, bn_name)
         if isinstance(bn, nn.BatchNorm2d):
@@ -592,6 +655,8 @@ def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGener
     net.ab_bins.copy_(bins)
     if pretrained:
         load_pretrained_encoder(net.encoder)
+    if net.guide is not None:
+        init_guide(net.guide, net.encoder)
     return net
 
 
@@ -602,6 +667,10 @@ PRESETS["effnet-lite0-hints"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64)
                                               hint_channels=(32, 64, 96, 128))
 # Wider up path at /32, /16 and /8 (where the photo's content decides the colours; /4 stays 64, as that
 # level is most of the decoder's arithmetic): the capacity candidate of the GPU campaign (issue 24).
+# The hinted model with hints at the encoder's input too (a trainable copy of the encoder, 3.4M parameters
+# more, run only for photos with hints): issue 25's "hints that respect edges".
+PRESETS["effnet-lite0-guided"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
+                                               hint_channels=(32, 64, 96, 128), guide=True)
 PRESETS["effnet-lite0-wide"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260)
 PRESETS["effnet-lite0-wide-hints"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260,
                                                    hint_channels=(32, 64, 96, 128))
@@ -639,6 +708,7 @@ def count_parameters(net: nn.Module) -> int:
 __all__ = [
     "FAMILIES",
     "PRESETS",
+    "GuideEncoder",
     "HintBranch",
     "EffUNetConfig",
     "EffUNetGenerator",

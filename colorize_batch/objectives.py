@@ -207,7 +207,11 @@ class BinClassObjective:
         if self.cfg.freeze_base:
             if gen.hints is None:
                 raise ObjectiveError(f"train.freeze_base needs a preset with a hint branch, not {self.cfg.preset!r}")
-            return [{"params": gen.freeze_base(), "lr_scale": 1.0}]
+            trainable = gen.freeze_base()
+            copied = {id(p) for p in gen.guide_encoder_parameters()}  # a copy of a trained encoder: its rate
+            return [group for group in (
+                {"params": [p for p in trainable if id(p) in copied], "lr_scale": self.cfg.encoder_lr_scale},
+                {"params": [p for p in trainable if id(p) not in copied], "lr_scale": 1.0}) if group["params"]]
         encoder = {id(p) for p in gen.encoder_parameters()}
         return [
             {"params": [p for p in gen.parameters() if id(p) in encoder], "lr_scale": self.cfg.encoder_lr_scale},

@@ -34,7 +34,7 @@ from .discovery import find_images
 from .degrade import degrade_grey
 from .evaluate import colour_photos, contact_sheet, evaluate, grey_from_rgb
 from .inference import Colorizer
-from .model import PRESETS, EffUNetConfig, build_generator, count_parameters
+from .model import PRESETS, EffUNetConfig, EffUNetGenerator, build_generator, count_parameters, init_guide
 from .objectives import Batch, ObjectiveError, Optimisation, objective_for
 from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .weights import WeightsError, load_weights, save_weights, torch_save_atomic
@@ -187,8 +187,9 @@ class Trainer:
 
     def _load_init(self, path: Path) -> None:
         """Start from a weights file of the same architecture, or of the same one with or without
-        the hint branch (a missing branch starts as built, contributing nothing; a branch the
-        preset lacks is left out: its automatic model is trained on)."""
+        the hint branch or the guide (a missing branch starts as built, contributing nothing; a
+        missing guide starts as a copy of the encoder it was given; what the preset lacks is left
+        out: its automatic model is trained on)."""
         try:
             start, info = load_weights(path, self.device)
         except WeightsError as exc:
@@ -196,16 +197,20 @@ class Trainer:
         own = self.generator.config
 
         def plain(config: object) -> object:
-            return dataclasses.replace(config, hint_channels=()) if isinstance(config, EffUNetConfig) else config
+            return dataclasses.replace(config, hint_channels=(), guide=False) if isinstance(config, EffUNetConfig) else config
 
         if plain(info.architecture) != plain(own):
             raise TrainingError(f"{path}: architecture differs from train.preset {self.config.train.preset!r}")
         state = start.state_dict()
-        if isinstance(own, EffUNetConfig) and not own.hint_channels:
-            state = {k: v for k, v in state.items() if not k.startswith("hints.")}
+        if isinstance(own, EffUNetConfig):
+            left_out = (() if own.hint_channels else ("hints.",)) + (() if own.guide else ("guide.",))
+            state = {k: v for k, v in state.items() if not k.startswith(left_out)} if left_out else state
         missing, unexpected = self.generator.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("hints.") for k in missing):
+        if unexpected or any(not k.startswith(("hints.", "guide.")) for k in missing):
             raise TrainingError(f"{path}: weights do not fit train.preset (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        gen = self.generator
+        if isinstance(gen, EffUNetGenerator) and gen.guide is not None and any(k.startswith("guide.") for k in missing):
+            init_guide(gen.guide, gen.encoder)  # a new guide: a copy of the encoder just loaded
         self.generator.train()
 
     # -- checkpoints -------------------------------------------------------------------
