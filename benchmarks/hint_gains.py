@@ -4,7 +4,7 @@ model without hints, with and without the edge-aware reshaping (``model.hint_edg
     .venv/bin/python benchmarks/hint_gains.py --weights weights/colorize-effnet-lite0.pt runs/guided.pt \\
         --label shipped guided --set ../shared/data/val/sun_hays80 --hints 0 1 10 --json runs/hints.jsonl
 
-``--keep`` / ``--pull``: try other values of hint_edges.KEEP / PULL (choose them on val only).
+``--keep`` / ``--keep-range`` / ``--reach`` / ``--pull``: try other values of hint_edges.KEEP / KEEP_RANGE / REACH / PULL (choose them on val only).
 Each row is evaluate.evaluate (the code of ``colorize-batch eval``) at the weights' own temperature.
 """
 
@@ -33,10 +33,12 @@ def main() -> None:
     parser.add_argument("--edges", nargs="+", choices=["on", "off"], default=["on"])
     parser.add_argument("--keep", type=float, default=hint_edges.KEEP)
     parser.add_argument("--pull", type=float, default=hint_edges.PULL)
+    parser.add_argument("--keep-range", type=float, default=hint_edges.KEEP_RANGE)
+    parser.add_argument("--reach", type=float, default=hint_edges.REACH)
     parser.add_argument("--json", type=Path, help="append the rows to this JSON-lines file")
     args = parser.parse_args()
     labels = args.label or [p.stem for p in args.weights]
-    inference.edge_aware = functools.partial(hint_edges.edge_aware, keep=args.keep, pull=args.pull)  # type: ignore[assignment]
+    inference.edge_aware = functools.partial(hint_edges.edge_aware, keep=args.keep, pull=args.pull, keep_range=args.keep_range, reach=args.reach)  # type: ignore[assignment]
     model = load_config(None).model
     for path, label in zip(args.weights, labels):
         generator, _ = load_weights(path)
@@ -50,7 +52,7 @@ def main() -> None:
                     psnr = evaluate(colorizer, photos, model.size, hints=count).summary()["model"]["psnr"]
                     baseline = psnr if count == 0 else baseline
                     row = {"label": label, "weights": str(path), "set": Path(folder).name, "photos": len(photos),
-                           "edges": edges, "keep": args.keep, "pull": args.pull, "hints": count, "psnr": psnr,
+                           "edges": edges, "keep": args.keep, "keep_range": args.keep_range, "reach": args.reach, "pull": args.pull, "hints": count, "psnr": psnr,
                            "over_no_hints": None if baseline is None else psnr - baseline}
                     print(json.dumps(row), flush=True)
                     if args.json:

@@ -5,12 +5,15 @@ what a hint changes spreads by distance and crosses object edges (blue points on
 the table beside it). Here the network runs twice, without and with the hints, and two fields
 computed from the network-size lightness L reshape what the hints do (:func:`edge_aware`):
 
-1. **The branch's effect, cut at edges.** ``effect = ab_hinted - ab_auto``; a pixel keeps
-   ``KEEP + (1 - KEEP) * exp(-D_edge / EDGE_SCALE)`` of it, where ``D_edge`` is the geodesic
-   distance from the nearest hint disc counting only edges: a step between neighbouring pixels
-   costs ``max(|ΔL| - EDGE_THRESHOLD, 0)`` (grain and gentle shading are free). ``KEEP`` stays
-   everywhere: the branch's far effect (the photo's overall palette that the hints reveal) is
-   worth keeping (measured: cutting it all lost 0.7-1 dB with 10 hints).
+1. **The hints' effect, cut at edges.** ``effect = ab_hinted - ab_auto``; a pixel keeps
+   ``F + (1 - F) * exp(-D_edge / EDGE_SCALE - length / REACH)`` of it, where ``D_edge`` is the
+   geodesic distance from the nearest hint disc counting only edges: a step between neighbouring
+   pixels costs ``max(|ΔL| - EDGE_THRESHOLD, 0)`` (grain and gentle shading are free), and
+   ``length`` the distance in pixels. The floor ``F = KEEP * exp(-length / KEEP_RANGE)`` keeps
+   part of the effect across edges: the palette the hints reveal is worth keeping (measured:
+   cutting it all lost 0.7-1 dB with 10 hints). With the shipped branch both ranges are
+   infinite; a network that reads the hints with the photo (:class:`colorize_batch.model.GuideEncoder`)
+   changes far parts of the photo more, and finite ranges keep its hints local (weights/README.md).
 2. **The hint's own colour, carried along the object.** Each pixel moves
    ``PULL * exp(-D_path / PULL_SCALE)`` of the way to the colour of its geodesically nearest
    hint, where ``D_path`` counts every change of L along the path (its total variation) plus
@@ -25,13 +28,17 @@ weights/README.md has the numbers. Images of a batch without hint points get ``a
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .color import denormalize_ab
 
 EDGE_THRESHOLD = 2.0  # L units per pixel step that do not count as an edge (grain, shading)
 EDGE_SCALE = 8.0  # L units of edge over which the branch's effect falls to KEEP + 37% of the rest
-KEEP = 0.6  # share of the branch's effect kept however far (the palette the hints reveal)
+KEEP = 0.6  # share of the hints' effect kept across edges (the palette the hints reveal) ...
+KEEP_RANGE = math.inf  # ... near the hints: that share can fade as exp(-length / KEEP_RANGE) (network pixels)
+REACH = math.inf  # and the rest as exp(-length / REACH): a hint stays local on a photo without edges
 PULL = 0.6  # how far (0-1) a pixel next to a hint moves to the hint's own colour
 PULL_SCALE = 40.0  # L units of path variation over which that pull falls to 37%
 PULL_SPREAD = 0.4  # and each pixel of path (at the network size) counts as this many L units
@@ -82,19 +89,25 @@ def geodesic_distance(seeds: torch.Tensor, light: torch.Tensor, threshold: float
 
 
 def edge_aware(ab_auto: torch.Tensor, ab_hinted: torch.Tensor, light: torch.Tensor, hints: torch.Tensor,
-               keep: float = KEEP, pull: float = PULL) -> torch.Tensor:
+               keep: float = KEEP, pull: float = PULL, keep_range: float = KEEP_RANGE, reach: float = REACH) -> torch.Tensor:
     """``(B, 2, S, S)`` automatic and hinted ab (Lab units), ``(B, S, S)`` lightness, ``(B, 3, S, S)``
     hint planes (:func:`colorize_batch.hints.rasterize`) -> the hinted ab reshaped by the photo's
     edges (module docstring). Images whose planes hold no point get ``ab_auto`` unchanged."""
     seeds = hints[:, 2] > 0
     batch = seeds.shape[0]
     hint_ab = denormalize_ab(hints[:, :2]).float()
-    thresholds = torch.tensor([EDGE_THRESHOLD, 0.0], device=light.device).repeat_interleave(batch)
-    spreads = torch.tensor([0.0, PULL_SPREAD], device=light.device).repeat_interleave(batch)
-    dist, nearest = geodesic_nearest(seeds.repeat(2, 1, 1), light.repeat(2, 1, 1), hint_ab.repeat(2, 1, 1, 1),
+    # the distances in one pass: over edges only, over all variation of L + length, and (for a
+    # finite range) over length only
+    kinds = 3 if math.isfinite(keep_range) or math.isfinite(reach) else 2
+    thresholds = torch.tensor([EDGE_THRESHOLD, 0.0, _FAR][:kinds], device=light.device).repeat_interleave(batch)
+    spreads = torch.tensor([0.0, PULL_SPREAD, 1.0][:kinds], device=light.device).repeat_interleave(batch)
+    dist, nearest = geodesic_nearest(seeds.repeat(kinds, 1, 1), light.repeat(kinds, 1, 1), hint_ab.repeat(kinds, 1, 1, 1),
                                      thresholds, spreads)
-    edge_dist, path_dist, nearest_ab = dist[:batch], dist[batch:], nearest[batch:].to(ab_auto.dtype)  # both in one pass
-    gate = keep + (1 - keep) * torch.exp(-edge_dist / EDGE_SCALE).unsqueeze(1)
+    edge_dist, path_dist = dist[:batch], dist[batch:2 * batch]
+    length = dist[2 * batch:] if kinds == 3 else torch.zeros_like(edge_dist)
+    nearest_ab = nearest[batch:2 * batch].to(ab_auto.dtype)
+    floor = keep * torch.exp(-length / keep_range)
+    gate = (floor + (1 - floor) * torch.exp(-edge_dist / EDGE_SCALE - length / reach)).unsqueeze(1)
     ab = ab_auto + gate.to(ab_auto.dtype) * (ab_hinted - ab_auto)
     if pull > 0:
         ab = ab + (pull * torch.exp(-path_dist / PULL_SCALE)).unsqueeze(1).to(ab.dtype) * (nearest_ab - ab)

@@ -48,8 +48,14 @@ def test_a_hint_in_one_region_does_not_move_the_other():
         cut = edge_aware(auto, bleed, light, planes, keep=0.0, pull=0.0)
         assert float(cut[0, :, :, other].abs().max()) < 0.1  # across the edge: under 0.3% of the effect
         assert float(cut[0, :, :, mine].min()) > 29.0  # its own half (shading and grain included): all of it
-        shipped = edge_aware(auto, bleed, light, planes, pull=0.0)
-        assert torch.allclose(shipped[0, :, :, other], torch.full_like(shipped[0, :, :, other], 30 * KEEP), atol=0.1)
+        floor = edge_aware(auto, bleed, light, planes, pull=0.0, keep_range=math.inf)  # a floor the same everywhere
+        assert torch.allclose(floor[0, :, :, other], torch.full_like(floor[0, :, :, other], 30 * KEEP), atol=0.1)
+        ranged = edge_aware(auto, bleed, light, planes, pull=0.0, keep_range=60.0)  # the floor fades with length
+        across = ranged[0, 0, 32, other]
+        across = across if x < 0.5 else across.flip(0)  # nearest the edge first
+        assert bool((across.diff() < 0).all()) and float(across[0]) < 30 * KEEP
+        fade = math.exp(-(len(across) - 1) / 60.0)  # one pixel of length per pixel along the row
+        assert float(across[-1] / across[0]) == pytest.approx(fade, rel=0.02)
         pulled = -edge_aware(auto, auto, light, planes)[0, 1] / 50  # share of the way to the hint's colour
         assert float(pulled[:, other].max()) < PULL * math.exp(-45 / PULL_SCALE)
         assert float(pulled[28:36, around].min()) > PULL * math.exp(-12 / PULL_SCALE)  # around the hint
@@ -121,6 +127,16 @@ def test_on_a_featureless_photo_the_hint_colour_fades_with_distance():
     pulled = -edge_aware(auto, auto, light, hint_planes(0.1, 0.5))[0, 1, 32] / 50  # along the hint's row
     assert bool((pulled[10:].diff() < 0).all())  # fading all the way
     assert float(pulled[60]) < PULL * math.exp(-PULL_SPREAD * 50 / PULL_SCALE) + 1e-4
+
+
+def test_a_finite_reach_keeps_an_effect_local_on_a_photo_without_edges():
+    light = torch.full((1, S, S), 50.0)
+    auto, bleed = torch.zeros(1, 2, S, S), torch.full((1, 2, S, S), 30.0)
+    planes = hint_planes(0.1, 0.5)
+    assert torch.allclose(edge_aware(auto, bleed, light, planes, pull=0.0), bleed)  # shipped: no edge, no cut
+    row = edge_aware(auto, bleed, light, planes, pull=0.0, keep=0.0, reach=20.0)[0, 0, 32]
+    assert bool((row[10:].diff() < 0).all())
+    assert float(row[60] / row[20]) == pytest.approx(math.exp(-40 / 20.0), rel=0.02)
 
 
 def test_through_run_unhinted_photos_are_the_same_bytes_and_toggling_redoes_only_hinted_ones(tmp_path, run_cli, shipped):

@@ -345,15 +345,15 @@ def test_hint_files_are_found_beside_the_scan_or_under_the_hints_root(tmp_path):
 
 
 def test_the_shipped_default_serves_both_with_and_without_hints():
-    """One weights file: the default has a hint branch, and without hints it is exactly the
-    automatic model inside it (the branch stripped off)."""
+    """One weights file: the default has a hint branch (and a guide), and without hints it is
+    exactly the automatic model inside it (the branch and the guide stripped off)."""
     from colorize_batch.config import DEFAULT_WEIGHTS
 
     net, info = load_weights(DEFAULT_WEIGHTS)
     assert net.hints is not None, f"{DEFAULT_WEIGHTS} has no hint branch"
-    base = build_generator(dataclasses.replace(net.config, hint_channels=())).eval()
+    base = build_generator(dataclasses.replace(net.config, hint_channels=(), guide=False)).eval()
     missing, unexpected = base.load_state_dict(net.state_dict(), strict=False)
-    assert not missing and unexpected and all(k.startswith("hints.") for k in unexpected)
+    assert not missing and unexpected and all(k.startswith(("hints.", "guide.")) for k in unexpected)
     grey = np.asarray(Image.fromarray(colour_photo("coffee")).convert("L").resize((128, 128)))
     x = torch.from_numpy(grey).float()[None, None] / 127.5 - 1.0  # the network's square, L in [-1, 1]
     planes = rasterize([HintPoint(0.3, 0.7, 0.0, -60.0, 0.05)], 128, 600, 400)[None]
