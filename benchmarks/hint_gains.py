@@ -4,7 +4,8 @@ model without hints, with and without the edge-aware reshaping (``model.hint_edg
     .venv/bin/python benchmarks/hint_gains.py --weights weights/colorize-effnet-lite0.pt runs/guided.pt \\
         --label shipped guided --set ../shared/data/val/sun_hays80 --hints 0 1 10 --json runs/hints.jsonl
 
-``--keep`` / ``--keep-range`` / ``--reach`` / ``--pull``: try other values of hint_edges.KEEP / KEEP_RANGE / REACH / PULL (choose them on val only).
+``--keep`` / ``--keep-range`` / ``--reach`` / ``--pull``: try other values of hint_edges.KEEP /
+KEEP_RANGE / REACH / PULL (choose them on val only).
 Each row is evaluate.evaluate (the code of ``colorize-batch eval``) at the weights' own temperature.
 """
 
@@ -22,6 +23,7 @@ from colorize_batch.config import load_config
 from colorize_batch.evaluate import colour_photos, evaluate
 from colorize_batch.inference import Colorizer
 from colorize_batch.weights import load_weights
+from frontier import parse_set  # benchmarks/frontier.py: DIR or DIR:N
 
 
 def main() -> None:
@@ -38,21 +40,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the rows to this JSON-lines file")
     args = parser.parse_args()
     labels = args.label or [p.stem for p in args.weights]
-    inference.edge_aware = functools.partial(hint_edges.edge_aware, keep=args.keep, pull=args.pull, keep_range=args.keep_range, reach=args.reach)  # type: ignore[assignment]
+    settings = {"keep": args.keep, "keep_range": args.keep_range, "reach": args.reach, "pull": args.pull}
+    inference.edge_aware = functools.partial(hint_edges.edge_aware, **settings)  # type: ignore[assignment]
     model = load_config(None).model
     for path, label in zip(args.weights, labels):
         generator, _ = load_weights(path)
         for spec in args.sets:
-            folder, _, limit = spec.partition(":")
-            photos = colour_photos(Path(folder), int(limit) if limit else None)
+            folder, limit = parse_set(spec)
+            photos = colour_photos(folder, limit)
             baseline = None
             for edges in args.edges:
                 for count in args.hints:
                     colorizer = Colorizer(generator, torch.device("cpu"), model.precision, model.temperature, edges == "on")
                     psnr = evaluate(colorizer, photos, model.size, hints=count).summary()["model"]["psnr"]
                     baseline = psnr if count == 0 else baseline
-                    row = {"label": label, "weights": str(path), "set": Path(folder).name, "photos": len(photos),
-                           "edges": edges, "keep": args.keep, "keep_range": args.keep_range, "reach": args.reach, "pull": args.pull, "hints": count, "psnr": psnr,
+                    row = {"label": label, "weights": str(path), "set": folder.name, "photos": len(photos), "edges": edges,
+                           **settings, "hints": count, "psnr": psnr,
                            "over_no_hints": None if baseline is None else psnr - baseline}
                     print(json.dumps(row), flush=True)
                     if args.json:

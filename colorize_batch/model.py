@@ -528,7 +528,7 @@ class EffUNetGenerator(nn.Module):
         self.guide = GuideEncoder(tuple(taps)) if config.guide else None
         self.register_buffer("ab_bins", torch.zeros(config.bins, 2))  # Lab units; filled by build_generator / the weights file
         self.temperature = 1.0
-        self.frozen_base = False  # set by freeze_base(): only the hint branch trains
+        self.frozen_base = False  # set by freeze_base(): only the hint branch and the guide train
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
@@ -665,12 +665,12 @@ PRESETS["effnet-lite0"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_g
 # The same with a colour-hint branch (0.3M parameters more): one weights file for automatic and guided runs.
 PRESETS["effnet-lite0-hints"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
                                               hint_channels=(32, 64, 96, 128))
-# Wider up path at /32, /16 and /8 (where the photo's content decides the colours; /4 stays 64, as that
-# level is most of the decoder's arithmetic): the capacity candidate of the GPU campaign (issue 24).
 # The hinted model with hints at the encoder's input too (a trainable copy of the encoder, 3.4M parameters
 # more, run only for photos with hints): issue 25's "hints that respect edges".
 PRESETS["effnet-lite0-guided"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260,
                                                hint_channels=(32, 64, 96, 128), guide=True)
+# Wider up path at /32, /16 and /8 (where the photo's content decides the colours; /4 stays 64, as that
+# level is most of the decoder's arithmetic): the capacity candidate of the GPU campaign (issue 24).
 PRESETS["effnet-lite0-wide"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260)
 PRESETS["effnet-lite0-wide-hints"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260,
                                                    hint_channels=(32, 64, 96, 128))

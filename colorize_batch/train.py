@@ -204,7 +204,7 @@ class Trainer:
         state = start.state_dict()
         if isinstance(own, EffUNetConfig):
             left_out = (() if own.hint_channels else ("hints.",)) + (() if own.guide else ("guide.",))
-            state = {k: v for k, v in state.items() if not k.startswith(left_out)} if left_out else state
+            state = {k: v for k, v in state.items() if not k.startswith(left_out)}
         missing, unexpected = self.generator.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(("hints.", "guide.")) for k in missing):
             raise TrainingError(f"{path}: weights do not fit train.preset (missing {missing[:3]}, unexpected {unexpected[:3]})")
