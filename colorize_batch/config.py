@@ -125,6 +125,7 @@ class TrainSection(_Section):
     freeze_base: bool = Field(False, description="effunet with hints: train only the hint branch; the automatic model stays as --init gave it")
     hint_mean_points: float = Field(8.0, ge=1, description="hint training: mean number of revealed points per photo (geometric, 1-24)")
     hint_free: float = Field(0.0, ge=0, le=1, description="hint training: share of crops shown with no hints (keeps the automatic model trained when the whole model learns)")
+    hint_recolour: float = Field(0.0, ge=0, le=1, description="hint training: share of crops with one region (an object, grown over the grey photo) given a new colour in the target and the hints alike, so a hint learns to colour its object and not the whole photo")
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .color import rgb_to_lab
+from .color import denormalize_l, normalize_ab, rgb_to_lab
 from .config import TrainSection
-from .hints import training_hint_planes
+from .hints import recoloured_regions, training_hint_planes
 from .model import EffUNetGenerator, GANLoss, UNetGenerator, build_discriminator, family_of
 
 log = logging.getLogger("colorize_batch.train")
@@ -237,7 +237,9 @@ class BinClassObjective:
         if self.class_weights is None:
             self.class_weights = torch.ones(gen.config.bins, device=self.device)
         opt.opt_g.zero_grad(set_to_none=True)
-        planes = self.training_hints(batch.lab_ab, step) if gen.hints is not None else None
+        planes = None
+        if gen.hints is not None:
+            batch, planes = self.training_hints(batch, step)
         with torch.autocast(self.device.type, enabled=opt.use_amp):
             logits = gen.logits(batch.lightness, planes)
         target = F.adaptive_avg_pool2d(batch.lab_ab, (logits.shape[-2], logits.shape[-1]))
@@ -250,13 +252,20 @@ class BinClassObjective:
         opt.scaler.update()
         return {"ce": float(loss_ce.detach()), "l1": float(loss_l1.detach())}
 
-    def training_hints(self, lab_ab: torch.Tensor, step: int) -> torch.Tensor:
+    def training_hints(self, batch: Batch, step: int) -> tuple[Batch, torch.Tensor]:
         """Hint planes revealing random points of each photo's true ab (Zhang et al. 2017: a
         geometric number of points, discs of 1-4.5 px radius, each of its mean true colour; none
         for a ``hint_free`` share of the crops), made batched on the training device; fixed by
-        ``(seed, step)``."""
+        ``(seed, step)``. For a ``hint_recolour`` share of the crops one region is first given a
+        new colour (:func:`recoloured_regions`), in the truth the loss sees too, and the first
+        point lies in it. Returns the batch (its truth possibly recoloured) and the planes."""
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + step)
-        return training_hint_planes(lab_ab.detach(), g, self.cfg.hint_mean_points, hint_free=self.cfg.hint_free)
+        anchors = None
+        if self.cfg.hint_recolour > 0:
+            lab_ab, anchors = recoloured_regions(denormalize_l(batch.lightness.detach()), batch.lab_ab.detach(), g, self.cfg.hint_recolour)
+            batch = Batch(batch.lightness, normalize_ab(lab_ab), lab_ab)
+        planes = training_hint_planes(batch.lab_ab.detach(), g, self.cfg.hint_mean_points, hint_free=self.cfg.hint_free, anchors=anchors)
+        return batch, planes
 
     def state_dict(self) -> dict[str, Any]:
         return {}

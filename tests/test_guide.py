@@ -8,9 +8,11 @@ import torch
 import yaml
 from PIL import Image
 
+from colorize_batch.color import normalize_ab, normalize_l, rgb_to_lab
 from colorize_batch.examples import colour_photo
 from colorize_batch.hints import HintPoint, rasterize
 from colorize_batch.model import build_generator, fused_for_inference
+from colorize_batch.objectives import Batch
 from colorize_batch.weights import load_weights, save_weights
 
 
@@ -89,9 +91,17 @@ def test_guide_training_from_a_hinted_file_leaves_the_automatic_model(tmp_path):
     cfg_path.write_text(yaml.safe_dump({"train": {
         "data": [{"path": str(data), "weight": 1.0}], "preset": "effnet-lite0-guided", "freeze_base": True,
         "crop": 64, "batch_size": 4, "steps": 3, "l1_steps": 3, "lr": 0.01, "encoder_lr_scale": 0.3, "workers": 0,
-        "min_chroma": 0.0, "checkpoint_every": 100, "val_every": 100000, "log_every": 1, "pretrained": False}}))
+        "min_chroma": 0.0, "checkpoint_every": 100, "val_every": 100000, "log_every": 1, "pretrained": False,
+        "hint_recolour": 0.5}}))
     trainer = Trainer(load_config(cfg_path), tmp_path / "run", [], torch.device("cpu"), init_weights=start_path)
     gen = trainer.generator
+    lab = rgb_to_lab(torch.from_numpy(np.stack([colour_photo(n)[:64, :64] for n in ("coffee", "chelsea", "rocket", "astronaut")] * 2))
+                     .permute(0, 3, 1, 2).float() / 255)
+    batch = Batch(normalize_l(lab[:, :1]), normalize_ab(lab[:, 1:]), lab[:, 1:])
+    shown, planes = trainer.objective.training_hints(batch, step=0)  # hint_recolour: the loss's truth changes with the hints
+    recoloured = (shown.lab_ab - batch.lab_ab).flatten(1).abs().amax(1) > 1e-3
+    assert 0 < int(recoloured.sum()) < 8 and torch.allclose(shown.ab, normalize_ab(shown.lab_ab))
+    assert torch.equal(shown.lightness, batch.lightness) and bool((planes[:, 2].flatten(1).sum(1) > 0).all())
     assert all(torch.equal(a, b) for a, b in zip(gen.guide.encoder.state_dict().values(), gen.encoder.state_dict().values()))
     assert sorted(g["lr_scale"] for g in trainer.opt_g.param_groups) == [0.3, 1.0]  # the copied encoder learns slower
     before = {k: v.clone() for k, v in gen.state_dict().items()}

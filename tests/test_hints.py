@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 from skimage.color import rgb2lab
 
+from colorize_batch.color import denormalize_ab
 from colorize_batch.examples import colour_photo
 from colorize_batch.hints import (
     HintError,
@@ -24,6 +25,7 @@ from colorize_batch.hints import (
     parse_hints,
     rasterize,
     read_hints,
+    recoloured_regions,
     revealed_planes,
     sample_points,
     training_hint_planes,
@@ -150,6 +152,52 @@ def test_batched_training_planes_equal_the_point_by_point_ones():
     some_free = training_hint_planes(torch.randn(64, 2, 16, 16), torch.Generator().manual_seed(2), 8.0, hint_free=0.5)
     free = int((some_free[:, 2].flatten(1).sum(1) == 0).sum())
     assert 16 <= free <= 48  # about half the photos shown without hints
+
+
+def _quadrants(size: int = 48, noise: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey photo whose left and right halves differ in lightness (40 / 65) and whose top and
+    bottom differ only in colour: L ``(1, 1, S, S)`` and ab ``(1, 2, S, S)`` with a little texture."""
+    g = torch.Generator().manual_seed(3)
+    light = torch.full((1, 1, size, size), 40.0)
+    light[..., size // 2:] = 65.0
+    ab = torch.zeros(1, 2, size, size)
+    ab[:, 0, : size // 2], ab[:, 1, : size // 2] = 25.0, 15.0
+    ab[:, 0, size // 2:], ab[:, 1, size // 2:] = -15.0, 30.0
+    return light, ab + noise * torch.randn(1, 2, size, size, generator=g)
+
+
+def test_recoloured_region_is_one_object_with_a_new_colour_and_a_point_in_it():
+    """hint_recolour's regions: grown from the seed, stopped by an edge in the grey photo (left /
+    right) and by a change of true colour at equal lightness (top / bottom), never cut in the
+    middle of a flat area: each region is exactly the seed's quadrant. Inside it the colour
+    moves and the texture stays; outside nothing changes; the first hint point lies in it and
+    carries the new colour; a share of 0 changes nothing."""
+    size = 48
+    light, ab = _quadrants(size)
+    light, ab = light.expand(8, -1, -1, -1), ab.expand(8, -1, -1, -1)
+    new, anchors = recoloured_regions(light, ab, torch.Generator().manual_seed(7), share=1.0, chroma=(10.0, 20.0))  # in gamut
+    again, _ = recoloured_regions(light, ab, torch.Generator().manual_seed(7), share=1.0, chroma=(10.0, 20.0))
+    assert torch.equal(new, again)
+    half = size // 2
+    for i in range(8):
+        x, y = (anchors[i] * size).long().tolist()
+        quadrant = torch.zeros(size, size, dtype=torch.bool)
+        quadrant[(y // half) * half:(y // half + 1) * half, (x // half) * half:(x // half + 1) * half] = True
+        changed = (new[i] - ab[i]).abs().amax(0) > 1e-3
+        assert torch.equal(changed, quadrant), f"crop {i}: region is not the seed's quadrant"
+        inside_before, inside_after = ab[i][:, quadrant], new[i][:, quadrant]
+        texture = torch.corrcoef(torch.stack([inside_before[0], inside_after[0]]))[0, 1]
+        assert float(texture) > 0.9  # the texture survives the new mean
+        assert 9.0 < float(inside_after.mean(1).norm()) < 21.0  # the new mean: a chroma from (10, 20)
+    planes = training_hint_planes(new, torch.Generator().manual_seed(1), 4.0, radius_px=(1.0, 1.0), anchors=anchors)
+    for i in range(8):
+        x, y = (anchors[i] * size).long().tolist()
+        assert float(planes[i, 2, y, x]) == 1.0
+        assert torch.allclose(denormalize_ab(planes[i, :2, y, x]), new[i, :, y, x], atol=3.0)  # a disc's mean of the new colour
+    same, none = recoloured_regions(light, ab, torch.Generator().manual_seed(7), share=0.0, chroma=(10.0, 20.0))
+    assert same is ab and bool(none.isnan().all())
+    free = training_hint_planes(new, torch.Generator().manual_seed(1), 4.0, hint_free=1.0, anchors=anchors)
+    assert bool((free[:, 2].flatten(1).sum(1) > 0).all())  # an anchored crop always gets its point
 
 
 @pytest.fixture(scope="module")
