@@ -18,6 +18,7 @@ objective gets them for one step and owns only what its family alone needs.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .color import denormalize_l, normalize_ab, rgb_to_lab
+from .color import denormalize_l, lab_to_rgb, normalize_ab, rgb_to_lab
 from .config import TrainSection
-from .hints import recoloured_regions, training_hint_planes
+from .hint_edges import geodesic_nearest
+from .hints import training_hint_planes
 from .model import EffUNetGenerator, GANLoss, UNetGenerator, build_discriminator, family_of
 
 log = logging.getLogger("colorize_batch.train")
@@ -191,6 +193,52 @@ def rebalanced_ce(logits: torch.Tensor, target_ab: torch.Tensor, bins: torch.Ten
     idx, w = soft_encode(target_ab.permute(0, 2, 3, 1).reshape(-1, 2), bins)
     ce = -(w * logp.gather(1, idx)).sum(1)
     return (ce * class_weights[idx[:, 0]]).mean()
+
+
+def recoloured_regions(light: torch.Tensor, true_ab: torch.Tensor, generator: torch.Generator, share: float,
+                       extent: tuple[float, float] = (4.0, 20.0), colour_gap: float = 20.0,
+                       chroma: tuple[float, float] = (15.0, 60.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give one region of a ``share`` of the crops a new colour, so that hint training can show
+    hints that are not the photo's palette: a hint must colour its own object, not the photo.
+
+    ``light`` ``(B, 1, S, S)`` (Lab L of the network's input), ``true_ab`` ``(B, 2, S, S)`` (Lab
+    units). A crop's region grows from a random pixel over the grey photo (geodesic distance at
+    half size: a step costs ``max(|ΔL| - 2, 0) + 0.5``, up to a random limit from ``extent``)
+    and keeps the pixels whose true colour is within ``colour_gap`` of the seed's (the object,
+    not its surroundings of the same lightness). It keeps its texture (ab minus its mean) around a
+    new mean of random hue and a chroma from ``chroma``, brought into the sRGB gamut at the
+    pixel's lightness. Returns the new truth (unchanged outside the regions, and for the other
+    crops) and ``(B, 2)`` anchors: the seed as a relative ``(x, y)``, NaN where nothing changed."""
+    b, _, size, _ = true_ab.shape
+    chosen = torch.rand(b, generator=generator) < share
+    draws = torch.rand(b, 5, generator=generator)
+    anchors = torch.full((b, 2), math.nan, device=true_ab.device)
+    if not bool(chosen.any()):
+        return true_ab, anchors
+    idx = chosen.nonzero().squeeze(1).to(true_ab.device)
+    d = draws[chosen].to(true_ab.device)
+    half = max(size // 2, 1)
+    light_s = F.adaptive_avg_pool2d(light[idx].float(), half)[:, 0]
+    ab_s = F.adaptive_avg_pool2d(true_ab[idx].float(), half)
+    sy, sx = (d[:, 0] * half).long().clamp_max(half - 1), (d[:, 1] * half).long().clamp_max(half - 1)
+    rows = torch.arange(len(idx), device=true_ab.device)
+    seeds = torch.zeros_like(light_s, dtype=torch.bool)
+    seeds[rows, sy, sx] = True
+    distance, seed_ab = geodesic_nearest(seeds, light_s, ab_s, threshold=2.0, spread=0.02)
+    limit = extent[0] + (extent[1] - extent[0]) * d[:, 2]
+    region_s = (distance < limit[:, None, None]) & ((ab_s - seed_ab).norm(dim=1) < colour_gap)
+    region = F.interpolate(region_s[:, None].float(), size=(size, size), mode="nearest")  # (n, 1, S, S)
+    ab = true_ab[idx].float()
+    mean = (ab * region).sum((2, 3)) / region.sum((2, 3)).clamp_min(1)
+    hue = d[:, 3] * 2 * math.pi
+    radius = chroma[0] + (chroma[1] - chroma[0]) * d[:, 4]
+    target = torch.stack([radius * torch.cos(hue), radius * torch.sin(hue)], 1)
+    moved = ab - mean[..., None, None] + target[..., None, None]
+    fitted = rgb_to_lab(lab_to_rgb(torch.cat([light[idx].float(), moved], 1), gamut="chroma"))[:, 1:]
+    out = true_ab.clone()
+    out[idx] = torch.where(region > 0.5, fitted, ab).to(true_ab.dtype)
+    anchors[idx] = torch.stack([(sx.float() + 0.5) / half, (sy.float() + 0.5) / half], 1)
+    return out, anchors
 
 
 class BinClassObjective:

@@ -25,12 +25,12 @@ from colorize_batch.hints import (
     parse_hints,
     rasterize,
     read_hints,
-    recoloured_regions,
     revealed_planes,
     sample_points,
     training_hint_planes,
 )
 from colorize_batch.model import build_generator, fused_for_inference
+from colorize_batch.objectives import recoloured_regions
 from colorize_batch.weights import load_weights, save_weights
 
 
