@@ -203,7 +203,8 @@ def recoloured_regions(light: torch.Tensor, true_ab: torch.Tensor, generator: to
 
     ``light`` ``(B, 1, S, S)`` (Lab L of the network's input), ``true_ab`` ``(B, 2, S, S)`` (Lab
     units). A crop's region grows from a random pixel over the grey photo (geodesic distance at
-    half size: a step costs ``max(|ΔL| - 2, 0) + 0.5``, up to a random limit from ``extent``)
+    half size: a step costs ``max(|ΔL| - 2, 0) + 0.02``, up to a random limit from ``extent``:
+    it stops at edges, and a flat area is one region, never cut where the grey cannot show it)
     and keeps the pixels whose true colour is within ``colour_gap`` of the seed's (the object,
     not its surroundings of the same lightness). It keeps its texture (ab minus its mean) around a
     new mean of random hue and a chroma from ``chroma``, brought into the sRGB gamut at the
