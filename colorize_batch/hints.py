@@ -300,8 +300,9 @@ def training_hint_planes(true_ab: torch.Tensor, generator: torch.Generator, mean
         counts[torch.rand(b, generator=generator) < hint_free] = 0
     draws = torch.rand(b, cap, 3, generator=generator)
     if anchors is not None:
-        anchored = ~anchors.isnan().any(1).cpu()
-        draws[anchored, 0, :2] = anchors.cpu()[anchored].float()
+        anchors = anchors.cpu().float()
+        anchored = ~anchors.isnan().any(1)
+        draws[anchored, 0, :2] = anchors[anchored]
         counts[anchored] = counts[anchored].clamp_min(1)
     lo, hi = radius_px
     valid = torch.arange(cap)[None, :] < counts[:, None]

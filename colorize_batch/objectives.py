@@ -31,7 +31,7 @@ from PIL import Image
 
 from .color import denormalize_l, lab_to_rgb, normalize_ab, rgb_to_lab
 from .config import TrainSection
-from .hint_edges import geodesic_nearest
+from .hint_edges import EDGE_THRESHOLD, geodesic_nearest
 from .hints import training_hint_planes
 from .model import EffUNetGenerator, GANLoss, UNetGenerator, build_discriminator, family_of
 
@@ -203,8 +203,8 @@ def recoloured_regions(light: torch.Tensor, true_ab: torch.Tensor, generator: to
 
     ``light`` ``(B, 1, S, S)`` (Lab L of the network's input), ``true_ab`` ``(B, 2, S, S)`` (Lab
     units). A crop's region grows from a random pixel over the grey photo (geodesic distance at
-    half size: a step costs ``max(|ΔL| - 2, 0) + 0.02``, up to a random limit from ``extent``:
-    it stops at edges, and a flat area is one region, never cut where the grey cannot show it)
+    half size: a step costs ``max(|ΔL| - EDGE_THRESHOLD, 0) + 0.02``, the edges hint_edges cuts
+    at, up to a random limit from ``extent``: it stops at edges, and a flat area is one region, never cut where the grey cannot show it)
     and keeps the pixels whose true colour is within ``colour_gap`` of the seed's (the object,
     not its surroundings of the same lightness). It keeps its texture (ab minus its mean) around a
     new mean of random hue and a chroma from ``chroma``, brought into the sRGB gamut at the
@@ -225,7 +225,7 @@ def recoloured_regions(light: torch.Tensor, true_ab: torch.Tensor, generator: to
     rows = torch.arange(len(idx), device=true_ab.device)
     seeds = torch.zeros_like(light_s, dtype=torch.bool)
     seeds[rows, sy, sx] = True
-    distance, seed_ab = geodesic_nearest(seeds, light_s, ab_s, threshold=2.0, spread=0.02)
+    distance, seed_ab = geodesic_nearest(seeds, light_s, ab_s, threshold=EDGE_THRESHOLD, spread=0.02)
     limit = extent[0] + (extent[1] - extent[0]) * d[:, 2]
     region_s = (distance < limit[:, None, None]) & ((ab_s - seed_ab).norm(dim=1) < colour_gap)
     region = F.interpolate(region_s[:, None].float(), size=(size, size), mode="nearest")  # (n, 1, S, S)
