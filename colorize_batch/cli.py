@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from logging.handlers import WatchedFileHandler
 from pathlib import Path
@@ -61,12 +63,31 @@ class LogFileHandler(WatchedFileHandler):
             click.echo(f"Error: {self.failed}", err=True)
 
 
+def _refuse_blocking(path: Path) -> None:
+    """A FIFO with no reader would block the open for ever: ``OSError`` instead (one with a reader is fine)."""
+    import errno
+    import os
+    import stat
+
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, "a FIFO with no reader") from None
+        raise
+
+
 def _setup_logging(verbosity: int, log_file: Path | None = None) -> LogFileHandler | None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     file_handler = None
     if log_file is not None:
         try:
+            _refuse_blocking(log_file)
             file_handler = LogFileHandler(log_file, errors="backslashreplace")
         except OSError as exc:
             raise click.UsageError(f"{log_file}: cannot open the log file ({exc.strerror or exc})") from None
@@ -136,7 +157,30 @@ def _print_config(config: PipelineConfig, verbose: int) -> None:
     click.echo(config.to_yaml(sources=verbose > 0), nl=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+class ToolGroup(click.Group):
+    """The command group: Ctrl-C or SIGTERM before a command's own handling of them starts
+    (imports, walking IN, fingerprinting, loading the weights) is exit 130 in one line, never
+    click's "Aborted!" (exit 1) nor SIGTERM's bare death (143); ``run`` installs its graceful
+    handler (:class:`~colorize_batch.signals.StopFlag`) once it starts colorizing."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if installed else None
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="colorize-batch")
 def main() -> None:
     """Colorize folders of black-and-white photographs.
@@ -341,7 +385,7 @@ def info(ctx, config_path, weights, device, as_json):
     try:
         summary = describe_weights(config.model.weights)
     except WeightsError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
     facts = {
         "version": __version__,
         "weights": str(summary.path),
@@ -470,7 +514,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
     _setup_logging(0)
     from .evaluate import colour_photos, contact_sheet, evaluate, format_table
     from .inference import Colorizer, InferenceError, resolve_device
-    from .reporting import write_json_atomic
+    from .reporting import write_json_named
     from .weights import WeightsError, check_size, load_weights
 
     try:
@@ -494,10 +538,14 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
     summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir), temperature=config.model.temperature,
                    hints=hint_points, degrade=degrade)
     click.echo(format_table(summary))
-    if report_path:
-        write_json_atomic(report_path, summary)
-    if sheet:
-        contact_sheet(list(result.sheet_rows), sheet)
+    for dest, write in ((report_path, lambda: write_json_named(report_path, summary)),
+                        (sheet, lambda: contact_sheet(list(result.sheet_rows), sheet))):
+        if dest:
+            try:
+                write()
+            except OSError as exc:
+                click.echo(f"Error: {display(dest)}: cannot write ({exc.strerror or exc})", err=True)
+                ctx.exit(EXIT_FAILED)
 
 
 # ----------------------------------------------------------------------------- report
@@ -514,6 +562,7 @@ def report_merge(out_dir, dest):
     from .manifest import StateLinkError, refuse_links, report_path
     from .sharding import ShardError, merge_reports
 
+    given = dest is not None
     try:
         merged = merge_reports(out_dir)
         if dest is None:
@@ -521,7 +570,11 @@ def report_merge(out_dir, dest):
             refuse_links(dest, out_dir)
     except (ShardError, StateLinkError) as exc:
         raise click.UsageError(str(exc)) from None
-    merged.write(dest)
+    try:
+        merged.write(dest, named=given)
+    except OSError as exc:
+        click.echo(f"Error: {display(dest)}: cannot write the merged report ({exc.strerror or exc})", err=True)
+        raise SystemExit(EXIT_FAILED) from None
     c = merged.counts
     click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
                f"colour {c.skipped_color}, failed {c.failed} -> {dest}")
@@ -650,7 +703,8 @@ def hints_import(bundle: Path, dest: Path) -> None:
 
     DEST is the --hints DIR of the run (a/b/photo.jpg -> DEST/a/b/photo.hints.json), or the
     input folder itself for hint files beside the scans. Nothing is written unless every
-    document in the bundle is valid.
+    document in the bundle is valid and every hint file can go where it belongs (no folder or
+    link in its place, no two photos sharing one hint file).
     """
     from .hints import HintError, import_bundle
     from .names import display

@@ -34,7 +34,7 @@ from .discovery import find_images
 from .hints import rasterize, sample_points
 from .inference import Colorizer
 from .recombination import chroma_planes, recombine
-from .safe_files import atomic_write_with
+from .safe_files import write_named
 
 AUC_THRESHOLDS = torch.arange(0, 151, dtype=torch.float32)
 
@@ -177,7 +177,7 @@ def contact_sheet(rows: Sequence[tuple[np.ndarray, ...]], path: Path, height: in
         x += w + 4
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda f: sheet.save(f, format="PNG"))
+    write_named(path, lambda f: sheet.save(f, format="PNG"))
     return path
 
 

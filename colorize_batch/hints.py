@@ -373,7 +373,8 @@ def read_bundle(data: object) -> dict[PurePosixPath, dict]:
 
 def import_bundle(bundle: Path, root: Path) -> list[Path]:
     """Unpack a bundle into the hints tree ``root`` (mirrored paths, each file written atomically);
-    nothing is written unless every document in it is valid. Returns the files written."""
+    nothing is written unless every document in it is valid and every write can be made. Returns
+    the files written."""
     from .safe_files import atomic_write_text, leads_outside
 
     raw = _read_bounded(bundle, BUNDLE_LIMIT, "hint bundle", "bundle")
@@ -382,12 +383,21 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     except HintError as exc:
         raise HintError(f"cannot read the bundle: {exc}") from None
     documents = read_bundle(data)
-    for rel in sorted(documents):  # the same rule as outputs: never through a link leading out of DEST
+    claimed: dict[Path, str] = {}
+    for rel in sorted(documents):  # every write checked before the first: all or nothing
         dest = hints_path_for(rel, root)
-        if leads_outside(dest.parent, root):
+        if leads_outside(dest.parent, root):  # the same rule as outputs: never through a link leading out of DEST
             raise HintError(f"{display(rel)}: {display(dest.parent)} leads outside {display(root)} (symlink); nothing written")
         if dest.is_symlink():
             raise HintError(f"{display(rel)}: {display(dest)} is a symlink; not replaced, nothing written")
+        if dest in claimed:  # photo.jpg and photo.png share photo.hints.json
+            raise HintError(f"{display(claimed[dest])} and {display(rel)} both have the hint file {display(dest)}; nothing written")
+        claimed[dest] = rel
+        for folder in reversed(dest.relative_to(root).parents[:-1]):
+            if (root / folder).exists() and not (root / folder).is_dir():
+                raise HintError(f"{display(rel)}: {display(root / folder)} is a file, not a folder; nothing written")
+        if dest.exists() and not dest.is_file():
+            raise HintError(f"{display(rel)}: {display(dest)} is not a regular file; not replaced, nothing written")
     written = []
     for rel, document in sorted(documents.items()):
         dest = hints_path_for(rel, root)

@@ -175,6 +175,29 @@ class RunLock:
             self.fd = None
 
 
+def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
+    """Whether another run (a shard of a job array, or the whole job) holds a lock on OUT now:
+    its temporary files are in flight, and only a run that is alone may remove temporary files."""
+    folder = state_dir(out_root)
+    own = lock_path(out_root, tag)
+    for path in folder.glob(f"{LOCK_STEM}*") if folder.is_dir() else ():
+        if path == own:
+            continue
+        try:
+            fd = open_state(path, out_root, os.O_RDONLY | os.O_NONBLOCK)
+        except (OSError, StateLinkError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            continue
+        finally:
+            os.close(fd)  # closing drops the probe's own shared lock
+    return False
+
+
 def fingerprint(path: Path, checksum: bool = False) -> str:
     st = path.stat()
     if not checksum:
@@ -285,6 +308,7 @@ class Manifest:
         self.known: dict[str, ManifestRecord] = {}  # every manifest's records, this file's last
         self._fh: TextIO | None = None
         self.append_failed = False
+        self.unsaved = False  # an append failed and no compaction has saved the records since
         folder = state_dir(out_root)
         refuse_links(self.path, self.out_root)
         others = sorted(p for p in folder.glob(f"{MANIFEST_STEM}*{MANIFEST_SUFFIX}") if p != self.path) if folder.is_dir() else []
@@ -323,7 +347,7 @@ class Manifest:
             if not self.append_failed:
                 log.error("%s: cannot record finished files (%s); they will be redone by the next run",
                           display(self.path), getattr(exc, "strerror", None) or exc)
-            self.append_failed = True
+            self.append_failed = self.unsaved = True
 
     def close(self, compact: bool = True) -> None:
         if self._fh is not None:
@@ -336,6 +360,7 @@ class Manifest:
             try:
                 refuse_links(self.path, self.out_root)
                 atomic_write_text(self.path, "".join(to_json(rec.to_json()) + "\n" for rec in self.records.values()))
+                self.unsaved = False
             except (OSError, StateLinkError) as exc:  # e.g. disk full: the appended records are still valid
                 log.warning("%s: not compacted (%s); the appended records are kept", display(self.path), exc)
 

@@ -255,9 +255,11 @@ class RunReport:
             exit_code=_int(data.get("exit_code", 0), "exit_code"),
         )
 
-    def write(self, path: Path) -> None:
-        """Atomically, as JSON (file names that are not UTF-8 round-trip: see names.py)."""
-        write_json_atomic(path, self.to_json())
+    def write(self, path: Path, named: bool = False) -> None:
+        """Atomically, as JSON (file names that are not UTF-8 round-trip: see names.py); ``named``: a
+        path the user gave (:func:`~colorize_batch.safe_files.write_named`: /dev/stdout is written
+        through, never replaced)."""
+        (write_json_named if named else write_json_atomic)(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path, out_root: Path | None = None) -> RunReport:
@@ -283,3 +285,11 @@ def write_json_atomic(path: Path, data: dict) -> None:
     from .safe_files import atomic_write_text
 
     atomic_write_text(Path(path), to_json(data, indent=2) + "\n")
+
+
+def write_json_named(path: Path, data: dict) -> None:
+    """A JSON document to a path the user named (``--report``): see :func:`~colorize_batch.safe_files.write_named`."""
+    from .safe_files import write_named
+
+    text = (to_json(data, indent=2) + "\n").encode("utf-8")
+    write_named(Path(path), lambda fh: fh.write(text))

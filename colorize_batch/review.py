@@ -350,6 +350,8 @@ async def _json_body(request: Request) -> dict:
         data = json.loads(bytes(body).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the request is not JSON") from None
+    except RecursionError:  # [[[[...: nested deeper than the parser goes
+        raise BadRequest("the request is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the request must be a JSON object")
     return data

@@ -20,7 +20,16 @@ from .engine import Engine, EngineError
 from .exit_codes import ExitCode
 from .inference import InferenceError
 from .local_engine import LocalEngine
-from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, report_path as state_report_path
+from .manifest import (
+    LockedError,
+    Manifest,
+    RunIdentity,
+    RunLock,
+    StateError,
+    StateLinkError,
+    other_run_holds_a_lock,
+    report_path as state_report_path,
+)
 from .names import display
 from .planning import Plan, plan_run
 from .ray_engine import RayEngine
@@ -58,7 +67,7 @@ def _cannot_write(message: str, report_path: Path | None, **context: str) -> int
     if report_path is not None:
         stats = RunStats(stopped_reason=message)
         try:
-            RunReport.of_run(stats, tool=f"colorize-batch {__version__}", **context).write(report_path)
+            RunReport.of_run(stats, tool=f"colorize-batch {__version__}", **context).write(report_path, named=True)
         except OSError as exc:
             log.error("%s: cannot write the run report (%s)", display(report_path), exc)
     return ExitCode.FAILED
@@ -113,7 +122,8 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         return run.execute(plan, None)
     try:
         with RunLock(out_path, tag):  # plan under the lock: the manifest cannot change under us
-            removed = clean_stale_temps(out_path)
+            # temporary files of a killed run; never while another shard writes its own into OUT
+            removed = 0 if other_run_holds_a_lock(out_path, tag) else clean_stale_temps(out_path)
             if removed:
                 log.info("removed %d temporary file(s) left by an interrupted run", removed)
             plan, manifest = make_plan()
@@ -147,6 +157,7 @@ class _Run:
         self.report_path, self.quiet, self.tag = report_path, quiet, tag
         self.stats = RunStats()
         self.model_id: str | None = None
+        self.unrecorded_manifest = False  # records that reached neither the appended manifest nor its compaction
 
     def execute(self, plan: Plan, manifest: Manifest | None) -> int:
         stats = self.stats
@@ -169,6 +180,7 @@ class _Run:
             finally:
                 if manifest is not None:
                     manifest.close()
+                    self.unrecorded_manifest = manifest.unsaved
         return self._finish(plan, manifest is not None)
 
     def _load(self, plan: Plan) -> str | None:
@@ -222,6 +234,8 @@ class _Run:
             host=platform.node(),
         )
         report_failed = self._write_report(report, plan.out_path, with_state)
+        if self.unrecorded_manifest:
+            log.error("the manifest could not be written: this run's files will be redone by the next run")
         print_summary(stats, self.quiet)
         if stats.unrecorded:
             redo = ("the next run recognises them by their colorize-batch mark and redoes them" if config.output.metadata
@@ -231,16 +245,18 @@ class _Run:
         elif stats.interrupted:
             click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
         code = stats.exit_code()
-        return ExitCode.FAILED if report_failed and code == ExitCode.OK else code
+        # a report or manifest that cannot be written is a failure a cron job must see: the next run redoes the work
+        return ExitCode.FAILED if (report_failed or self.unrecorded_manifest) and code == ExitCode.OK else code
 
     def _write_report(self, report: RunReport, out_root: Path, with_state: bool) -> bool:
-        """Write the report into OUT's state (``with_state``) and to ``--report``; True when ``--report``
-        failed (an output the user asked for: not written, exit 1)."""
+        """Write the report into OUT's state (``with_state``) and to ``--report``; True when either
+        failed (not written, exit 1: ``--report`` is an output the user asked for, and the state's
+        report is what ``gallery``, ``review`` and ``report merge`` read)."""
         failed = False
         for dest in ([state_report_path(out_root, self.tag)] if with_state else []) + ([self.report_path] if self.report_path else []):
             try:
-                report.write(dest)
+                report.write(dest, named=dest == self.report_path)
             except OSError as exc:
                 log.error("%s: cannot write the run report (%s)", display(dest), exc.strerror or exc)
-                failed = failed or dest == self.report_path
+                failed = True
         return failed

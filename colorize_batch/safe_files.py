@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -67,6 +68,37 @@ def atomic_write_with(dest: str | os.PathLike, produce: Callable[[BinaryIO], obj
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def write_named(dest: str | os.PathLike, produce: Callable[[BinaryIO], object]) -> Path:
+    """A file the user named on the command line (``--report``, ``--sheet``, ``report merge --output``).
+
+    A new name or a regular file is written atomically (:func:`atomic_write_with`); a symlink is
+    followed, so the link stays and its target is written. A character device or a FIFO
+    (``/dev/stdout``, ``/dev/full``, a pipe) is written through, never replaced: opened without
+    blocking (a FIFO with no reader is an error, not a hang). Anything else is refused
+    (``OSError``). Outputs in OUT never come here: :func:`target_problem` guards those.
+    """
+    dest = Path(dest)
+    target = Path(os.path.realpath(dest)) if dest.is_symlink() else dest
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return atomic_write_with(target, produce)
+    if stat.S_ISREG(st.st_mode):
+        return atomic_write_with(target, produce)
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise OSError(errno.EINVAL, "not a regular file, character device or FIFO")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, "a FIFO with no reader") from None
+        raise
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "wb") as fh:
+        produce(fh)
     return dest
 
 

@@ -103,6 +103,11 @@ def _read_payload(path: Path, sha256: str | None) -> tuple[dict, str]:
     family = payload.get("family", "unet")
     if family not in FAMILIES:
         raise WeightsError(f"{path}: generator family {family!r} is not known to this version (known: {sorted(FAMILIES)})")
+    state = payload.get("state_dict")
+    for name, tensor in state.items() if isinstance(state, dict) else ():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            # a diverged training run exported: every colour would be NaN
+            raise WeightsError(f"{path}: damaged weights: {name} holds NaN or infinite values")
     return payload, sha256
 
 

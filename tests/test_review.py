@@ -148,6 +148,8 @@ def test_request_bodies_are_bounded_and_checked(server):
     big = {"key": PLAIN, "points": [], "pad": "x" * MAX_BODY_BYTES}
     assert post(client, "/api/recolor", big).status_code == 413
     assert client.post(f"/api/recolor?token={TOKEN}", content=b"{not json").status_code == 400
+    deep = client.post(f"/api/recolor?token={TOKEN}", content=b"[" * 30_000 + b"]" * 30_000)  # within the size bound
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
     bad = post(client, "/api/recolor", {"key": PLAIN, "points": [{"x": 2, "y": 0.5, "color": "#000000"}]})
     assert bad.status_code == 400 and "x = 2 is outside 0-1" in bad.json()["error"]
     assert post(client, "/api/suggest", {"key": PLAIN, "points": [], "x": "left", "y": 0.5}).status_code == 400
