@@ -383,7 +383,7 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     except HintError as exc:
         raise HintError(f"cannot read the bundle: {exc}") from None
     documents = read_bundle(data)
-    claimed: dict[Path, str] = {}
+    claimed: dict[Path, PurePath | str] = {}  # hint file -> the bundle key that writes it
     for rel in sorted(documents):  # every write checked before the first: all or nothing
         dest = hints_path_for(rel, root)
         if leads_outside(dest.parent, root):  # the same rule as outputs: never through a link leading out of DEST
