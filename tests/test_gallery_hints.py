@@ -158,9 +158,11 @@ def test_browser_writes_hints_that_import_and_run_find(hint_run, tmp_path):
             assert offered == ["#" + cell[i: i + 6] for i in range(0, len(cell), 8)]
 
             page.reload()  # edits outlive a reload (localStorage), until forgotten
-            assert card(PLAIN).locator(".hint-dot").count() == 1
+            # the page's script draws the dots after the reload: wait for them (a bare count() raced it under load)
+            sync_api.expect(card(PLAIN).locator(".hint-dot")).to_have_count(1)
             page.locator("#hint-forget").click()
-            assert card(PLAIN).locator(".hint-dot").count() == 0 and card(HINTED).locator(".hint-dot").count() == 1
+            sync_api.expect(card(PLAIN).locator(".hint-dot")).to_have_count(0)
+            sync_api.expect(card(HINTED).locator(".hint-dot")).to_have_count(1)
         finally:
             context.close()
     assert dialogs == [] and errors == [], (dialogs, errors)
