@@ -64,21 +64,17 @@ class LogFileHandler(WatchedFileHandler):
 
 
 def _refuse_blocking(path: Path) -> None:
-    """A FIFO with no reader would block the open for ever: ``OSError`` instead (one with a reader is fine)."""
-    import errno
+    """A FIFO with no reader would block the log file's open for ever: ``OSError`` instead."""
     import os
     import stat
 
+    from .safe_files import open_writer
+
     try:
-        if not stat.S_ISFIFO(os.stat(path).st_mode):
-            return
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            os.close(open_writer(path))
     except FileNotFoundError:
         return
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            raise OSError(errno.ENXIO, "a FIFO with no reader") from None
-        raise
 
 
 def _setup_logging(verbosity: int, log_file: Path | None = None) -> LogFileHandler | None:

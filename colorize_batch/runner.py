@@ -157,7 +157,6 @@ class _Run:
         self.report_path, self.quiet, self.tag = report_path, quiet, tag
         self.stats = RunStats()
         self.model_id: str | None = None
-        self.unrecorded_manifest = False  # records that reached neither the appended manifest nor its compaction
 
     def execute(self, plan: Plan, manifest: Manifest | None) -> int:
         stats = self.stats
@@ -180,8 +179,7 @@ class _Run:
             finally:
                 if manifest is not None:
                     manifest.close()
-                    self.unrecorded_manifest = manifest.unsaved
-        return self._finish(plan, manifest is not None)
+        return self._finish(plan, manifest)
 
     def _load(self, plan: Plan) -> str | None:
         """The engine takes the weights; the problem with them, if any, in one line."""
@@ -215,8 +213,8 @@ class _Run:
         finally:
             progress.close()
 
-    def _finish(self, plan: Plan, with_state: bool) -> int:
-        """The report (into OUT's state and ``--report``), the summary and the exit code."""
+    def _finish(self, plan: Plan, manifest: Manifest | None) -> int:
+        """The report (into OUT's state, when the run has one, and ``--report``), the summary and the exit code."""
         stats, config = self.stats, self.config
         if stats.stopped_reason or stats.interrupted:  # a full disk or a signal: say which files were never tried
             stats.not_tried = [str(job.item.source) for job in plan.jobs if job.source_key not in stats.settled]
@@ -233,9 +231,7 @@ class _Run:
             device=self.engine.description,
             host=platform.node(),
         )
-        report_failed = self._write_report(report, plan.out_path, with_state)
-        if self.unrecorded_manifest:
-            log.error("the manifest could not be written: this run's files will be redone by the next run")
+        report_failed = self._write_report(report, plan.out_path, manifest is not None)
         print_summary(stats, self.quiet)
         if stats.unrecorded:
             redo = ("the next run recognises them by their colorize-batch mark and redoes them" if config.output.metadata
@@ -246,7 +242,8 @@ class _Run:
             click.echo("interrupted: finished files are kept and recorded; rerun to continue", err=True)
         code = stats.exit_code()
         # a report or manifest that cannot be written is a failure a cron job must see: the next run redoes the work
-        return ExitCode.FAILED if (report_failed or self.unrecorded_manifest) and code == ExitCode.OK else code
+        unsaved = manifest is not None and manifest.unsaved  # said by the manifest when its append failed
+        return ExitCode.FAILED if (report_failed or unsaved) and code == ExitCode.OK else code
 
     def _write_report(self, report: RunReport, out_root: Path, with_state: bool) -> bool:
         """Write the report into OUT's state (``with_state``) and to ``--report``; True when either

@@ -90,16 +90,22 @@ def write_named(dest: str | os.PathLike, produce: Callable[[BinaryIO], object]) 
         return atomic_write_with(target, produce)
     if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         raise OSError(errno.EINVAL, "not a regular file, character device or FIFO")
+    with os.fdopen(open_writer(target), "wb") as fh:
+        produce(fh)
+    return dest
+
+
+def open_writer(path: str | os.PathLike) -> int:
+    """``os.open`` for writing without waiting: a FIFO with no reader is ``OSError`` ("a FIFO with
+    no reader") instead of a hang; the descriptor returned blocks again for the writes."""
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             raise OSError(errno.ENXIO, "a FIFO with no reader") from None
         raise
     os.set_blocking(fd, True)
-    with os.fdopen(fd, "wb") as fh:
-        produce(fh)
-    return dest
+    return fd
 
 
 def atomic_write(dest: Path, data: bytes, mode: int = 0o644, fsync: bool = True) -> str:
