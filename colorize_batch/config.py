@@ -41,7 +41,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: "a finite number"
 
 
 class ModelSection(_Section):
@@ -211,11 +211,16 @@ def annotate_sources(text: str, sources: dict[str, str]) -> str:
 
 
 def _format_errors(exc: ValidationError, source: str, sources: dict[str, str] | None = None) -> str:
-    lines = [f"{source}: {exc.error_count()} problem(s) in the configuration:"]
+    """Every problem, one per line; the header names where they came from (the file, or the
+    command line when every one of them came from there), each line its own source if another."""
+    problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        origin = _origin(where, sources or {})
-        lines.append(f"  - {where}: {err['msg']}" + (f" (from {origin})" if origin and origin != source else ""))
+        problems.append((where, err["msg"], _origin(where, sources or {}) or source))
+    origins = {origin for _, _, origin in problems}
+    header = origins.pop() if len(origins) == 1 else source
+    lines = [f"{header}: {len(problems)} problem(s) in the configuration:"]
+    lines += [f"  - {where}: {msg}" + (f" (from {origin})" if origin != header else "") for where, msg, origin in problems]
     return "\n".join(lines)
 
 

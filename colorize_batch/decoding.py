@@ -30,6 +30,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated scan is reported, never h
 GREY_16_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 CHROMA_THUMB = 64
+ANIMATED_FORMATS = {"GIF", "WEBP", "PNG"}  # frames of one animation (TIFF pages: input.tiff_pages; MPO: previews)
 
 
 class DecodeError(Exception):
@@ -90,6 +91,8 @@ def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float 
         if arr.dtype != np.uint16:
             arr = np.clip(arr, 0, 65535).astype(np.uint16)
         return arr, 16, None
+    if mode == "F":
+        return _float_grey(np.asarray(im), notes), 16, None
     if mode == "L":
         return np.asarray(im), 8, None
     if mode == "1":
@@ -108,6 +111,19 @@ def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float 
     thumb.thumbnail((CHROMA_THUMB, CHROMA_THUMB))
     chroma = chroma_spread(np.asarray(thumb))
     return np.asarray(im.convert("L")), 8, chroma
+
+
+def _float_grey(levels: np.ndarray, notes: list[str]) -> np.ndarray:
+    """32-bit float grey (mode F: HDR scanners, scientific TIFF) -> 16-bit levels: 0-1 is the
+    usual range (scaled), 0-65535 is read as 16-bit levels; anything else is refused."""
+    if not np.isfinite(levels).all():
+        raise DecodeError("32-bit float grey with NaN or infinite levels")
+    low, high = (float(levels.min()), float(levels.max())) if levels.size else (0.0, 0.0)
+    if low < 0 or high > 65535:
+        raise DecodeError(f"32-bit float grey levels {low:g}..{high:g} are outside 0-1 and 0-65535")
+    scale = 65535.0 if high <= 1.0 else 1.0
+    notes.append(f"32-bit float grey (levels {low:g}..{high:g}) read as 16-bit")
+    return np.rint(levels.astype(np.float64) * scale).astype(np.uint16)
 
 
 def _jpeg_chroma(path: Path, orientation: int) -> float:
@@ -374,6 +390,8 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
     except Exception as exc:  # noqa: BLE001 - any decoder bug (TypeError, struct.error, ...) is this file's failure
         raise DecodeError(f"cannot decode: {type(exc).__name__}: {exc}") from None
     meta["pages"] = pages
+    if pages > 1 and fmt in ANIMATED_FORMATS:
+        notes.append(f"animated {fmt}: {pages} frames, the first is colorized")
     if "exif" in meta:  # orientation was applied to the pixels: reset the tag
         exif_bytes = _exif_bytes(meta.pop("exif"), notes)
         if exif_bytes:

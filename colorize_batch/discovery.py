@@ -91,26 +91,33 @@ def find_images(
     exclude: Iterable[str] = (),
     skip_dirs: Iterable[Path] = (),
     on_warning=None,
+    on_problem=None,
 ) -> list[WorkItem]:
     """All images under ``root`` (or ``root`` itself if it is a file), sorted by relative path."""
     root = Path(root)
     if root.is_file():
         return [WorkItem(root, PurePosixPath(root.name))]
-    return list(iter_images(root, extensions, include, exclude, skip_dirs, on_warning))
+    return list(iter_images(root, extensions, include, exclude, skip_dirs, on_warning, on_problem))
 
 
-def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=(), skip_dirs=(), on_warning=None) -> Iterator[WorkItem]:
+def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=(), skip_dirs=(), on_warning=None,
+                on_problem=None) -> Iterator[WorkItem]:
+    """Walk ``root`` in name order and yield its photos. ``on_warning(message)`` hears of entries
+    skipped for what they are (links to nowhere, FIFOs, loops); ``on_problem(path, reason)`` of
+    folders that cannot be read or listed, whose photos are then missing (a failure: exit 1).
+    Without ``on_problem`` those are warnings too."""
     exts = {e.lower() for e in extensions}
     include, exclude = list(include), list(exclude)
     skip = {ident for d in skip_dirs if (ident := identity(str(d))) is not None}
     seen_dirs: set[tuple[int, int]] = set()
     warn = on_warning or (lambda msg: None)
+    problem = on_problem or (lambda path, reason: warn(f"{path}: {reason}"))
 
     def walk(directory: Path, rel: PurePosixPath) -> Iterator[WorkItem]:
         try:
             st = directory.stat()
         except OSError as exc:
-            warn(f"{directory}: cannot read folder ({exc.strerror})")
+            problem(directory, f"cannot read folder ({exc.strerror}); its photos are not done")
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
@@ -122,7 +129,7 @@ def iter_images(root, extensions=DEFAULT_EXTENSIONS, include=("**",), exclude=()
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            warn(f"{directory}: cannot list folder ({exc.strerror})")
+            problem(directory, f"cannot list folder ({exc.strerror}); its photos are not done")
             return
         for entry in entries:
             if entry.name.startswith("."):

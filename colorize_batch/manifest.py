@@ -160,6 +160,13 @@ class RunLock:
             self.fd = None
             raise LockedError(f"{display(self.path.parent.parent)}: another colorize-batch run holds the lock on this output folder") from None
         HELD_LOCK_FDS.add(self.fd)
+        # Runs of another job shape split OUT differently, so they would write the same files:
+        # checked after our own lock is taken, so of two runs that start together at least one sees the other.
+        clash = [other for other in held_lock_tags(out_root, self.tag) if _shard_count(other) != _shard_count(self.tag) or not self.tag]
+        if clash:
+            self.__exit__()
+            raise LockedError(f"{display(out_root)}: {_shape_words(clash[0])} holds a lock on this output folder "
+                              f"(one job shape per OUT: {_shape_words(self.tag)} would write the same files)")
         try:  # the pid is informational: a full disk must not stop a run that has nothing new to write
             os.ftruncate(self.fd, 0)
             os.write(self.fd, f"{os.getpid()}\n".encode())
@@ -175,12 +182,13 @@ class RunLock:
             self.fd = None
 
 
-def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
-    """Whether another run (a shard of a job array, or the whole job) holds a lock on OUT now:
-    its temporary files are in flight, and only a run that is alone may remove temporary files."""
+def held_lock_tags(out_root: Path, tag: str = "") -> list[str]:
+    """The tags of the other runs (shards of a job array, or the whole job) that hold a lock on
+    OUT now, sorted: probed with a shared non-blocking ``flock``, nothing waited for."""
     folder = state_dir(out_root)
     own = lock_path(out_root, tag)
-    for path in folder.glob(f"{LOCK_STEM}*") if folder.is_dir() else ():
+    held = []
+    for path in sorted(folder.glob(f"{LOCK_STEM}*")) if folder.is_dir() else ():
         if path == own:
             continue
         try:
@@ -190,12 +198,27 @@ def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            held.append(path.name[len(LOCK_STEM):])
         except OSError:
             continue
         finally:
             os.close(fd)  # closing drops the probe's own shared lock
-    return False
+    return held
+
+
+def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
+    """Whether another run holds a lock on OUT now: its temporary files are in flight, and only
+    a run that is alone may remove temporary files."""
+    return bool(held_lock_tags(out_root, tag))
+
+
+def _shard_count(tag: str) -> str:
+    """The job shape a state tag belongs to: ``""`` for the whole job, ``"of-N"`` for a shard of N."""
+    return tag.rpartition("-of-")[2] if tag else ""
+
+
+def _shape_words(tag: str) -> str:
+    return f"a --shard run of {_shard_count(tag)} shards" if tag else "an unsharded run"
 
 
 def fingerprint(path: Path, checksum: bool = False) -> str:

@@ -171,16 +171,17 @@ def plan_run(
     """
     out_file_mode = names_output_file(in_path, out_path)
     inp = config.input
+    plan = Plan(in_path, out_path)
     items = find_images(
         in_path, inp.extensions, inp.include, inp.exclude, skip_dirs=[out_path],
         on_warning=lambda msg: log.warning("%s", msg),
+        on_problem=lambda folder, reason: plan.problems.append((str(folder), reason)),
     )
     if out_file_mode or in_path.is_file():
         dest = output_path(items[0], out_path, config.output.format, single_file=out_file_mode)
         if same_file(dest, in_path):
             raise DiscoveryError(f"{display(dest)}: the output would replace the input file; choose another output")
     inputs = InputIndex(in_path, items) if in_path.is_dir() else None
-    plan = Plan(in_path, out_path)
     claimed: dict[str, str] = {}
     known_outputs = manifest.outputs() if manifest is not None else set()
     overwrite_foreign = force or config.output.overwrite == "foreign"
@@ -212,7 +213,10 @@ def plan_run(
                 inputs.check(page_dest, out_path)
             key = str(page_dest)
             if key in claimed:
-                plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten (rename one or use --format same)"))
+                other = Path(claimed[key])
+                way = ("rename one or use --format same" if config.output.format != "same" and other.suffix.lower() != item.source.suffix.lower()
+                       else "rename one")
+                plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten ({way})"))
                 continue
             claimed[key] = str(item.source)
             job = Job(item, page_dest, fp, page, pages, hints)
