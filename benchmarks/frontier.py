@@ -51,6 +51,26 @@ def measure(weights: list[Path], labels: list[str], sets: list[str], temperature
     return rows
 
 
+def gains_at_equal_cf(reference: list[dict], candidate: list[dict]) -> list[dict]:
+    """For each candidate point, how far its PSNR over grey lies above (+) or below (-) the
+    reference curve at the same CF / truth (linear interpolation between the reference's two
+    neighbouring temperatures, extrapolated from the nearest two outside its range): the rule
+    issue 24 judges a candidate by, since a temperature only slides a model along its curve."""
+    out = []
+    for row in candidate:
+        curve = sorted((r["cf_over_truth"], r["psnr_over_grey"]) for r in reference
+                       if r["set"] == row["set"] and r["degrade"] == row["degrade"])
+        if len(curve) < 2:
+            continue
+        cf = row["cf_over_truth"]
+        segment = next(((a, b) for a, b in zip(curve, curve[1:]) if a[0] <= cf <= b[0]), None)
+        (c0, p0), (c1, p1) = segment or (curve[:2] if cf < curve[0][0] else curve[-2:])
+        at_equal_cf = p0 + (p1 - p0) * (cf - c0) / (c1 - c0)
+        out.append({**row, "reference_at_equal_cf": at_equal_cf, "gain": row["psnr_over_grey"] - at_equal_cf,
+                    "extrapolated": segment is None})
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -91,18 +111,36 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the rows here (JSON lines)")
     parser.add_argument("--plot", type=Path, help="PNG of the curves")
     parser.add_argument("--from-json", type=Path, nargs="*", default=[], help="plot rows measured earlier too")
+    parser.add_argument("--against", type=Path, help="rows (JSON lines) of the reference curve: print each new point's "
+                        "PSNR gain over it at equal CF")
+    parser.add_argument("--only-compare", type=Path, help="measure nothing: compare these rows (JSON lines) --against")
     args = parser.parse_args()
+    if args.only_compare:
+        return compare(read_rows(args.against), read_rows(args.only_compare))
     labels = args.label or [p.stem for p in args.weights]
     if len(labels) != len(args.weights):
         parser.error("--label needs one name per weights file")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = [json.loads(line) for f in args.from_json for line in f.read_text().splitlines() if line.strip()]
+    rows = [row for f in args.from_json for row in read_rows(f)]
     new = measure(args.weights, labels, args.sets, args.temperatures, args.degrade, args.size)
     if args.json:
         with open(args.json, "a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in new)
     if args.plot:
         plot(rows + new, args.plot)
+    if args.against:
+        compare(read_rows(args.against), new)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def compare(reference: list[dict], candidate: list[dict]) -> None:
+    for r in gains_at_equal_cf(reference, candidate):
+        print(f'{r["label"]:14s} {r["set"]:11s} degrade {r["degrade"]:g} T {r["temperature"]:.2f}: '
+              f'{r["psnr_over_grey"]:+.3f} dB / {r["cf_over_truth"]:.3f}x, reference at equal CF {r["reference_at_equal_cf"]:+.3f}: '
+              f'{r["gain"]:+.3f} dB{" (extrapolated)" if r["extrapolated"] else ""}, AuC {r["auc"]:.3f} (grey {r["auc_grey"]:.3f})')
 
 
 if __name__ == "__main__":

@@ -130,6 +130,10 @@ class TrainSection(_Section):
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_warmup: int = Field(0, ge=0, description="steps of linear learning-rate warm-up from 0 (fresh optimiser state on trained weights)")
+    ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the generator's weights "
+                       "(0.998: a half-life of about 350 steps), kept beside the trained ones; validation scores it and "
+                       "export writes it; 0: off")
+    ema_start: int = Field(0, ge=0, description="train.ema: the average starts after this step (the early weights are far from the end)")
     gan_lr: float = Field(5e-5, gt=0)
     beta1: float = 0.5
     beta2: float = 0.999

@@ -124,3 +124,40 @@ def test_export_step_resaves_a_validation_snapshot_under_its_new_name(tmp_path, 
     assert all(torch.equal(exported.state_dict()[k], generator.state_dict()[k]) for k in generator.state_dict())
     result = run_cli("export", run_dir, tmp_path / "none.pt", "--step", "5", expect=2)  # no such snapshot: one line, exit 2
     assert "generator_000005.pt" in result.output and not (tmp_path / "none.pt").exists()
+
+
+def test_weight_average_is_exported_and_resumes_exactly(tmp_path, colour_dirs, run_cli):
+    """train.ema: the exported weights are the moving average (not the last step's), which the
+    checkpoint keeps, so a run in two halves exports the same average as one run."""
+    train, val = colour_dirs
+    cfg = _config(tmp_path, val, ema=0.5, val_every=100)
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "a", expect=0)
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    trained, averaged = state["generator"], state["ema"]
+    assert int(averaged["n_averaged"]) == 6
+    exported, info = load_weights(tmp_path / "a" / "generator.pt")
+    assert info.provenance["ema"] == 0.5
+    key = "outermost.1.weight"
+    assert not torch.allclose(trained[key], averaged[f"module.{key}"])  # an average, not the last step
+    assert torch.allclose(exported.state_dict()[key].float(), averaged[f"module.{key}"].float(), atol=2e-3)  # fp16 file
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "b", "--steps", "3", expect=0)
+    run_cli("train", train, "--config", cfg, "--out", tmp_path / "b", "--resume", expect=0)
+    resumed = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["ema"]
+    assert all(torch.allclose(averaged[k].float(), resumed[k].float(), atol=1e-5) for k in averaged)
+
+
+def test_weight_average_from_a_later_step_equals_one_added_at_a_checkpoint_made_without_it(tmp_path, colour_dirs, run_cli):
+    """train.ema_start 3 in one run, and a run without train.ema to step 3 resumed with it, give
+    the same average (of steps 4-6): a run can take up averaging at its last checkpoint."""
+    train, val = colour_dirs
+    (tmp_path / "one").mkdir()
+    run_cli("train", train, "--config", _config(tmp_path / "one", val, ema=0.9, ema_start=3, val_every=100),
+            "--out", tmp_path / "a", expect=0)
+    run_cli("train", train, "--config", _config(tmp_path, val, val_every=100), "--out", tmp_path / "b", "--steps", "3", expect=0)
+    (tmp_path / "two").mkdir()
+    run_cli("train", train, "--config", _config(tmp_path / "two", val, ema=0.9, ema_start=3, val_every=100),
+            "--out", tmp_path / "b", "--resume", expect=0)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("a", "b"))
+    assert int(a["ema"]["n_averaged"]) == int(b["ema"]["n_averaged"]) == 3 and b["step"] == 6
+    assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-5) for k in a["ema"])
+    assert not torch.allclose(a["ema"]["module.outermost.1.weight"], a["generator"]["outermost.1.weight"])
