@@ -102,9 +102,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, nargs="+", required=True)
+    parser.add_argument("--weights", type=Path, nargs="+", default=[])
     parser.add_argument("--label", nargs="+", help="one per weights file (default: file stems)")
-    parser.add_argument("--set", dest="sets", action="append", required=True, help="DIR or DIR:N; repeatable")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="DIR or DIR:N; repeatable")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.55, 0.65, 0.8, 1.0])
     parser.add_argument("--degrade", type=float, nargs="+", default=[0.0])
     parser.add_argument("--size", type=int, default=256)
@@ -116,7 +116,11 @@ def main() -> None:
     parser.add_argument("--only-compare", type=Path, help="measure nothing: compare these rows (JSON lines) --against")
     args = parser.parse_args()
     if args.only_compare:
+        if not args.against:
+            parser.error("--only-compare needs --against")
         return compare(read_rows(args.against), read_rows(args.only_compare))
+    if not args.weights or not args.sets:
+        parser.error("--weights and --set are needed to measure (or --only-compare ROWS --against REF)")
     labels = args.label or [p.stem for p in args.weights]
     if len(labels) != len(args.weights):
         parser.error("--label needs one name per weights file")

@@ -162,7 +162,7 @@ class RunLock:
         HELD_LOCK_FDS.add(self.fd)
         # Runs of another job shape split OUT differently, so they would write the same files:
         # checked after our own lock is taken, so of two runs that start together at least one sees the other.
-        clash = [other for other in held_lock_tags(out_root, self.tag) if _shard_count(other) != _shard_count(self.tag) or not self.tag]
+        clash = [other for other in held_lock_tags(out_root, self.tag) if _shard_count(other) != _shard_count(self.tag)]
         if clash:
             self.__exit__()
             raise LockedError(f"{display(out_root)}: {_shape_words(clash[0])} holds a lock on this output folder "
@@ -213,7 +213,7 @@ def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
 
 
 def _shard_count(tag: str) -> str:
-    """The job shape a state tag belongs to: ``""`` for the whole job, ``"of-N"`` for a shard of N."""
+    """The job shape a state tag belongs to: ``""`` for the whole job, ``"N"`` for a shard of N (``.shard-I-of-N``)."""
     return tag.rpartition("-of-")[2] if tag else ""
 
 
