@@ -69,3 +69,36 @@ def test_pack_and_two_runs_on_one_stream_of_batches(tmp_path):
     with torch.no_grad():
         assert torch.equal(auto_base.eval()(grey), hints_base.eval()(grey))
     assert hints_wide.config.decoder_channels == (256, 192, 96, 64)
+
+
+def test_soup_averages_every_float_tensor_and_keeps_the_first_files_extra_branch(tmp_path):
+    """benchmarks/soup.py: the mean of two files' tensors (batch-norm statistics included); a hint
+    branch only the first file has comes from it alone; a file that does not fit is refused."""
+    soup = _script("soup")
+    torch.manual_seed(0)
+    a = build_generator("effnet-lite0-hints", pretrained=False)
+    b = build_generator("effnet-lite0", pretrained=False)
+    for module in b.modules():  # give b batch statistics of its own, so the mean is not one of them
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+    pa = save_weights(tmp_path / "a.pt", a, {"name": "a"})
+    pb = save_weights(tmp_path / "b.pt", b, {"name": "b"})
+    assert soup.main([str(pa), str(pb), "--out", str(tmp_path / "s.pt")]) == 0
+    mixed, info = load_weights(tmp_path / "s.pt")
+    sa, sb, sm = load_weights(pa)[0].state_dict(), load_weights(pb)[0].state_dict(), mixed.state_dict()
+    averaged = only_a = 0
+    for name, tensor in sm.items():
+        if not tensor.is_floating_point():
+            continue
+        if name in sb:
+            expected = (sa[name] + sb[name]) / 2
+            averaged += 1
+        else:
+            expected = sa[name]
+            only_a += 1
+        assert torch.allclose(tensor, expected.half().float(), atol=1e-3), name
+    assert averaged > 100 and only_a > 0
+    assert not torch.equal(sm[next(n for n in sb if "running_mean" in n)], sa[next(n for n in sb if "running_mean" in n)])
+    assert info.provenance["soup"] == [str(pa), str(pb)] and info.provenance["name"] == "s"
+    assert soup.main([str(pb), str(pa), "--out", str(tmp_path / "bad.pt")]) == 2  # b lacks a's hint branch
+    assert not (tmp_path / "bad.pt").exists()
