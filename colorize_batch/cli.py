@@ -63,6 +63,16 @@ class LogFileHandler(WatchedFileHandler):
             click.echo(f"Error: {self.failed}", err=True)
 
 
+class GivenPath(click.Path):
+    """``click.Path`` that refuses an empty argument: ``run "$SCANS" "$COLOUR"`` with a variable unset
+    in a cron job must not mean the current folder (colorizing the home folder, or writing into it)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "":
+            self.fail("is empty (an unset variable in a script?); give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _refuse_blocking(path: Path) -> None:
     """A FIFO with no reader would block the log file's open for ever: ``OSError`` instead."""
     import os
@@ -89,6 +99,9 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> LogFileHandl
             raise click.UsageError(f"{log_file}: cannot open the log file ({exc.strerror or exc})") from None
         handlers.append(file_handler)
     logging.basicConfig(level=level, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # Pillow's debug chatter (every PNG chunk, every TIFF tag) is not this tool's: -v would print it, and in a
+    # decode worker, whose stderr is captured per file, it would fill the report's notes
+    logging.getLogger("PIL").setLevel(max(level, logging.INFO))
     return file_handler
 
 
@@ -244,8 +257,8 @@ class RunRequest:
 
 
 @main.command()
-@click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
-@click.argument("out_path", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("in_path", metavar="IN", type=GivenPath(path_type=Path))
+@click.argument("out_path", metavar="OUT", type=GivenPath(path_type=Path))
 @model_options
 @click.option("--batch-size", type=click.IntRange(1, 1024), help="Images per forward pass (loader.batch_size).")
 @click.option("--workers", type=click.IntRange(0, 64), help="Decoding processes; 0 decodes in the main process (loader.workers).")
@@ -261,8 +274,8 @@ class RunRequest:
 @click.option("--checksum", is_flag=True, help="Fingerprint sources by sha256 instead of size + mtime.")
 @click.option("--dry-run", is_flag=True, help="List what would be done; write nothing.")
 @print_config_option
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
-@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
+@click.option("--report", "report_path", type=GivenPath(path_type=Path, dir_okay=False), help="Also write the JSON run report here.")
+@click.option("--log-file", type=GivenPath(path_type=Path, dir_okay=False), help="Append log lines to this file (logrotate-safe).")
 @click.option("--shard", metavar="I/N", help="Process only shard I of N (0-based; stable hash of each relative path). "
               "Defaults from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX.")
 @click.option("--shard-count", type=click.IntRange(1), help="Number of shards when JOB_COMPLETION_INDEX gives the index.")
@@ -299,6 +312,8 @@ def run(ctx: click.Context, **params: Any) -> None:
     if request.print_config:
         _print_config(config, request.verbose)
         ctx.exit(EXIT_OK)
+    _refuse_input_photos(request.in_path, config.input.extensions, ("--report", request.report_path),
+                         ("--log-file", request.log_file))
     log_handler = _setup_logging(-1 if request.quiet else request.verbose, request.log_file)
     code = _run(ctx, request, config)
     if request.writes_gallery and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and request.in_path.is_dir():
@@ -308,6 +323,17 @@ def run(ctx: click.Context, **params: Any) -> None:
         if log_handler.failed and code == EXIT_OK:
             code = EXIT_FAILED
     ctx.exit(code)
+
+
+def _refuse_input_photos(in_path: Path, extensions: list[str] | tuple[str, ...], *named: tuple[str, Path | None]) -> None:
+    """A file named to be written (a report, a log, a sheet) that is one of the input photos: exit 2,
+    before anything is written into it."""
+    from .discovery import named_file_problem
+
+    for option, path in named:
+        problem = named_file_problem(path, option, in_path, extensions) if path is not None else None
+        if problem:
+            raise click.UsageError(problem)
 
 
 def _run(ctx: click.Context, request: RunRequest, config: PipelineConfig) -> int:
@@ -490,10 +516,10 @@ def export(run_dir, dest, step):
 @main.command("eval")
 @click.argument("color_dir", type=click.Path(exists=True, path_type=Path))
 @model_options
-@click.option("--limit", type=int, help="Only the first N photos.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N photos.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
-@click.option("--sheet-images", type=int, default=12, show_default=True)
+@click.option("--sheet-images", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--hints", "hint_points", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Reveal N points of each photo's truth to the model as colour hints (fixed seed; models with a hint branch).")
 @click.option("--degrade", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True,
@@ -508,6 +534,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
     """
     config = _resolve_config(ctx, config_path)
     _setup_logging(0)
+    from .discovery import DEFAULT_EXTENSIONS
     from .evaluate import colour_photos, contact_sheet, evaluate, format_table
     from .inference import Colorizer, InferenceError, resolve_device
     from .reporting import write_json_named
@@ -523,6 +550,7 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
         raise click.UsageError(problem)
     if hint_points and not getattr(info.architecture, "hint_channels", ()):
         raise click.UsageError(f"--hints: {config.model.weights} has no hint branch")
+    _refuse_input_photos(color_dir, DEFAULT_EXTENSIONS, ("--report", report_path), ("--sheet", sheet))
     photos = colour_photos(color_dir, limit)
     if not photos:
         raise click.UsageError(f"{color_dir}: no images found")
@@ -534,6 +562,11 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
     summary.update(model_id=info.model_id, size=config.model.size, data=str(color_dir), temperature=config.model.temperature,
                    hints=hint_points, degrade=degrade)
     click.echo(format_table(summary))
+    for failure in result.failures:  # left out of the scores, each in one line; exit 1 at the end
+        click.echo(f"failed {display(failure['path'])}: {failure['reason']}", err=True)
+    if not result.files:
+        click.echo(f"Error: {display(color_dir)}: none of the {len(photos)} photo(s) could be scored", err=True)
+        ctx.exit(EXIT_FAILED)
     for dest, write in ((report_path, lambda: write_json_named(report_path, summary)),
                         (sheet, lambda: contact_sheet(list(result.sheet_rows), sheet))):
         if dest:
@@ -542,6 +575,8 @@ def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature
             except OSError as exc:
                 click.echo(f"Error: {display(dest)}: cannot write ({exc.strerror or exc})", err=True)
                 ctx.exit(EXIT_FAILED)
+    if result.failures:
+        ctx.exit(EXIT_FAILED)
 
 
 # ----------------------------------------------------------------------------- report
@@ -575,13 +610,13 @@ def report_merge(out_dir, dest):
     click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
                f"colour {c.skipped_color}, failed {c.failed} -> {dest}")
     for failure in merged.failures:
-        click.echo(f"failed {failure.get('path')}: {failure.get('reason')}")
+        click.echo(f"failed {display(str(failure.get('path')))}: {failure.get('reason')}")
     raise SystemExit(merged.exit_code)
 
 
 # ----------------------------------------------------------------------------- gallery
 @main.command("gallery")
-@click.argument("out_dir", metavar="OUT_DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", metavar="OUT_DIR", type=GivenPath(path_type=Path, file_okay=False))
 @click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the grey originals (default: the input recorded in the run's last report).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the gallery in the default web browser.")
@@ -647,7 +682,7 @@ def _suggester(config: PipelineConfig, wanted: bool | None):
 
 # ----------------------------------------------------------------------------- review
 @main.command("review")
-@click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", metavar="OUT", type=GivenPath(path_type=Path, file_okay=False))
 @config_option
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port on 127.0.0.1 to listen on; 0 = any free port.")
@@ -693,7 +728,7 @@ def hints_group() -> None:
 
 @hints_group.command("import")
 @click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("dest", type=GivenPath(path_type=Path, file_okay=False))
 def hints_import(bundle: Path, dest: Path) -> None:
     """Unpack a hint bundle downloaded from the review gallery into DEST.
 

@@ -34,6 +34,7 @@ def installed_file(*parts: str) -> Path:
 
 DEFAULT_CONFIG = installed_file("pipeline.yaml")
 DEFAULT_WEIGHTS = installed_file("weights", "colorize-effnet-lite0.pt")
+MAX_CUDA_INDEX = 127  # torch keeps a device index in 8 bits: cuda:300 would be cuda:44
 
 
 class ConfigError(Exception):
@@ -59,9 +60,10 @@ class ModelSection(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        index = v[5:] if v.startswith("cuda:") else None  # N in ASCII digits, within torch's device index (int8)
+        if v in ("auto", "cpu", "cuda") or (index and index.isascii() and index.isdigit() and int(index) <= MAX_CUDA_INDEX):
             return v
-        raise ValueError("must be auto, cpu, cuda or cuda:N")
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (N from 0 to {MAX_CUDA_INDEX})")
 
 
 class LoaderSection(_Section):
@@ -249,10 +251,31 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second ``model:`` section would drop every key of the first."""
+
+
+def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults" may be overridden key by key
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
+        if isinstance(key, (str, int, float, bool)):
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_layer(path: Path) -> dict[str, Any]:
     """One YAML file's mapping, its relative paths resolved against the file's folder."""
     try:
-        loaded = yaml.safe_load(read_user_file(path, CONFIG_LIMIT, "config file").decode("utf-8"))
+        loaded = yaml.load(read_user_file(path, CONFIG_LIMIT, "config file").decode("utf-8"), Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except FileLimitError as exc:

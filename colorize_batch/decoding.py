@@ -232,7 +232,9 @@ def _dpi(info: dict, notes: list[str]) -> tuple[float, float] | None:
 
 def _metadata(im: Image.Image, exif: Image.Exif, notes: list[str]) -> dict:
     meta: dict = {"format": im.format}
-    dpi = _dpi(im.info, notes)
+    # Pillow says 1 x 1 dpi for a TIFF without resolution tags (its old default): no resolution, not 1 dpi
+    unset = im.format == "TIFF" and 282 not in getattr(im, "tag_v2", {})  # 282: XResolution
+    dpi = None if unset else _dpi(im.info, notes)
     if dpi:
         meta["dpi"] = dpi
     try:

@@ -84,6 +84,24 @@ def check_roots(in_path: Path, out_path: Path) -> None:
         raise DiscoveryError(f"{display(in_path)}: the input folder lies inside the output folder {display(out_path)}")
 
 
+def named_file_problem(path: Path, option: str, in_path: Path, extensions: Iterable[str] = DEFAULT_EXTENSIONS) -> str | None:
+    """Why a file the user names to be written (``--report``, ``--log-file``, ``eval --sheet``) must
+    not be: it is IN itself (one photo), or a photo under IN (a file with a photo's extension in a
+    folder under IN, compared by device + inode, through links), which writing it would destroy.
+    ``None``: it may be written."""
+    real = Path(os.path.realpath(path))
+    if not real.is_file():
+        return None
+    source = identity(str(in_path))
+    if in_path.is_file():
+        inside = identity(str(real)) == source
+    else:
+        inside = real.suffix.lower() in {e.lower() for e in extensions} and source in folder_chain(real.parent)
+    if not inside:
+        return None
+    return f"{option} {display(path)}: that is an input photo of {display(in_path)}; it would be overwritten (choose another file)"
+
+
 def find_images(
     root: Path,
     extensions: Iterable[str] = DEFAULT_EXTENSIONS,

@@ -79,6 +79,7 @@ def ab_auc(pred_ab: torch.Tensor, true_ab: torch.Tensor) -> float:
 @dataclass
 class EvalResult:
     files: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)  # {"path", "reason"}: photos that could not be scored
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     sheet_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
@@ -95,12 +96,29 @@ class EvalResult:
                 if who in out:
                     out[who]["delta_cf"] = abs(out[who]["cf"] - truth_cf)
         out["images"] = len(self.files)
+        if self.failures:
+            out["failures"] = self.failures
         return out
 
 
 def load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+MIN_SIDE = 7  # SSIM's 7x7 window
+
+
+def load_truth(path: Path) -> np.ndarray:
+    """:func:`load_rgb` for scoring; a photo that cannot be read or scored raises ``ValueError``
+    with the reason in a few words."""
+    try:
+        truth = load_rgb(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read the photo ({exc})") from None
+    if min(truth.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"{truth.shape[1]}x{truth.shape[0]} pixels: too small to score (SSIM needs {MIN_SIDE}x{MIN_SIDE})")
+    return truth
 
 
 def revealed_hints(truth: np.ndarray, size: int, count: int, seed: int, radius_px: float = 2.5) -> torch.Tensor:
@@ -129,11 +147,20 @@ def evaluate(
     ``hints``: reveal that many points of each photo's truth to the model (:func:`revealed_hints`).
     ``degrade``: make each grey input look like an old scan at this strength (:func:`degrade.degrade_grey`,
     seeded by the photo's position), as a user's scans would; the grey baseline is that degraded grey.
+    A photo that cannot be read or scored is left out and listed in ``failures`` with the reason.
     """
     result = EvalResult()
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        truths = [load_rgb(p) for p in chunk]
+        chunk, truths = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                truths.append(load_truth(path))
+            except ValueError as exc:
+                result.failures.append({"path": str(path), "reason": str(exc)})
+                continue
+            chunk.append(path)
+        if not chunk:
+            continue
         greys = [grey_from_rgb(t) for t in truths]
         if degrade:
             greys = [degrade_grey(g, random.Random(1_000_003 + start + i), degrade) for i, g in enumerate(greys)]

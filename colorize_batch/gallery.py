@@ -164,7 +164,7 @@ def make_thumbnail(job: ThumbJob, long_side: int = THUMB_LONG_SIDE) -> ThumbResu
             atomic_write(job.thumb, buf.getvalue(), fsync=False)  # a killed build never leaves a half thumbnail
             return ThumbResult(image_size, small.size, made=True)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the gallery
-        log.warning("gallery: no thumbnail for %s: %s", job.image, exc)
+        log.warning("gallery: no thumbnail for %s: %s", display(job.image), exc)
         return ThumbResult(error=f"no thumbnail: {type(exc).__name__}: {exc}")
 
 
@@ -277,7 +277,7 @@ def _read_last_run(path: Path, out_dir: Path) -> RunReport | None:
     try:
         return RunReport.read(path, out_dir)
     except (OSError, ValueError) as exc:
-        log.warning("gallery: ignoring unreadable %s: %s", path, exc)
+        log.warning("gallery: ignoring unreadable %s: %s", display(path), exc)
         return None
 
 

@@ -102,10 +102,11 @@ def hex_to_ab(color: str) -> tuple[float, float]:
 
 def _number(point: dict, key: str, low: float, high: float, default: float | None = None) -> float:
     value = point.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         raise HintError(f"{key} must be a number, got {value!r}")
-    if not low <= value <= high:
-        raise HintError(f"{key} = {value} is outside {low}-{high}")
+    if not low <= value <= high:  # compared as it is: a JSON integer of 400 digits has no float
+        shown = repr(value) if len(repr(value)) <= 24 else f"{repr(value)[:12]}... ({len(repr(value))} digits)"
+        raise HintError(f"{key} = {shown} is outside {low}-{high}")
     return float(value)
 
 

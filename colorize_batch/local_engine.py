@@ -385,7 +385,7 @@ class _LocalRun:
             for item, job in pairs:
                 self.stats.stage_seconds["decode"] += item.decode_s
                 for note in item.notes:
-                    self.stats.note(str(job.item.source), note)
+                    self.stats.note(job.source_name, note)
         return pairs
 
     def colour(self, batch: DecodedBatch) -> None:

@@ -45,6 +45,12 @@ class Job:
         """The manifest's key: the relative path, ``#pN`` for a page of a multi-page TIFF."""
         return source_key(str(self.item.relative), self.page, self.pages)
 
+    @property
+    def source_name(self) -> str:
+        """The input as the log and the report name it: its path, ``#pN`` for a page of a
+        multi-page TIFF (``scans/roll.tif#p3``: which page failed, not only which file)."""
+        return source_key(str(self.item.source), self.page, self.pages)
+
 
 _PAGE_KEY = re.compile(r"#p(\d+)$")
 

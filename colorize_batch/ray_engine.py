@@ -31,6 +31,7 @@ from .batch_transport import DecodeDataset
 from .discovery import WorkItem
 from .engine import EngineError
 from .hints import Hints
+from .names import display
 from .planning import Job, Plan
 from .signals import StopFlag
 from .stages import FileResult, ResultSink, Status, render_result, stage_batch
@@ -266,7 +267,7 @@ class RayEngine:
                         result, decode_s = result_from_row(row, job)
                         stats.stage_seconds["decode"] += decode_s
                         if result.status is Status.SKIPPED_COLOR:
-                            log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
+                            log.info("%s: already in colour; skipped (input.color_inputs: skip)", display(job.source_name))
                         sink.add(result)
                     if stop or stats.stopped_reason:
                         break  # results already back are recorded; files still in the actors are redone next run

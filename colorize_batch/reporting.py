@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .exit_codes import ExitCode
 from .manifest import Status
@@ -169,8 +170,9 @@ def print_summary(stats: RunStats, quiet: bool = False) -> None:
         return
     console = Console(file=sys.stderr)
     console.print(summary_table(stats))
-    for failure in stats.failures[:20]:
-        console.print(f"[red]failed[/red] {display(failure['path'])}: {failure['reason']}", markup=True, highlight=False)
+    for failure in stats.failures[:20]:  # names and reasons as plain text (a name may hold "[/red]"), one line each
+        line = Text.assemble(("failed", "red"), f" {display(failure['path'])}: {failure['reason']}")
+        console.print(line, highlight=False, soft_wrap=True)
     if len(stats.failures) > 20:
         console.print(f"... and {len(stats.failures) - 20} more failures (see --report)")
 

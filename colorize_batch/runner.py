@@ -91,6 +91,10 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
         return _usage(str(exc))
     except OSError as exc:
         return _usage(f"{display(weights_path)}: cannot read the weights file ({exc.strerror or exc})")
+    hints_dir = config.input.hints_dir  # --hints is checked by click; the same key set in a YAML file is checked here
+    if hints_dir is not None and not hints_dir.is_dir():
+        problem = "is not a folder" if hints_dir.exists() else "does not exist"
+        return _usage(f"{display(hints_dir)}: input.hints_dir {problem}; no hint would be found")
     try:
         runner = make_engine(engine, config, quiet, engine_options)
         if not dry_run:
@@ -140,10 +144,10 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
 
 
 def _print_dry_run(plan: Plan) -> int:
-    for job in plan.jobs:
-        click.echo(f"would colorize {job.item.source} -> {job.output}")
+    for job in plan.jobs:  # names as the log shows them: one line each, other bytes as \xNN
+        click.echo(f"would colorize {display(job.item.source)} -> {display(job.output)}")
     for path, reason in plan.problems:
-        click.echo(f"would fail {path}: {reason}")
+        click.echo(f"would fail {display(path)}: {reason}")
     click.echo(f"dry run: {len(plan.jobs)} to colorize, {plan.up_to_date} up to date, {len(plan.problems)} problems; nothing written")
     return ExitCode.OK
 
@@ -217,7 +221,7 @@ class _Run:
         """The report (into OUT's state, when the run has one, and ``--report``), the summary and the exit code."""
         stats, config = self.stats, self.config
         if stats.stopped_reason or stats.interrupted:  # a full disk or a signal: say which files were never tried
-            stats.not_tried = [str(job.item.source) for job in plan.jobs if job.source_key not in stats.settled]
+            stats.not_tried = [job.source_name for job in plan.jobs if job.source_key not in stats.settled]
         stats.finished = stats.started + stats.wall_seconds
         report = RunReport.of_run(
             stats,

@@ -42,7 +42,7 @@ class Shard:
 
 
 def shard_of(relative: str, count: int) -> int:
-    digest = hashlib.sha256(relative.encode("utf-8")).digest()
+    digest = hashlib.sha256(os.fsencode(relative)).digest()  # the name's bytes: UTF-8 or not (a Latin-1 share)
     return int.from_bytes(digest[:8], "big") % count
 
 
@@ -58,20 +58,31 @@ def parse_shard(text: str) -> Shard:
 
 def resolve_shard(option: str | None, shard_count: int | None = None, env: Mapping[str, str] | None = None) -> Shard | None:
     """``--shard`` wins; else SLURM array variables; else Kubernetes' JOB_COMPLETION_INDEX
-    with ``--shard-count`` (or COLORIZE_SHARD_COUNT). ``None``: no sharding."""
+    with ``--shard-count`` (or COLORIZE_SHARD_COUNT). ``None``: no sharding. A SLURM array with a
+    step (``--array=0-10:2``) numbers its tasks 0, 2, 4...: shard = (task - min) / step."""
     env = os.environ if env is None else env
     if option:
         return parse_shard(option)
+
+    def number(name: str, default: str | None = None) -> int:  # a variable that is not a number: one line, exit 2
+        text = env.get(name, default)
+        try:
+            return int(text or "")
+        except ValueError:
+            raise ShardError(f"{name}={text!r}: expected a whole number") from None
+
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        shard = Shard(task - first, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
+        task, count = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_COUNT")
+        offset, step = task - number("SLURM_ARRAY_TASK_MIN", "0"), number("SLURM_ARRAY_TASK_STEP", "1")
+        if step < 1 or offset % step:
+            raise ShardError(f"SLURM_ARRAY_TASK_ID={task}: not a task of an array stepping by {step}")
+        shard = Shard(offset // step, count, "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
     elif "JOB_COMPLETION_INDEX" in env:
-        given = shard_count or (int(env["COLORIZE_SHARD_COUNT"]) if "COLORIZE_SHARD_COUNT" in env else None)
+        given = shard_count or (number("COLORIZE_SHARD_COUNT") if "COLORIZE_SHARD_COUNT" in env else None)
         if not given:
             raise ShardError("JOB_COMPLETION_INDEX is set: give --shard-count N (the Job's completions)")
         count = given
-        shard = Shard(int(env["JOB_COMPLETION_INDEX"]), count, "JOB_COMPLETION_INDEX")
+        shard = Shard(number("JOB_COMPLETION_INDEX"), count, "JOB_COMPLETION_INDEX")
     else:
         return None
     if not 0 <= shard.index < shard.count:

@@ -27,6 +27,7 @@ from .batch_transport import DecodedItem
 from .hints import Hints, apply_tint, batch_planes
 from .inference import Colorizer
 from .manifest import Manifest, RunIdentity, Status
+from .names import display
 from .planning import Job
 from .recombination import chroma_planes, recombine, recombine_ycbcr
 from .reporting import ProgressDisplay, RunStats
@@ -112,7 +113,7 @@ def triage(item: DecodedItem, job: Job, config: PipelineConfig) -> FileResult | 
     if chroma is None or chroma <= config.input.color_threshold or policy == "recolor":
         return None
     if policy == "skip":
-        log.info("%s: already in colour; skipped (input.color_inputs: skip)", job.item.source)
+        log.info("%s: already in colour; skipped (input.color_inputs: skip)", display(job.source_name))
         return FileResult(job, Status.SKIPPED_COLOR)
     dest = job.output.with_suffix(job.item.source.suffix)
     try:
@@ -229,7 +230,7 @@ class ResultSink:
         stats, job = self.stats, result.job
         stats.settled.add(job.source_key)
         if result.status is Status.FAILED:
-            stats.fail(str(job.item.source), result.reason or "failed")
+            stats.fail(job.source_name, result.reason or "failed")
             if result.disk_full and not stats.stopped_reason:
                 stats.stopped_reason = "disk full: run stopped"
                 log.error("output disk is full: stopping the run (nothing partial was left)")

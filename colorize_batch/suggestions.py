@@ -24,6 +24,7 @@ from .config import ModelSection
 from .decoding import decode
 from .inference import Colorizer, resolve_device
 from .model import EffUNetGenerator
+from .names import display
 from .weights import WeightsError, check_size, file_sha256, load_weights
 
 log = logging.getLogger("colorize_batch")
@@ -194,7 +195,7 @@ class Suggester:
                 try:
                     decoded = decode(source.path, self.size, source.page, self.max_pixels)
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the gallery
-                    log.warning("suggested colours: %s: %s", source.path, exc)
+                    log.warning("suggested colours: %s: %s", display(source.path), exc)
                     shapes.append(None)
                     continue
                 squares.append(torch.from_numpy(decoded.net_input.copy())[None])
