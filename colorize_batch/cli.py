@@ -8,8 +8,10 @@ Exit codes (for cron and Makefiles): 0 all good (skips included), 1 some files f
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -75,7 +77,6 @@ class GivenPath(click.Path):
 
 def _refuse_blocking(path: Path) -> None:
     """A FIFO with no reader would block the log file's open for ever: ``OSError`` instead."""
-    import os
     import stat
 
     from .safe_files import open_writer
@@ -166,6 +167,10 @@ def _print_config(config: PipelineConfig, verbose: int) -> None:
     click.echo(config.to_yaml(sources=verbose > 0), nl=False)
 
 
+# what writing stdout or stderr can fail with: a full disk or device (> /dev/full), a quota, an I/O error
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -175,6 +180,21 @@ class ToolGroup(click.Group):
     (imports, walking IN, fingerprinting, loading the weights) is exit 130 in one line, never
     click's "Aborted!" (exit 1) nor SIGTERM's bare death (143); ``run`` installs its graceful
     handler (:class:`~colorize_batch.signals.StopFlag`) once it starts colorizing."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main, and output that cannot be written (``> /dev/full``, a full disk under a
+        redirected log; click already handles a closed pipe) is one line and exit 1, not a traceback."""
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush must not fail too
+            try:
+                click.echo(f"Error: cannot write the output ({exc.strerror or exc})", err=True)
+            except OSError:
+                pass
+            sys.exit(EXIT_FAILED)
 
     def invoke(self, ctx: click.Context) -> Any:
         installed = threading.current_thread() is threading.main_thread()

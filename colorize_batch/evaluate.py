@@ -5,7 +5,9 @@ colorized through the same decode -> forward -> recombination code as ``run``, a
 for the model, for the grey baseline (the grey input itself) and, where it applies, for the
 truth. Metrics, averaged per image:
 
-- PSNR and SSIM on 8-bit sRGB;
+- PSNR and SSIM on 8-bit sRGB; PSNR's squared error is floored at 1/12, the variance of 8-bit
+  rounding, so identical images (a grey truth and its grey input) score 58.9 dB, not infinity
+  (which would make the mean infinite and the JSON report invalid);
 - colourfulness (Hasler & Süsstrunk 2003) in the absolute-value variant used by the
   DDColor / CT2 / ColorFormer code: rg = |R - G|, yb = |(R + G)/2 - B|,
   M = sqrt(std_rg² + std_yb²) + 0.3 sqrt(mean_rg² + mean_yb²);
@@ -47,9 +49,13 @@ def grey_from_rgb(rgb_u8: np.ndarray) -> np.ndarray:
     return (linear_to_srgb(y) * 255).round().to(torch.uint8).numpy()
 
 
+MSE_FLOOR = 1 / 12  # the variance of rounding to 8 bits: images closer than that are as equal as 8 bits can tell
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)
-    return float("inf") if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+    """PSNR of two 8-bit images in dB, at most 10·log10(255² / MSE_FLOOR) = 58.9 (identical images)."""
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return 10 * math.log10(255.0**2 / max(mse, MSE_FLOOR))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -161,7 +161,7 @@ def parse_hints(data: object) -> Hints:
 def _json_document(raw: bytes) -> Any:
     """Decoded JSON of a hint file or bundle; :class:`HintError` says why not."""
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8-sig"))  # a byte-order mark (Windows Notepad's UTF-8) is not an error
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HintError(f"not valid JSON: {exc}") from None
     except RecursionError:

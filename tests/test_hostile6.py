@@ -5,7 +5,9 @@ a step; ``eval`` over photos it cannot read or score; a hint file's integer too 
 float; a CUDA index torch cannot hold; ``--report``/``--log-file``/``--sheet`` naming an input
 photo; a TIFF without resolution tags; ``-v`` filling the report's notes with Pillow's debug
 lines; a name that is not UTF-8 under ``--shard``; ``input.hints_dir`` in a YAML file that is
-not a folder; the failed page of a multi-page TIFF; a section given twice in a config file."""
+not a folder; the failed page of a multi-page TIFF; a section given twice in a config file;
+and (session 14) a hint file with a byte-order mark, `eval` of a grey truth (PSNR infinity in the
+JSON), output to a full device (`> /dev/full`)."""
 
 from __future__ import annotations
 
@@ -261,3 +263,31 @@ def test_an_empty_path_argument_is_refused_not_taken_as_the_current_folder(tmp_p
     result = run_cli("run", *args, expect=ExitCode.USAGE)
     assert f"Invalid value for '{which}': is empty (an unset variable in a script?)" in result.output
     assert sorted(p.name for p in home.rglob("*")) == ["Pictures", "scan0.png"] and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- found in session 14
+def test_a_hint_file_saved_with_a_byte_order_mark_is_read_like_any_other(tmp_path, run_cli):
+    src = scans(tmp_path / "in")
+    document = '{"points": [{"x": 0.5, "y": 0.5, "color": "#2050d0"}]}'
+    (src / "scan0.hints.json").write_bytes(b"\xef\xbb\xbf" + document.encode())  # Notepad's "UTF-8 with BOM"
+    run_cli("hints", "check", src / "scan0.hints.json", expect=ExitCode.OK)
+    run_cli("run", src, tmp_path / "out", "--report", tmp_path / "report.json", expect=ExitCode.OK)
+    assert json.loads((tmp_path / "report.json").read_text())["counts"]["with_hints"] == 1
+
+
+def test_eval_of_a_grey_truth_writes_valid_json_not_infinity(tmp_path, run_cli, tiny_weights):
+    photos = tmp_path / "colour"
+    save(photos / "grey.png", Image.fromarray(np.repeat(grey_image(64, 48, seed=3)[..., None], 3, axis=2)))
+    run_cli("eval", photos, "--weights", tiny_weights, "--report", tmp_path / "eval.json", expect=ExitCode.OK)
+    text = (tmp_path / "eval.json").read_text()
+    scores = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON report"))
+    assert scores["gray"]["psnr"] == pytest.approx(58.92, abs=0.01)  # the grey input is the truth: 8 bits' ceiling
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--version"], ["info"], ["run", "--help"]])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1_not_a_traceback(args):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "colorize_batch", *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == ExitCode.FAILED
+    assert proc.stderr.strip() == "Error: cannot write the output (No space left on device)"
