@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from .color import rgb_to_lab
 
@@ -30,6 +30,14 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated scan is reported, never h
 GREY_16_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 CHROMA_THUMB = 64
+# A PNG's compressed text and ICC chunks (zTXt, iTXt, iCCP) may inflate to at most this much each, and
+# all of them together to PNG_TEXT_TOTAL. Pillow's 1 MiB per chunk refuses real scans (an XMP packet
+# holding Photoshop's edit history, a large ICC profile) and would fail the whole photo for its
+# metadata; a chunk beyond this is a decompression bomb and fails the photo, saying so.
+PNG_TEXT_CHUNK = 32 * 2**20
+PNG_TEXT_TOTAL = 64 * 2**20
+PngImagePlugin.MAX_TEXT_CHUNK = PNG_TEXT_CHUNK
+PngImagePlugin.MAX_TEXT_MEMORY = PNG_TEXT_TOTAL
 ANIMATED_FORMATS = {"GIF", "WEBP", "PNG"}  # frames of one animation (TIFF pages: input.tiff_pages; MPO: previews)
 
 
@@ -386,6 +394,8 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
         raise DecodeError("permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
+        if "MAX_TEXT_CHUNK" in msg or "MAX_TEXT_MEMORY" in msg:
+            msg = f"a metadata chunk inflates beyond {PNG_TEXT_CHUNK // 2**20} MiB ({PNG_TEXT_TOTAL // 2**20} MiB in all): decompression bomb guard"
         raise DecodeError(f"cannot decode: {msg}") from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None

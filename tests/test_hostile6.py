@@ -7,7 +7,8 @@ photo; a TIFF without resolution tags; ``-v`` filling the report's notes with Pi
 lines; a name that is not UTF-8 under ``--shard``; ``input.hints_dir`` in a YAML file that is
 not a folder; the failed page of a multi-page TIFF; a section given twice in a config file;
 and (session 14) a hint file with a byte-order mark, `eval` of a grey truth (PSNR infinity in the
-JSON), output to a full device (`> /dev/full`)."""
+JSON), output to a full device (`> /dev/full`), a PNG whose XMP or ICC chunk inflates past Pillow's
+1 MiB."""
 
 from __future__ import annotations
 
@@ -291,3 +292,23 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1_not_a_traceback(ar
         proc = subprocess.run([sys.executable, "-m", "colorize_batch", *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == ExitCode.FAILED
     assert proc.stderr.strip() == "Error: cannot write the output (No space left on device)"
+
+
+def test_a_png_with_a_large_xmp_packet_is_colorized_and_a_text_bomb_fails_alone(tmp_path, run_cli):
+    from PIL import PngImagePlugin
+
+    src = tmp_path / "in"
+    src.mkdir()
+    grey = Image.fromarray(grey_image(64, 48, seed=5))
+    history = PngImagePlugin.PngInfo()  # Photoshop's edit history: 3 MB of XMP, 9 KB compressed
+    history.add_itxt("XML:com.adobe.xmp", "<x>" + "history " * 400_000 + "</x>", zip=True)
+    grey.save(src / "edited.png", pnginfo=history)
+    grey.save(src / "icc.png", icc_profile=b"\0" * 3 * 2**20)
+    bomb = PngImagePlugin.PngInfo()
+    bomb.add_text("Comment", "a" * 40 * 2**20, zip=True)  # inflates to 40 MiB
+    grey.save(src / "bomb.png", pnginfo=bomb)
+    result = run_cli("run", src, tmp_path / "out", expect=ExitCode.FAILED)
+    (line,) = [line for line in error_lines(result.output) if line.startswith("failed ")]
+    assert line == (f"failed {src}/bomb.png: cannot decode: a metadata chunk inflates beyond 32 MiB (64 MiB in all): "
+                    "decompression bomb guard")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["edited.png", "icc.png"]
