@@ -332,8 +332,9 @@ def run(ctx: click.Context, **params: Any) -> None:
     if request.print_config:
         _print_config(config, request.verbose)
         ctx.exit(EXIT_OK)
-    _refuse_input_photos(request.in_path, config.input.extensions, ("--report", request.report_path),
-                         ("--log-file", request.log_file))
+    named = (("--report", request.report_path), ("--log-file", request.log_file))
+    _refuse_input_photos(request.in_path, config.input.extensions, *named)
+    _refuse_state_files(request.out_path, *named)
     log_handler = _setup_logging(-1 if request.quiet else request.verbose, request.log_file)
     code = _run(ctx, request, config)
     if request.writes_gallery and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and request.in_path.is_dir():
@@ -354,6 +355,24 @@ def _refuse_input_photos(in_path: Path, extensions: list[str] | tuple[str, ...],
         problem = named_file_problem(path, option, in_path, extensions) if path is not None else None
         if problem:
             raise click.UsageError(problem)
+
+
+def _refuse_state_files(out_path: Path, *named: tuple[str, Path | None]) -> None:
+    """A file named to be written that lies in OUT's state folder (``--report OUT/.colorize-batch/manifest.jsonl``
+    would replace the run's memory with a report, and the next cron run would redo everything): exit 2.
+    Compared by resolved path and, where the folder exists, by device + inode (a bind mount, a link)."""
+    from .discovery import folder_chain, identity
+    from .manifest import state_dir
+
+    state = os.path.realpath(state_dir(out_path))
+    state_id = identity(state)
+    for option, path in named:
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, state]) == state or (state_id is not None and state_id in folder_chain(Path(real).parent)):
+            raise click.UsageError(f"{option} {display(path)}: that is inside {display(state_dir(out_path))}, the run's own "
+                                   "state (manifest, lock, reports); choose another file")
 
 
 def _run(ctx: click.Context, request: RunRequest, config: PipelineConfig) -> int:

@@ -312,3 +312,17 @@ def test_a_png_with_a_large_xmp_packet_is_colorized_and_a_text_bomb_fails_alone(
     assert line == (f"failed {src}/bomb.png: cannot decode: a metadata chunk inflates beyond 32 MiB (64 MiB in all): "
                     "decompression bomb guard")
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["edited.png", "icc.png"]
+
+
+@pytest.mark.parametrize("option", ["--report", "--log-file"])
+def test_a_report_or_log_file_in_outs_state_folder_is_refused_and_the_manifest_kept(tmp_path, run_cli, option):
+    src, out = scans(tmp_path / "in"), tmp_path / "out"
+    run_cli("run", src, out, expect=ExitCode.OK)
+    manifest = out / ".colorize-batch" / "manifest.jsonl"
+    before = manifest.read_bytes()
+    (tmp_path / "state").symlink_to(out / ".colorize-batch")  # the same folder under another name
+    for target in (manifest, tmp_path / "state" / "manifest.jsonl", out / ".colorize-batch" / "new.json"):
+        result = run_cli("run", src, out, "--force", option, target, expect=ExitCode.USAGE)
+        assert f"{option} {target}: that is inside {out}/.colorize-batch, the run's own state" in result.output
+    assert manifest.read_bytes() == before and not (out / ".colorize-batch" / "new.json").exists()
+    run_cli("run", src, out, option, tmp_path / "elsewhere.json", expect=ExitCode.OK)  # outside the state: fine
