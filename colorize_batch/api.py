@@ -30,8 +30,9 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
-from .config import PipelineConfig, load_config
+from .config import ConfigError, PipelineConfig, format_errors, load_config
 from .batch_transport import DecodedItem
 from .decoding import Decoded, DecodeError, decode, decode_image
 from .hints import HintError, Hints, parse_hints, read_hints
@@ -71,6 +72,8 @@ def _decoded(image: ImageSource, size: int, max_pixels: int) -> Decoded:
     if isinstance(image, np.ndarray):
         return decode_image(_array_image(image), size)
     if isinstance(image, (str, os.PathLike)):
+        if not os.fspath(image):  # never the current folder
+            raise DecodeError("an empty path: give an image file")
         try:
             return decode(image, size, max_pixels=max_pixels)
         except DecodeError as exc:
@@ -84,6 +87,8 @@ def _hints(hints: HintsSource | None) -> Hints | None:
         return hints
     if isinstance(hints, Mapping):
         return parse_hints(dict(hints))
+    if not isinstance(hints, (str, os.PathLike)):
+        raise TypeError(f"hints of type {type(hints).__name__}: give a hint file's path, a hint document (dict) or Hints")
     try:
         return read_hints(Path(hints))[0]
     except HintError as exc:
@@ -95,6 +100,10 @@ def _session_config(config: PipelineConfig | str | os.PathLike | None, weights: 
     """``config`` (a loaded configuration, a YAML file overlaying the built-in ``pipeline.yaml``, or
     the built-in one) with the given settings replacing its own; a relative ``weights`` path is
     relative to the current folder."""
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights of type {type(weights).__name__}: give the weights file's path")
+    if config is not None and not isinstance(config, (str, os.PathLike, PipelineConfig)):
+        raise TypeError(f"config of type {type(config).__name__}: give a YAML file's path or a PipelineConfig")
     base = config if isinstance(config, PipelineConfig) else load_config(None if config is None else Path(config))
     overrides: dict[str, object] = {}
     if weights is not None:
@@ -103,7 +112,10 @@ def _session_config(config: PipelineConfig | str | os.PathLike | None, weights: 
         overrides["temperature"] = temperature
     if device is not None:
         overrides["device"] = device
-    model = type(base.model).model_validate({**base.model.model_dump(), **overrides})  # validated like a config file
+    try:
+        model = type(base.model).model_validate({**base.model.model_dump(), **overrides})  # validated like a config file
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, "ColorizeSession")) from None
     return base.model_copy(update={"model": model}, deep=True)
 
 
@@ -151,6 +163,8 @@ class ColorizeSession:
 
     def colorize_many(self, images: Sequence[ImageSource], hints: Sequence[HintsSource | None] | None = None) -> list[Image.Image]:
         """Several images in one batched forward pass (``hints``: one entry, or ``None``, per image)."""
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):  # a str would be colorized letter by letter
+            raise TypeError(f"colorize_many takes a sequence of images, not one {type(images).__name__}: use colorize")
         if hints is not None and len(hints) != len(images):
             raise ValueError(f"{len(images)} images but {len(hints)} hint entries")
         size, max_pixels = self.config.model.size, self.config.input.max_pixels
@@ -167,6 +181,8 @@ class ColorizeSession:
 
     def colorize_stream(self, images: Iterable[ImageSource], batch_size: int | None = None) -> Iterator[Image.Image]:
         """Colour images of ``images`` in order, ``batch_size`` (``loader.batch_size``) at a time."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         size = batch_size or self.config.loader.batch_size
         batch: list[ImageSource] = []
         for image in images:

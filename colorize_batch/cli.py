@@ -538,16 +538,21 @@ def _train_progress():
 # ----------------------------------------------------------------------------- export
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dest", type=GivenPath(dir_okay=False, path_type=Path))
 @click.option("--step", type=int, help="Export the validation snapshot of this step instead of the last checkpoint.")
 def export(run_dir, dest, step):
     """Write a training run's generator as a small fp16 weights file (architecture included)."""
     from .train import TrainingError, export_checkpoint, export_snapshot
 
+    if dest.exists() and not dest.is_file():  # /dev/full, a FIFO: os.replace would put the weights in its place
+        raise InputError(f"{display(dest)}: not a regular file; a weights file is never written over it")
     try:
         path = export_checkpoint(run_dir, dest) if step is None else export_snapshot(run_dir, step, dest)
     except TrainingError as exc:
         raise InputError(str(exc)) from None
+    except OSError as exc:
+        click.echo(f"Error: {display(dest)}: cannot write the weights file ({exc.strerror or exc})", err=True)
+        raise SystemExit(EXIT_FAILED) from None
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

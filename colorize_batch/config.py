@@ -216,7 +216,7 @@ def annotate_sources(text: str, sources: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _format_errors(exc: ValidationError, source: str, sources: dict[str, str] | None = None) -> str:
+def format_errors(exc: ValidationError, source: str, sources: dict[str, str] | None = None) -> str:
     """Every problem, one per line; the header names where they came from (the file, or the
     command line when every one of them came from there), each line its own source if another."""
     problems = []
@@ -359,7 +359,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source, sources)) from None
+        raise ConfigError(format_errors(exc, source, sources)) from None
     config._sources = sources
     return config
 

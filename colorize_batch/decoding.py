@@ -320,6 +320,8 @@ def decode_image(im: Image.Image, size: int) -> Decoded:
     by :func:`decode` gives its luma straight from the decoder, which can differ by a level from
     Pillow's RGB decode converted to grey: pass the path to get exactly what ``run`` sees.
     """
+    if not im.width or not im.height:
+        raise DecodeError(f"an image of {im.width}x{im.height} pixels: nothing to colorize")
     notes: list[str] = []  # a damaged EXIF block costs the orientation, never the photograph
     orientation = _orientation(_read_exif(im, notes))
     im.load()

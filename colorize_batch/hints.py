@@ -27,6 +27,7 @@ import errno
 import hashlib
 import json
 import math
+import os
 import re
 import stat
 from collections.abc import Sequence
@@ -164,6 +165,8 @@ def _json_document(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8-sig"))  # a byte-order mark (Windows Notepad's UTF-8) is not an error
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HintError(f"not valid JSON: {exc}") from None
+    except ValueError:  # Python's limit on an integer's digits (4300): not a number a hint can hold
+        raise HintError("not a usable hint document (a number of thousands of digits)") from None
     except RecursionError:
         raise HintError("not a usable hint document (nested too deeply)") from None
 
@@ -342,6 +345,10 @@ def safe_relative(name: object) -> PurePosixPath:
     Linux file name, not a separator."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise HintError(f"image name {name!r} is not a relative path")
+    try:
+        os.fsencode(name)  # a lone surrogate (JSON's "\ud800") is no file name's bytes
+    except UnicodeEncodeError:
+        raise HintError(f"image name {name!r} is not a file name (a lone surrogate)") from None
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts:
         raise HintError(f"image name {name!r} leaves the hints folder")
@@ -387,6 +394,11 @@ def import_bundle(bundle: Path, root: Path) -> list[Path]:
     claimed: dict[Path, PurePath | str] = {}  # hint file -> the bundle key that writes it
     for rel in sorted(documents):  # every write checked before the first: all or nothing
         dest = hints_path_for(rel, root)
+        try:
+            os.lstat(dest)
+        except OSError as exc:  # a name over 255 bytes would fail halfway through the writes
+            if exc.errno == errno.ENAMETOOLONG:
+                raise HintError(f"{display(rel)}: {display(dest)}: name too long for the file system; nothing written") from None
         if leads_outside(dest.parent, root):  # the same rule as outputs: never through a link leading out of DEST
             raise HintError(f"{display(rel)}: {display(dest.parent)} leads outside {display(root)} (symlink); nothing written")
         if dest.is_symlink():

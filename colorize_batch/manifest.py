@@ -311,7 +311,7 @@ def _read_records(path: Path, out_root: Path) -> dict[str, ManifestRecord]:
                 continue
             try:
                 rec = ManifestRecord.from_json(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: [[[[... nested deeper than the parser goes
                 rec = None
             if rec is None:
                 log.warning("%s line %d: damaged manifest record skipped (its file will be redone)", display(path), number)

@@ -64,7 +64,7 @@ from .exit_codes import ExitCode
 from .gallery import NoManifestError, Site, collect_site, render_page
 from .hints import HintError, Hints, hints_path_for, parse_hints
 from .inference import Colorizer, InferenceError, resolve_device
-from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, fingerprint
+from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, fingerprint
 from .names import display
 from .planning import Job, tiff_page_count, with_hints
 from .recombination import ycbcr_planes
@@ -73,7 +73,7 @@ from .signals import StopFlag
 from .stages import ResultSink, Status, network_hints, network_squares, predict_planes, render_result
 from .suggestions import distinct_colours, swatch_hex
 from .weights import WeightsError, check_size, load_weights
-from .safe_files import atomic_write_text, file_sha256, target_problem
+from .safe_files import atomic_write_text, file_sha256, leads_outside, target_problem
 
 log = logging.getLogger("colorize_batch")
 
@@ -219,7 +219,7 @@ class Reviewer:
             hints, fp = with_hints(item, fingerprint(files.source, checksum), self.site.hints_root,
                                    self.config.model.hint_edges)
         except (OSError, HintError) as exc:
-            raise BadRequest(f"{display(files.source_rel.as_posix())}: {exc}") from None
+            raise BadRequest(f"{display(files.source_rel.as_posix())}: {getattr(exc, 'strerror', None) or exc}") from None
         pages = tiff_page_count(files.source) if files.key != files.source_rel.as_posix() else 1
         return Job(item, files.output, fp, files.page, pages, hints)
 
@@ -273,13 +273,21 @@ class Reviewer:
             problem = target_problem(files.output, files.source, self.out_dir, True, False)
             if problem:
                 raise BadRequest(problem)
+            if not files.source.is_file():  # moved or deleted since the review started: nothing is written
+                raise BadRequest(f"{display(files.source_rel.as_posix())}: the scan is no longer at "
+                                 f"{display(files.source)} (moved or deleted); nothing written")
+            photo = self._photo(index)  # a scan that cannot be decoded writes nothing either
             path = self.hint_file(index)
+            root = self.site.hints_root  # hints import's rules: never through a link out of --hints DIR, never over a link
+            if root is not None and leads_outside(path.parent, root):
+                raise BadRequest(f"{display(path.parent)} leads outside {display(root)} (symlink); nothing written")
+            if path.is_symlink():
+                raise BadRequest(f"{display(path)} is a symlink; not replaced, nothing written")
             try:
                 atomic_write_text(path, json.dumps(document, indent=1) + "\n")
             except OSError as exc:
                 raise BadRequest(f"{display(path)}: cannot write the hint file ({exc.strerror or exc})") from None
             job = self._job(index)  # reads the file back as a run does: fingerprint and hints
-            photo = self._photo(index)
             ab, cb, cr, _ = predict_planes(self.colorizer, [photo.item], self.config, [job.hints])
             result = render_result(photo.item, ab[0], (cb[0], cr[0]), job, self.config, self.model_id)
             ResultSink(RunStats(), self.manifest, self.ident, self.out_dir).add(result)
@@ -464,10 +472,10 @@ def run_review(out_dir: Path, config: PipelineConfig, port: int = 0, source_dir:
                page_size: int = 100, workers: int = 2) -> int:
     """``colorize-batch review``: lock OUT, load, serve; every foreseeable problem is one line and an exit code."""
     out_dir = Path(out_dir)
-    if not Manifest(out_dir).path.is_file():  # before the lock, which would make OUT/.colorize-batch/
-        click.echo(f"Error: {display(out_dir)}: no finished run here (no .colorize-batch/manifest.jsonl)", err=True)
-        return ExitCode.USAGE
     try:
+        if not Manifest(out_dir).path.is_file():  # before the lock, which would make OUT/.colorize-batch/
+            click.echo(f"Error: {display(out_dir)}: no finished run here (no .colorize-batch/manifest.jsonl)", err=True)
+            return ExitCode.USAGE
         with RunLock(out_dir), listen(port) as sock:  # a taken port is found before the model loads
             reviewer = Reviewer(out_dir, config, source_dir, workers)
             try:
@@ -480,11 +488,11 @@ def run_review(out_dir: Path, config: PipelineConfig, port: int = 0, source_dir:
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return ExitCode.LOCKED
+    except (ReviewError, NoManifestError, StateLinkError) as exc:  # a link in OUT's state: refused, as run refuses it
+        click.echo(f"Error: {exc}", err=True)
+        return ExitCode.USAGE
     except StateError as exc:
         click.echo(f"Error: {exc}", err=True)
         return ExitCode.FAILED
-    except (ReviewError, NoManifestError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        return ExitCode.USAGE
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
