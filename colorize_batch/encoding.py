@@ -163,6 +163,20 @@ def _with_jpeg_metadata(jpeg: bytes, meta: dict, prov: Provenance | None) -> byt
     return b"\xff\xd8\xff\xe0" + bytes(app0) + b"".join(segments) + jpeg[app0_end:]
 
 
+def _luma_for_turbojpeg(y: np.ndarray, half_chroma: bool) -> np.ndarray:
+    """The luma plane as libjpeg-turbo reads it. For 4:2:0 it reads a plane of even width and
+    height (``tjPlaneWidth``/``tjPlaneHeight``): one byte past each row of an odd width and one row
+    past an odd height, so past the end of an array of exactly the photo's size, a segfault
+    whenever that crosses into an unmapped page (about every other run over a folder of odd-sized
+    JPEGs). So an odd plane is handed over as a view into a copy padded by one edge-replicated row
+    and/or column (libjpeg's own padding): every byte it reads is ours, and the JPEG keeps the
+    photo's size. 4:4:4 reads the plane as it is."""
+    height, width = y.shape
+    if not half_chroma or (height % 2 == 0 and width % 2 == 0):
+        return y
+    return np.pad(y, ((0, height % 2), (0, width % 2)), mode="edge")[:height, :width]
+
+
 def encode_jpeg_ycbcr(ycc: YCbCrPlanes, opts: OutputSection, meta: dict | None = None, prov: Provenance | None = None) -> bytes:
     """JPEG straight from YCbCr planes: no RGB image is ever made.
 
@@ -171,10 +185,17 @@ def encode_jpeg_ycbcr(ycc: YCbCrPlanes, opts: OutputSection, meta: dict | None =
     an RGB or YCbCr image with full-size chroma, which costs an upsample, a merge, a colour
     conversion and the encoder's own downsampling, about 4x the time on a 1024x768 image.
     """
+    jpeg = jpeg_from_planes(ycc, opts.jpeg_quality)
+    return _with_jpeg_metadata(jpeg, meta or {}, prov) if opts.metadata else jpeg
+
+
+def jpeg_from_planes(ycc: YCbCrPlanes, quality: int) -> bytes:
+    """A bare JFIF stream from the planes (simplejpeg, libjpeg-turbo), chroma subsampling as the
+    planes' sizes say; the one place that calls the encoder (``run``'s outputs, ``review``'s previews)."""
     import simplejpeg
 
-    jpeg = simplejpeg.encode_jpeg_yuv_planes(ycc.y, ycc.cb, ycc.cr, quality=opts.jpeg_quality)
-    return _with_jpeg_metadata(jpeg, meta or {}, prov) if opts.metadata else jpeg
+    luma = _luma_for_turbojpeg(ycc.y, half_chroma=ycc.cb.shape != ycc.y.shape)
+    return simplejpeg.encode_jpeg_yuv_planes(luma, ycc.cb, ycc.cr, quality=quality)
 
 
 def wants_16_bit(fmt: str, opts: OutputSection, source_bits: int) -> bool:

@@ -59,6 +59,7 @@ from .color import grey_to_lightness
 from .config import PipelineConfig
 from .batch_transport import DecodeDataset, DecodedItem
 from .decoding import to_8bit
+from .encoding import jpeg_from_planes
 from .discovery import WorkItem
 from .exit_codes import ExitCode
 from .gallery import NoManifestError, Site, collect_site, render_page
@@ -227,15 +228,13 @@ class Reviewer:
 
     def preview(self, key: object, points: object) -> bytes:
         """The photo re-colorized with these points, as a display-size JPEG."""
-        import simplejpeg
-
         with self._lock:
             index = self._index(key)
             hints, _ = self._hints(index, points)
             photo = self._photo(index)
             _, cb, cr, _ = predict_planes(self.colorizer, [photo.item], self.config, [hints])
             planes = ycbcr_planes(photo.display, cb[0], cr[0])
-        return simplejpeg.encode_jpeg_yuv_planes(planes.y, planes.cb, planes.cr, quality=PREVIEW_QUALITY)
+        return jpeg_from_planes(planes, PREVIEW_QUALITY)
 
     def suggest(self, key: object, points: object, x: object, y: object) -> list[dict]:
         """The model's most likely distinct colours at ``(x, y)`` (0-1 of the upright photo), given the other points."""

@@ -65,3 +65,46 @@ def test_planes_jpeg_carries_dpi_exif_icc_and_xmp(photo):
     assert "sRGB" in ImageCms.getProfileDescription(icc)
     xmp = im.info["xmp"].decode()
     assert "compositeWithTrainedAlgorithmicMedia" in xmp and "/in/scan.jpg" in xmp
+
+
+GUARDED_ENCODE = r"""
+import ctypes, mmap, sys
+import numpy as np
+from colorize_batch.config import OutputSection
+from colorize_batch.encoding import encode_jpeg_ycbcr
+from colorize_batch.recombination import YCbCrPlanes
+
+libc, page, held = ctypes.CDLL(None, use_errno=True), mmap.PAGESIZE, []
+
+def guarded(array):
+    # a copy of array that ends exactly where an unreadable page begins: one byte read past it is a segfault
+    pages = (array.nbytes + page - 1) // page + 1
+    memory = mmap.mmap(-1, pages * page)
+    start = ctypes.addressof((ctypes.c_char * (pages * page)).from_buffer(memory))
+    assert libc.mprotect(ctypes.c_void_p(start + (pages - 1) * page), page, 0) == 0
+    view = np.frombuffer((ctypes.c_char * array.nbytes).from_address(start + (pages - 1) * page - array.nbytes), np.uint8)
+    held.append(memory)
+    view = view.reshape(array.shape)
+    view[...] = array
+    return view
+
+rng = np.random.default_rng(0)
+for height, width in [(675, 500), (17, 32), (32, 17), (673, 881)]:
+    for quality in (90, 95):  # 4:2:0 and 4:4:4
+        side = ((height + 1) // 2, (width + 1) // 2) if quality < 95 else (height, width)
+        planes = [guarded(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in ((height, width), side, side)]
+        data = encode_jpeg_ycbcr(YCbCrPlanes(*planes), OutputSection(jpeg_quality=quality, metadata=False))
+        print(height, width, quality, len(data), flush=True)
+"""
+
+
+def test_a_jpeg_of_odd_size_is_encoded_without_reading_past_the_luma_plane():
+    """libjpeg-turbo reads a 4:2:0 luma plane padded to even size: handed a plane of an odd-sized
+    photo as it is, it read past its end, and a run over archive_bw died of SIGSEGV about every
+    other time. Each plane here ends at an unreadable page, so any read past it kills the child."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", GUARDED_ENCODE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"the encoder read past a plane (exit {proc.returncode}): {proc.stderr[-500:]}"
+    assert len(proc.stdout.splitlines()) == 8
