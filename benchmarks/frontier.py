@@ -119,8 +119,11 @@ def main() -> None:
         if not args.against:
             parser.error("--only-compare needs --against")
         return compare(read_rows(args.against), read_rows(args.only_compare))
+    if args.plot and args.from_json and not args.weights:  # plot rows measured earlier, measure nothing
+        return plot([row for f in args.from_json for row in read_rows(f)], args.plot)
     if not args.weights or not args.sets:
-        parser.error("--weights and --set are needed to measure (or --only-compare ROWS --against REF)")
+        parser.error("--weights and --set are needed to measure (or --only-compare ROWS --against REF, "
+                     "or --from-json ROWS --plot PNG)")
     labels = args.label or [p.stem for p in args.weights]
     if len(labels) != len(args.weights):
         parser.error("--label needs one name per weights file")
