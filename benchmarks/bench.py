@@ -2,7 +2,7 @@
 
 The script builds its own input tree (grey photos made from scikit-image's sample images,
 nothing downloaded), then measures, in one process, with the configured weights (by
-default the shipped ``weights/colorize-lite.pt``) on the chosen device:
+default pipeline.yaml's ``weights/colorize-effnet-lite0.pt``) on the chosen device:
 
 forward_ips
     Images/s of the generator alone (:meth:`Colorizer.predict`) on ready-made uint8 batches
