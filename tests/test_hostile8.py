@@ -16,8 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from conftest import grey_image, save
+from PIL import Image
+
 from colorize_batch.exit_codes import ExitCode
 from colorize_batch.manifest import state_dir
+from colorize_batch.sharding import shard_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,3 +59,38 @@ def test_yaml_aliases_of_an_ordinary_size_still_work(tmp_path, run_cli):
     assert "Extra inputs" in result.output  # read, then validated as usual (x-size is no key of ours)
     config.write_text("model: &m {size: 128}\n")
     assert "size: 128" in run_cli("run", tmp_path, tmp_path / "out", "--config", config, "--print-config", expect=0).output
+
+
+# ----------------------------------------------------------------------------- colour copies
+def test_a_colour_copy_under_another_format_never_replaces_a_foreign_file(tmp_path, run_cli):
+    src, out = tmp_path / "in", tmp_path / "out"
+    rgb = np.stack([grey_image(seed=1), np.full((64, 96), 200, np.uint8), np.full((64, 96), 30, np.uint8)], -1)
+    save(src / "colour.jpg", Image.fromarray(rgb))  # clearly in colour: copied as colour.jpg, whatever --format says
+    save(src / "grey.png", Image.fromarray(grey_image()))
+    foreign = out / "colour.jpg"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"someone else's file")
+    result = run_cli("run", src, out, "--format", "png", "--color-inputs", "copy", "--workers", "0")
+    assert result.exit_code == ExitCode.FAILED, result.output
+    assert foreign.read_bytes() == b"someone else's file"
+    assert "colour.jpg already exists and was not written by colorize-batch" in result.output
+    assert (out / "grey.png").is_file()  # the run went on
+    result = run_cli("run", src, out, "--format", "png", "--color-inputs", "copy", "--workers", "0", "--force", expect=0)
+    assert foreign.read_bytes() == (src / "colour.jpg").read_bytes()  # --force replaces it, as it does any output
+    run_cli("run", src, out, "--format", "png", "--color-inputs", "copy", "--workers", "0", expect=0)  # its own copy now
+
+
+# ----------------------------------------------------------------------------- shards and TIFF pages
+def test_shards_never_both_write_a_page_output_that_is_also_a_scans_output(tmp_path, run_cli):
+    src, out = tmp_path / "in", tmp_path / "out"
+    stem = next(f"roll{i}" for i in range(100) if shard_of(f"roll{i}.tif", 2) != shard_of(f"roll{i}_p2.tif", 2))
+    pages = [Image.fromarray(grey_image(seed=s)) for s in range(3)]
+    save(src / f"{stem}.tif", pages[0], save_all=True, append_images=pages[1:])  # -> roll_p1.tif, roll_p2.tif, roll_p3.tif
+    save(src / f"{stem}_p2.tif", Image.fromarray(grey_image(seed=9)))  # -> roll_p2.tif as well
+    config = tmp_path / "pages.yaml"
+    config.write_text("input:\n  tiff_pages: all\n")
+    unsharded = run_cli("run", src, tmp_path / "whole", "--config", config, "--workers", "0", "--dry-run").output
+    codes = [run_cli("run", src, out, "--config", config, "--workers", "0", "--shard", f"{i}/2").exit_code for i in (0, 1)]
+    writers = [rec["source"] for rec in _records(out) if rec["output"] == f"{stem}_p2.tif"]
+    assert len(writers) == 1, writers  # one of the two shards, never both (the second replaced the first's)
+    assert "is also the output of" in unsharded and ExitCode.FAILED in codes
