@@ -21,7 +21,7 @@ from conftest import grey_image, save
 from PIL import Image
 
 from colorize_batch.exit_codes import ExitCode
-from colorize_batch.manifest import state_dir
+from colorize_batch.manifest import gallery_dir, state_dir
 from colorize_batch.sharding import shard_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,3 +94,17 @@ def test_shards_never_both_write_a_page_output_that_is_also_a_scans_output(tmp_p
     writers = [rec["source"] for rec in _records(out) if rec["output"] == f"{stem}_p2.tif"]
     assert len(writers) == 1, writers  # one of the two shards, never both (the second replaced the first's)
     assert "is also the output of" in unsharded and ExitCode.FAILED in codes
+
+
+# ----------------------------------------------------------------------------- gallery
+def test_the_gallery_has_thumbnails_for_a_name_of_255_bytes(tmp_path, run_cli):
+    src, out = tmp_path / "in", tmp_path / "out"
+    name = "n" * 251 + ".png"  # the thumbnail's name.png.jpg would be 259 bytes
+    save(src / name, Image.fromarray(grey_image()))
+    save(src / "short.png", Image.fromarray(grey_image(seed=1)))
+    run_cli("run", src, out, "--workers", "0", "-q", expect=0)
+    result = run_cli("gallery", out, "--no-suggest", expect=0)
+    assert "no thumbnail" not in result.output
+    page = (gallery_dir(out) / "index.html").read_text()
+    thumbs = [p for p in (gallery_dir(out) / "thumbs").rglob("*.jpg") if p.name.startswith("nnnn")]
+    assert len(thumbs) == 2 and all(f'src="{p.relative_to(gallery_dir(out))}"' in page for p in thumbs)
