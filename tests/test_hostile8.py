@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from PIL import Image
 from colorize_batch.exit_codes import ExitCode
 from colorize_batch.manifest import gallery_dir, state_dir
 from colorize_batch.sharding import shard_of
+from colorize_batch.stages import ResultSink
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,3 +111,29 @@ def test_the_gallery_has_thumbnails_for_a_name_of_255_bytes(tmp_path, run_cli):
     page = (gallery_dir(out) / "index.html").read_text()
     thumbs = [p for p in (gallery_dir(out) / "thumbs").rglob("*.jpg") if p.name.startswith("nnnn")]
     assert len(thumbs) == 2 and all(f'src="{p.relative_to(gallery_dir(out))}"' in page for p in thumbs)
+
+
+def _interrupt_at_the_first_result(monkeypatch) -> threading.Event:
+    """A Ctrl-C as the run's first file is recorded (it lands in the main thread, as a terminal's does)."""
+    first = threading.Event()
+    add = ResultSink.add
+
+    def add_then_interrupt(self, result):
+        add(self, result)
+        if not first.is_set():
+            first.set()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ResultSink, "add", add_then_interrupt)
+    return first
+
+
+def test_run_gallery_stopped_by_ctrl_c_stops_without_building_the_gallery(tmp_path, run_cli, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(12):
+        save(src / f"{i:02d}.png", Image.fromarray(grey_image(seed=i)))
+    _interrupt_at_the_first_result(monkeypatch)
+    result = run_cli("run", src, out, "--workers", "0", "--batch-size", "1", "--gallery")
+    assert result.exit_code == ExitCode.INTERRUPTED, result.output
+    assert not gallery_dir(out).exists()
+    assert "gallery not updated: the run was interrupted" in result.output
