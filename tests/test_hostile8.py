@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from conftest import grey_image, save
 from PIL import Image
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from colorize_batch.exit_codes import ExitCode
 from colorize_batch.manifest import gallery_dir, state_dir
@@ -137,3 +138,26 @@ def test_run_gallery_stopped_by_ctrl_c_stops_without_building_the_gallery(tmp_pa
     assert result.exit_code == ExitCode.INTERRUPTED, result.output
     assert not gallery_dir(out).exists()
     assert "gallery not updated: the run was interrupted" in result.output
+
+
+# ----------------------------------------------------------------------------- signals
+def test_a_further_ctrl_c_while_decode_workers_shut_down_is_no_traceback(tmp_path, run_cli, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(16):
+        save(src / f"{i:02d}.png", Image.fromarray(grey_image(seed=i)))
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # what prints "Exception ignored in ... __del__"
+    first = _interrupt_at_the_first_result(monkeypatch)
+    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
+
+    def interrupted_shutdown(self):
+        if first.is_set() and not self._shutdown:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again as the workers are being stopped
+        shutdown(self)
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", interrupted_shutdown)
+    result = run_cli("run", src, out, "--workers", "1", "--batch-size", "2")
+    assert result.exit_code == ExitCode.INTERRUPTED, result.output
+    assert unraisable == [], [str(u.exc_value) for u in unraisable]
+    recorded = {rec["output"] for rec in _records(out) if rec["output"]}
+    assert recorded == {str(p.relative_to(out)) for p in _outputs(out)} and recorded  # every output recorded
