@@ -307,7 +307,7 @@ class RunRequest:
 @click.option("--gpus-per-actor", type=click.FloatRange(0), help="With --engine ray: GPUs per actor, fractions share a GPU "
               "(default: the cluster's GPUs shared out; 0 with --device cpu).")
 @click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run "
-              "(with the model's suggested colours: see gallery --help).")
+              "(with the model's suggested colours: see gallery --help); not after an interrupted one.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the exit code.")
 @verbose_option
 @click.pass_context
@@ -337,7 +337,10 @@ def run(ctx: click.Context, **params: Any) -> None:
     _refuse_state_files(request.out_path, *named)
     log_handler = _setup_logging(-1 if request.quiet else request.verbose, request.log_file)
     code = _run(ctx, request, config)
-    if request.writes_gallery and code in (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) and request.in_path.is_dir():
+    if request.writes_gallery and code == EXIT_INTERRUPTED:  # asked to stop: not minutes of thumbnails and forward passes more
+        logging.getLogger("colorize_batch").warning("gallery not updated: the run was interrupted "
+                                                    "(colorize-batch gallery %s writes it)", display(request.out_path))
+    elif request.writes_gallery and code in (EXIT_OK, EXIT_FAILED) and request.in_path.is_dir():
         _write_gallery(request, config)
     if log_handler is not None:
         log_handler.flush()  # a last line still buffered fails here, if it fails

@@ -292,8 +292,31 @@ def read_layer(path: Path) -> dict[str, Any]:
         loaded = {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if _too_many_values(loaded):
+        raise ConfigError(f"{path}: not a usable config file (more than {CONFIG_VALUES:,} values once its YAML aliases "
+                          "are expanded: an alias bomb or an alias that contains itself)")
     _resolve_paths(loaded, path.resolve().parent)
     return loaded
+
+
+CONFIG_VALUES = 100_000  # pipeline.yaml holds ~100; merging and validating walk every value, aliases expanded
+
+
+def _too_many_values(data: dict[str, Any]) -> bool:
+    """Whether ``data`` holds more than :data:`CONFIG_VALUES` values with its aliases expanded. PyYAML
+    shares an aliased node instead of copying it, so a 2 kB file of nested aliases (``b: [*a, *a]``,
+    ``c: [*b, *b]``, ...) loads at once but is 2^40 values to walk, and ``a: &a [*a]`` never ends:
+    counted here with a budget, in time proportional to the budget at most."""
+    stack: list[Any] = [data]
+    for _ in range(CONFIG_VALUES):
+        if not stack:
+            return False
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return bool(stack)
 
 
 def _resolve(value: Any, base: Path) -> Any:

@@ -498,17 +498,33 @@ class Entry:
     page: int  # 0-based page of a multi-page TIFF
 
     def output_thumb(self, thumbs: Path) -> Path:
-        return thumbs / "out" / f"{self.output_rel}.jpg"
+        return thumbs / "out" / _with_suffix(str(self.output_rel), ".jpg")
 
     def source_thumb(self, thumbs: Path) -> Path:
-        return thumbs / "src" / f"{self._page_name}.jpg"
+        return thumbs / "src" / _with_suffix(self._page_name, ".jpg")
 
     def suggestion_file(self, folder: Path) -> Path:
-        return folder / f"{self._page_name}.json"
+        return folder / _with_suffix(self._page_name, ".json")
 
     @property
     def _page_name(self) -> str:
         return f"{self.source_rel}{f'.p{self.page + 1}' if self.page else ''}"
+
+
+NAME_MAX = 255  # bytes in one file name (ext4, XFS, Btrfs, NTFS via ntfs-3g...)
+
+
+def _with_suffix(rel: str, suffix: str) -> str:
+    """``rel`` with ``suffix`` added to its file name (``a/b.png`` -> ``a/b.png.jpg``). A name that
+    would then be too long for the file system (a scan named with 252 bytes or more) is cut and
+    given a hash of its whole name instead, which keeps it apart from every other name."""
+    folder, slash, name = rel.rpartition("/")
+    if len(os.fsencode(name + suffix)) > NAME_MAX:
+        tag = f"~{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}{suffix}"
+        while len(os.fsencode(name + tag)) > NAME_MAX:
+            name = name[:-1]
+        suffix = tag
+    return f"{folder}{slash}{name}{suffix}"
 
 
 def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) -> RunState:

@@ -454,11 +454,15 @@ class _LocalRun:
             at_once = True
             raise
         finally:
-            loader.close()  # decode workers are shut down now, not when garbage is collected
+            with self.stop.holding():  # a Ctrl-C meanwhile is raised below, not inside torch's worker shutdown
+                loader.close()  # decode workers are shut down now, not when garbage is collected
+            at_once = at_once or self.stop.held
             try:
                 self.finish(at_once)
             finally:
                 torch.set_num_threads(threads_before)
+        if self.stop.held:  # a second Ctrl-C while the decode workers were shut down: stopped at once
+            raise KeyboardInterrupt
         if self.failures:
             raise self.failures[0]
 

@@ -39,6 +39,13 @@ class Job:
     page: int = 0  # TIFF page (input.tiff_pages: all)
     pages: int = 1
     hints: Hints | None = None  # what the image's hint file says (hints.py); its hash is in ``fingerprint``
+    copy_problem: str | None = None  # why ``copy_output`` must not be written (a foreign file there), if it is not ``output``
+
+    @property
+    def copy_output(self) -> Path:
+        """Where a colour input is copied (``input.color_inputs: copy``): the output's name with the
+        source's own suffix, since the bytes are the source's (``output`` itself with ``--format same``)."""
+        return self.output.with_suffix(self.item.source.suffix)
 
     @property
     def source_key(self) -> str:
@@ -192,15 +199,17 @@ def plan_run(
     known_outputs = manifest.outputs() if manifest is not None else set()
     overwrite_foreign = force or config.output.overwrite == "foreign"
     all_pages = config.input.tiff_pages == "all"
+    copies = config.input.color_inputs == "copy"
     for item in items:
         dest = output_path(item, out_path, config.output.format, single_file=out_file_mode)
         if inputs is not None:  # every output, --force or not, before anything is written
             for target in {dest, dest.with_suffix(item.source.suffix)}:  # a colour input is copied under its own suffix
                 inputs.check(target, out_path)
-        if shard is not None and not shard.owns(str(item.relative)):
-            claimed.setdefault(str(dest), str(item.source))
-            continue
         pages = tiff_page_count(item.source) if all_pages and item.source.suffix.lower() in (".tif", ".tiff") else 1
+        if shard is not None and not shard.owns(str(item.relative)):
+            for page in range(pages):  # another shard's outputs, every page of them: claimed as that shard claims them
+                claimed.setdefault(str(page_output(dest, page, pages)), str(item.source))
+            continue
         try:
             fp = fingerprint(item.source, checksum)
             hints, fp = with_hints(item, fp, inp.hints_dir, config.model.hint_edges)
@@ -214,7 +223,7 @@ def plan_run(
             plan.without_hints += pages
             continue
         for page in range(pages):
-            page_dest = dest.with_name(f"{dest.stem}_p{page + 1}{dest.suffix}") if pages > 1 else dest
+            page_dest = page_output(dest, page, pages)
             if inputs is not None and pages > 1:
                 inputs.check(page_dest, out_path)
             key = str(page_dest)
@@ -229,11 +238,24 @@ def plan_run(
             if not force and manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident):
                 plan.up_to_date += 1
                 continue
-            rel = os.path.relpath(page_dest, out_path) if not out_file_mode else page_dest.name
-            problem = target_problem(page_dest, item.source, out_path if not out_file_mode else page_dest.parent,
-                                     rel in known_outputs, overwrite_foreign)
+            out_root = out_path if not out_file_mode else page_dest.parent
+            problem = target_problem(page_dest, item.source, out_root, _relative(page_dest, out_root) in known_outputs,
+                                     overwrite_foreign)
             if problem:
                 plan.problems.append((str(item.source), problem))
                 continue
+            if copies and job.copy_output != page_dest:  # checked like the output: it is written only if the input is in colour
+                job.copy_problem = target_problem(job.copy_output, item.source, out_root,
+                                                  _relative(job.copy_output, out_root) in known_outputs, overwrite_foreign)
             plan.jobs.append(job)
     return plan
+
+
+def page_output(dest: Path, page: int, pages: int) -> Path:
+    """The output of page ``page`` (0-based) of an input with ``pages`` pages: ``dest`` itself for
+    one page, ``name_p2.tif`` for the second of several (``input.tiff_pages: all``)."""
+    return dest.with_name(f"{dest.stem}_p{page + 1}{dest.suffix}") if pages > 1 else dest
+
+
+def _relative(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root)

@@ -58,11 +58,11 @@ def import_ray():
     return ray
 
 
-def _job_for(source: str, relative: str, output: str, page: int, hints: str = "") -> Job:
+def _job_for(source: str, relative: str, output: str, page: int, hints: str = "", copy_problem: str = "") -> Job:
     """The stages' view of one row (the fingerprint stays with the driver's job; ``hints``: the
     planned job's hints as JSON, :func:`_hints_json`)."""
     return Job(WorkItem(Path(source), PurePosixPath(relative)), Path(output), "", page,
-               hints=Hints.from_json(hints) if hints else None)
+               hints=Hints.from_json(hints) if hints else None, copy_problem=copy_problem or None)
 
 
 class ColorizeActor:
@@ -85,7 +85,7 @@ class ColorizeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config
         jobs = [_job_for(str(batch["source"][r]), str(batch["relative"][r]), str(batch["output"][r]), int(batch["page"][r]),
-                         str(batch["hints"][r])) for r in range(len(batch["index"]))]
+                         str(batch["hints"][r]), str(batch["copy_problem"][r])) for r in range(len(batch["index"]))]
         decoder = DecodeDataset([job.item.source for job in jobs], cfg.model.size, cfg.input.max_pixels, [job.page for job in jobs])
         items = [decoder[r] for r in range(len(jobs))]
         staged = stage_batch(self.colorizer, list(zip(items, jobs)), cfg, contain_errors=True)
@@ -247,7 +247,8 @@ class RayEngine:
             context.print_on_execution_start = False
             ray_data_log.setLevel(logging.ERROR)  # its per-dataset INFO lines and the "progress bars disabled" note
             rows = [{"index": i, "source": str(j.item.source), "relative": str(j.item.relative), "output": str(j.output),
-                     "page": j.page, "hints": j.hints.to_json() if j.hints else ""} for i, j in enumerate(jobs)]
+                     "page": j.page, "hints": j.hints.to_json() if j.hints else "", "copy_problem": j.copy_problem or ""}
+                    for i, j in enumerate(jobs)]
             remote = {"num_gpus": gpus} if gpus else {}
             dataset = ray.data.from_items(rows).map_batches(
                 ColorizeActor,

@@ -8,9 +8,11 @@ for writing, lets the ones being written finish and records them, and exits 130 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -24,6 +26,8 @@ class StopFlag:
         self.stopping = stopping  # what the log says happens next
         self.event = threading.Event()
         self._previous: dict[int, Any] = {}
+        self._holding = False
+        self.held = False  # a further signal came inside :meth:`holding`: raise it once the block is done
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -33,9 +37,23 @@ class StopFlag:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.event.is_set():  # a second signal: stop now
+            if self._holding:
+                self.held = True
+                return
             raise KeyboardInterrupt
         self.event.set()  # before the warning: a second signal may arrive while it is being written
         log.warning("%s received: finishing in-flight files, then stopping", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A further signal inside the block sets :attr:`held` instead of raising: for code that a
+        ``KeyboardInterrupt`` must not land in (torch's decode-worker shutdown runs in ``__del__``,
+        which would print it as a traceback and drop it)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

@@ -115,7 +115,9 @@ def triage(item: DecodedItem, job: Job, config: PipelineConfig) -> FileResult | 
     if policy == "skip":
         log.info("%s: already in colour; skipped (input.color_inputs: skip)", display(job.source_name))
         return FileResult(job, Status.SKIPPED_COLOR)
-    dest = job.output.with_suffix(job.item.source.suffix)
+    if job.copy_problem:  # a foreign file where the copy would go (with --format jpg|png|tif: another suffix)
+        return FileResult(job, Status.FAILED, reason=job.copy_problem)
+    dest = job.copy_output
     try:
         sha = copy_file(job.item.source, dest)
     except WriteError as exc:
