@@ -1,4 +1,4 @@
-"""Build hook: the wheel carries the repository's default pipeline.yaml and weights/.
+"""Build hook: the wheel carries the repository's default pipeline.yaml, weights/ and the hint files' JSON Schema.
 
 They stay where a newcomer looks for them (top-level ``pipeline.yaml`` and ``weights/``, one
 copy in git); building a wheel copies them into ``colorize_batch/_data/``, where
@@ -13,7 +13,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-DATA = ["pipeline.yaml", "weights/README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "weights").glob("*.pt"))]
+DATA = ["pipeline.yaml", "weights/README.md", "schemas/hints.schema.json", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "weights").glob("*.pt"))]
 
 
 class BuildPyWithData(build_py):

@@ -51,7 +51,7 @@ or ``(H, W, 3)`` / ``(H, W, 4)`` uint8 RGB / RGBA."""
 
 HintsSource = Union[Hints, Mapping, str, os.PathLike]
 """Colour hints: a parsed :class:`~colorize_batch.hints.Hints`, a hint document (the JSON
-object of a ``.hints.json`` file, see ``schemas/hints.schema.json``) or the path of a hint file."""
+object of a ``.hints.json`` file, see ``colorize-batch hints schema``) or the path of a hint file."""
 
 
 def _array_image(array: np.ndarray) -> Image.Image:

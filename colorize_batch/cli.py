@@ -320,8 +320,8 @@ def run(ctx: click.Context, **params: Any) -> None:
     OUT/.colorize-batch/); bad files are reported and the run goes on.
 
     Colour hints ("this coat was navy"): photo.hints.json beside a scan, or under --hints DIR,
-    gives points of known colour to the model (format: schemas/hints.schema.json; the review
-    gallery writes them). Editing a hint file redoes exactly that image on the next run.
+    gives points of known colour to the model (format: `colorize-batch hints schema`; the
+    review gallery writes them). Editing a hint file redoes exactly that image on the next run.
 
     \b
     Exit codes: 0 all good (skips included), 1 some files failed,
@@ -798,6 +798,15 @@ def hints_import(bundle: Path, dest: Path) -> None:
     for path in written:
         click.echo(display(path))
     click.echo(f"{len(written)} hint file(s) written under {display(dest)}", err=True)
+
+
+@hints_group.command("schema")
+def hints_schema() -> None:
+    """Print the JSON Schema of a hint file (photo.hints.json), for editors and validators:
+    colorize-batch hints schema > hints.schema.json"""
+    from .config import installed_file
+
+    click.echo(installed_file("schemas", "hints.schema.json").read_text(encoding="utf-8"), nl=False)
 
 
 @hints_group.command("check")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,6 @@ def test_wheel_install_runs_with_the_shipped_weights_from_anywhere(tmp_path):
     assert gallery.returncode == 0, gallery.stderr[-2000:]
     page = (gallery_dir(elsewhere / "out") / "index.html").read_text()
     assert "a/photo.jpg" in page and "<style>" in page and "localStorage" in page  # the page, its CSS and script
+    schema = subprocess.run([str(script), "hints", "schema"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600)
+    assert schema.returncode == 0, schema.stderr[-2000:]  # what run --help points to, carried by the wheel
+    assert json.loads(schema.stdout) == json.loads((REPO / "schemas" / "hints.schema.json").read_text())
