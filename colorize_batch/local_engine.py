@@ -34,7 +34,7 @@ from .inference import Colorizer, Lanes, resolve_device, resolve_lanes, usable_c
 from .manifest import close_inherited_locks
 from .planning import Job, Plan
 from .signals import StopFlag
-from .stages import FileResult, PendingRender, ResultSink, render_result, stage_batch
+from .stages import FileResult, PendingRender, ResultSink, decode_notes, render_result, stage_batch
 from .weights import WeightsInfo, load_weights
 
 log = logging.getLogger("colorize_batch")
@@ -384,7 +384,7 @@ class _LocalRun:
         with self.lock:
             for item, job in pairs:
                 self.stats.stage_seconds["decode"] += item.decode_s
-                for note in item.notes:
+                for note in decode_notes(item, job):
                     self.stats.note(job.source_name, note)
         return pairs
 

@@ -19,6 +19,7 @@ Ray is optional: ``pip install 'colorize-batch[ray]'``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path, PurePosixPath
@@ -34,7 +35,7 @@ from .hints import Hints
 from .names import display
 from .planning import Job, Plan
 from .signals import StopFlag
-from .stages import FileResult, ResultSink, Status, render_result, stage_batch
+from .stages import FileResult, ResultSink, Status, decode_notes, render_result, stage_batch
 from .weights import WeightsInfo, read_weights_info
 
 log = logging.getLogger("colorize_batch")
@@ -98,7 +99,8 @@ class ColorizeActor:
         for result in staged.settled + rendered:
             results[row_of[id(result.job)]] = result
         assert all(result is not None for result in results), "every row has a result"
-        return status_rows(batch["index"], cast("list[FileResult]", results), [item.decode_s for item in items])
+        return status_rows(batch["index"], cast("list[FileResult]", results), [item.decode_s for item in items],
+                           [decode_notes(item, job) for item, job in zip(items, jobs)])
 
 
 def _with_shares(result: FileResult, shares: dict[str, float]) -> FileResult:
@@ -108,8 +110,10 @@ def _with_shares(result: FileResult, shares: dict[str, float]) -> FileResult:
     return result
 
 
-def status_rows(index: np.ndarray, results: list[FileResult], decode_s: list[float]) -> dict[str, np.ndarray]:
-    """The actor's answer for a batch: one status row per file (plain columns, no images)."""
+def status_rows(index: np.ndarray, results: list[FileResult], decode_s: list[float],
+                notes: list[list[str]] | None = None) -> dict[str, np.ndarray]:
+    """The actor's answer for a batch: one status row per file (plain columns, no images; a file's
+    report notes as one JSON list)."""
     out: dict[str, np.ndarray] = {
         "index": np.asarray(index, dtype=np.int64),
         "status": np.array([res.status.value for res in results], dtype=object),
@@ -118,6 +122,7 @@ def status_rows(index: np.ndarray, results: list[FileResult], decode_s: list[flo
         "output": np.array([str(res.output or "") for res in results], dtype=object),
         "disk_full": np.array([res.disk_full for res in results], dtype=bool),
         "decode_s": np.array(decode_s, dtype=np.float64),
+        "notes": np.array([json.dumps(n) for n in notes or [[] for _ in results]], dtype=object),
     }
     for stage in STAGE_COLUMNS[1:]:
         out[f"{stage}_s"] = np.array([res.stage_seconds.get(stage, 0.0) for res in results], dtype=np.float64)
@@ -138,14 +143,14 @@ def root_cause(exc: BaseException) -> str:
     return found
 
 
-def result_from_row(row: dict, job: Job) -> tuple[FileResult, float]:
-    """A status row back into the driver's :class:`FileResult` (+ its decode seconds)."""
+def result_from_row(row: dict, job: Job) -> tuple[FileResult, float, list[str]]:
+    """A status row back into the driver's :class:`FileResult` (+ its decode seconds and report notes)."""
     status = Status(str(row["status"]))
     output = Path(str(row["output"])) if status.wrote_output else None  # copy mode keeps the source's suffix
     stages = {stage: float(row[f"{stage}_s"]) for stage in STAGE_COLUMNS[1:]}
     result = FileResult(job, status, sha256=str(row["sha256"]) or None, reason=str(row["reason"]) or None,
                         stage_seconds={k: v for k, v in stages.items() if v}, disk_full=bool(row["disk_full"]), output=output)
-    return result, float(row["decode_s"])
+    return result, float(row["decode_s"]), json.loads(str(row["notes"]))
 
 
 class RayEngine:
@@ -265,8 +270,10 @@ class RayEngine:
                     for r in range(len(batch["index"])):
                         row = {key: values[r] for key, values in batch.items()}
                         job = jobs[int(row["index"])]
-                        result, decode_s = result_from_row(row, job)
+                        result, decode_s, notes = result_from_row(row, job)
                         stats.stage_seconds["decode"] += decode_s
+                        for note in notes:
+                            stats.note(job.source_name, note)
                         if result.status is Status.SKIPPED_COLOR:
                             log.info("%s: already in colour; skipped (input.color_inputs: skip)", display(job.source_name))
                         sink.add(result)

@@ -104,6 +104,15 @@ def render_result(item: DecodedItem, ab: torch.Tensor, planes: tuple[torch.Tenso
     return FileResult(job, Status.DONE, sha, stage_seconds=timings, output=job.output)
 
 
+def decode_notes(item: DecodedItem, job: Job) -> list[str]:
+    """What the report says of a decoded file that was still done: the decoder's warnings, and the
+    pages of a multi-page TIFF that ``input.tiff_pages: first`` leaves out (both engines)."""
+    pages = int(item.meta.get("pages", 1)) if item.meta else 1
+    if job.pages == 1 and pages > 1 and job.item.source.suffix.lower() in (".tif", ".tiff"):
+        return [*item.notes, f"TIFF of {pages} pages: the first is colorized (input.tiff_pages: all for every page)"]
+    return list(item.notes)
+
+
 def triage(item: DecodedItem, job: Job, config: PipelineConfig) -> FileResult | None:
     """Decode failures and colour inputs are settled here; ``None`` means: colorize it."""
     if item.error:

@@ -240,10 +240,14 @@ def test_multipage_tiff_first_or_all_pages(tmp_path, run_cli):
     pages[0].save(save_dir := tmp_path / "in" / "book.tif", save_all=True, append_images=pages[1:]) if (tmp_path / "in").mkdir() is None else None
     run_cli("run", tmp_path / "in", tmp_path / "first", "--workers", "0", "-q", expect=0)
     assert [p.name for p in outputs(tmp_path / "first")] == ["book.tif"]
+    notes = json.loads(report_path(tmp_path / "first").read_text())["notes"]  # the other pages are not lost in silence
+    assert [n["message"] for n in notes if n["path"].endswith("book.tif")] == [
+        "TIFF of 3 pages: the first is colorized (input.tiff_pages: all for every page)"]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"input": {"tiff_pages": "all"}}))
     run_cli("run", tmp_path / "in", tmp_path / "all", "--workers", "0", "-q", "--config", cfg, expect=0)
     assert [p.name for p in outputs(tmp_path / "all")] == ["book_p1.tif", "book_p2.tif", "book_p3.tif"]
+    assert not any("pages" in n["message"] for n in json.loads(report_path(tmp_path / "all").read_text())["notes"])
     assert save_dir.is_file()
 
 

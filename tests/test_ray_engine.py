@@ -44,13 +44,15 @@ def ray_session():
 
 
 def make_tree(root: Path) -> Path:
-    """Nested grey PNGs/JPEGs, one colour photo, a text file named .jpg and a truncated PNG."""
+    """Nested grey PNGs/JPEGs, a two-page TIFF, one colour photo, a text file named .jpg and a truncated PNG."""
     for i, rel in enumerate(["top.png", "a/one.png", "a/two.jpg", "a/b/three.png", "a/b/four.jpg", "c/five.png"]):
         kwargs = {"quality": 90} if rel.endswith(".jpg") else {}
         save(root / rel, Image.fromarray(grey_image(60 + 9 * i, 40 + 5 * i, seed=i)), **kwargs)
     rng = np.random.default_rng(7)
     save(root / "c" / "colour.jpg", Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)), quality=95)
     (root / "a" / "notes.jpg").write_text("not a photo")
+    pages = [Image.fromarray(grey_image(50, 30, seed=s)) for s in (8, 9)]  # a roll of two pages: a report note
+    pages[0].save(root / "c" / "roll.tif", save_all=True, append_images=pages[1:])
     png = (root / "top.png").read_bytes()
     (root / "c" / "truncated.png").write_bytes(png[: len(png) // 2])
     return root
@@ -85,7 +87,8 @@ def test_ray_outputs_equal_the_local_engine_outputs(runs):
     local, remote = runs["local"], runs["ray"]
     names = outputs(local)
     assert names == outputs(remote)
-    assert sorted(names) == sorted(["top.png", "a/one.png", "a/two.jpg", "a/b/three.png", "a/b/four.jpg", "c/five.png"])
+    assert sorted(names) == sorted(["top.png", "a/one.png", "a/two.jpg", "a/b/three.png", "a/b/four.jpg", "c/five.png",
+                                    "c/roll.tif"])
     for rel in names:
         with Image.open(local / rel) as a, Image.open(remote / rel) as b:
             assert a.size == b.size and a.mode == b.mode == "RGB", rel
@@ -93,7 +96,7 @@ def test_ray_outputs_equal_the_local_engine_outputs(runs):
             assert a.getexif().get(0x0131) == b.getexif().get(0x0131), rel  # Software: machine-colorized mark
     rep_local, rep_ray = report(local), report(remote)
     assert rep_local["counts"] == rep_ray["counts"]
-    assert rep_ray["counts"]["done"] == 6 and rep_ray["counts"]["skipped_color"] == 1
+    assert rep_ray["counts"]["done"] == 7 and rep_ray["counts"]["skipped_color"] == 1
     assert rep_ray["model"] == rep_local["model"]
     assert rep_ray["stage_seconds"]["forward"] > 0 and rep_ray["stage_seconds"]["decode"] > 0
 
@@ -109,6 +112,14 @@ def test_failures_are_reported_the_same_way(runs):
     assert not list(runs["ray"].rglob("*.cb-tmp"))
 
 
+def test_report_notes_are_the_local_engines(runs):
+    def notes(out: Path) -> list[tuple[str, str]]:
+        return sorted((Path(n["path"]).name, n["message"]) for n in report(out)["notes"])
+
+    assert notes(runs["ray"]) == notes(runs["local"])  # the decoders' notes come back from the actors too
+    assert ("roll.tif", "TIFF of 2 pages: the first is colorized (input.tiff_pages: all for every page)") in notes(runs["ray"])
+
+
 def test_manifest_records_match_and_a_rerun_skips_done_files(runs):
     def records(out: Path) -> dict:
         lines = manifest_path(out).read_text().splitlines()
@@ -120,7 +131,7 @@ def test_manifest_records_match_and_a_rerun_skips_done_files(runs):
     code = run_with_ray(runs["src"], remote, runs["config"], actors=2)
     rep = report(remote)
     assert code == 1  # the two bad files are tried again, and fail again
-    assert rep["counts"]["skipped_up_to_date"] == 7 and rep["counts"]["done"] == 0 and rep["counts"]["failed"] == 2
+    assert rep["counts"]["skipped_up_to_date"] == 8 and rep["counts"]["done"] == 0 and rep["counts"]["failed"] == 2
     assert {rel: (remote / rel).stat().st_mtime_ns for rel in outputs(remote)} == stamps
 
 
