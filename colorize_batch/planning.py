@@ -229,8 +229,8 @@ def plan_run(
             key = str(page_dest)
             if key in claimed:
                 other = Path(claimed[key])
-                way = ("rename one or use --format same" if config.output.format != "same" and other.suffix.lower() != item.source.suffix.lower()
-                       else "rename one")
+                way = ("rename one or use --format same" if config.output.format != "same" and other.suffix != item.source.suffix
+                       else "rename one")  # a.jpg and a.JPG keep their names apart with --format same
                 plan.problems.append((str(item.source), f"output {page_dest} is also the output of {claimed[key]}; not overwritten ({way})"))
                 continue
             claimed[key] = str(item.source)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,13 @@ def test_a_collision_suggests_format_same_only_where_it_helps(tmp_path, run_cli)
     save(src / "a.jpg", Image.fromarray(grey_image(32, 24, seed=1)))
     result = run_cli("run", src, tmp_path / "out", "--format", "png", expect=ExitCode.FAILED)
     assert "rename one or use --format same" in result.output
+    save(src / "c.jpg", Image.fromarray(grey_image(32, 24, seed=5)))
+    save(src / "c.JPG", Image.fromarray(grey_image(32, 24, seed=6)))  # suffixes apart by case only: --format same helps too
+    result = run_cli("run", src, tmp_path / "out", "--format", "png", expect=ExitCode.FAILED)
+    assert re.search(r"c\.png is also the output of \S*c\.(jpg|JPG); not overwritten \(rename one or use --format same\)",
+                     " ".join(result.output.split())), result.output
+    (src / "c.jpg").unlink()
+    (src / "c.JPG").unlink()
 
     pages = [Image.fromarray(grey_image(32, 24, seed=s)) for s in (2, 3)]
     save(src / "b.tif", pages[0], save_all=True, append_images=pages[1:])
