@@ -651,7 +651,8 @@ def _suggestion_warning(state: RunState, suggester: Suggester | None) -> str | N
     """A header line when the suggestions' weights are not the ones that made the photos."""
     if suggester is None:
         return None
-    other = sum(1 for rec in state.records if rec.status is Status.DONE and rec.model != suggester.model_sha256)
+    other = sum(1 for rec in state.records if rec.status is Status.DONE and rec.model != suggester.model_sha256
+                and not (rec.automatic and rec.automatic == suggester.automatic_sha256))  # same automatic model: same colours
     if not other:
         return None
     return (f"The suggested colours come from other weights (sha256 {suggester.model_sha256[:12]}) than the ones that made "

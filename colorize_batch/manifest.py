@@ -230,11 +230,23 @@ def fingerprint(path: Path, checksum: bool = False) -> str:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What makes an output current besides its source: model, pixel config, tool version."""
+    """What makes an output current besides its source: model, pixel config, tool version.
+
+    A photo with hints depends on the whole weights file (``model_sha256``); one without hints
+    only on its automatic model (``automatic_sha256``, :func:`~colorize_batch.weights.automatic_sha256`),
+    so a file whose hint branch alone changed leaves the photos without hints up to date.
+    """
 
     model_sha256: str
     config_hash: str
     version: str = __version__
+    automatic_sha256: str = ""  # "": not known (every photo then depends on the whole file)
+
+    def made_by(self, rec: ManifestRecord, hinted: bool) -> bool:
+        """Whether ``rec``'s output came from this model (for a photo with or without hints)."""
+        if rec.model == self.model_sha256:
+            return True
+        return not hinted and bool(self.automatic_sha256) and rec.automatic == self.automatic_sha256
 
 
 class Status(str, Enum):
@@ -277,6 +289,7 @@ class ManifestRecord:
     version: str | None = None  # the tool's
     time: str | None = None  # %Y-%m-%dT%H:%M:%S%z
     reason: str | None = None  # why it failed
+    automatic: str | None = None  # a photo without hints: the sha256 of the weights' automatic model (RunIdentity)
 
     def to_json(self) -> dict[str, Any]:
         rec: dict[str, Any] = {
@@ -286,6 +299,8 @@ class ManifestRecord:
         }
         if self.reason:
             rec["reason"] = self.reason
+        if self.automatic:
+            rec["automatic"] = self.automatic
         return rec
 
     @classmethod
@@ -298,7 +313,7 @@ class ManifestRecord:
         except ValueError:
             return None
         return cls(data["source"], status, *(_text(data.get(k)) for k in (
-            "source_fp", "output", "output_sha256", "model", "config", "version", "time", "reason")))
+            "source_fp", "output", "output_sha256", "model", "config", "version", "time", "reason", "automatic")))
 
 
 def _read_records(path: Path, out_root: Path) -> dict[str, ManifestRecord]:
@@ -341,22 +356,24 @@ class Manifest:
             self.records = _read_records(self.path, self.out_root)
             self.known.update(self.records)
 
-    def is_current(self, source_rel: str, source_fp: str, ident: RunIdentity) -> bool:
+    def is_current(self, source_rel: str, source_fp: str, ident: RunIdentity, *, hinted: bool) -> bool:
+        """Whether the recorded result of ``source_rel`` stands (``hinted``: the photo has a hint file)."""
         rec = self.known.get(source_rel)
         if rec is None or not rec.status.is_kept:
             return False
-        if (rec.source_fp, rec.model, rec.config, rec.version) != (
-            source_fp, ident.model_sha256, ident.config_hash, ident.version,
-        ):
+        if (rec.source_fp, rec.config, rec.version) != (source_fp, ident.config_hash, ident.version):
+            return False
+        if not ident.made_by(rec, hinted):
             return False
         if not rec.status.wrote_output:
             return True
         return rec.output is not None and (self.out_root / rec.output).is_file()
 
     def add(self, source_rel: str, source_fp: str, ident: RunIdentity, status: Status, output_rel: str | None = None,
-            output_sha256: str | None = None, reason: str | None = None) -> None:
+            output_sha256: str | None = None, reason: str | None = None, *, hinted: bool) -> None:
         rec = ManifestRecord(source_rel, Status(status), source_fp, output_rel, output_sha256, ident.model_sha256,
-                             ident.config_hash, ident.version, time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason)
+                             ident.config_hash, ident.version, time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason,
+                             None if hinted else ident.automatic_sha256 or None)
         self.records[source_rel] = rec
         self.known[source_rel] = rec
         try:

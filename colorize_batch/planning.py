@@ -235,7 +235,9 @@ def plan_run(
                 continue
             claimed[key] = str(item.source)
             job = Job(item, page_dest, fp, page, pages, hints)
-            if not force and manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident):
+            current = manifest is not None and ident is not None and manifest.is_current(job.source_key, fp, ident,
+                                                                                          hinted=hints is not None)
+            if current and not force:
                 plan.up_to_date += 1
                 continue
             out_root = out_path if not out_file_mode else page_dest.parent

@@ -143,12 +143,12 @@ class Reviewer:
         if not weights.is_file():
             raise ReviewError(f"{display(weights)}: weights file not found (set model.weights or --weights)")
         sha = file_sha256(weights)
-        self.ident = RunIdentity(sha, config.pixel_hash())
         try:
             device = resolve_device(config.model.device)
             generator, info = load_weights(weights, device, sha)
         except (WeightsError, InferenceError) as exc:
             raise ReviewError(str(exc)) from None
+        self.ident = RunIdentity(sha, config.pixel_hash(), automatic_sha256=info.automatic_sha256)
         problem = check_size(config.model.size, info, "model.size")
         if problem:
             raise ReviewError(problem)
@@ -160,8 +160,8 @@ class Reviewer:
     def settings_mismatch(self) -> str | None:
         """Why accepted photos would not stay up to date: the run used other weights or settings."""
         records = [self.manifest.known.get(files.key) for files in self.site.files]
-        differ = sum(1 for rec in records
-                     if rec is None or (rec.model, rec.config) != (self.ident.model_sha256, self.ident.config_hash))
+        differ = sum(1 for rec in records  # a record without an automatic model's hash is a photo with hints
+                     if rec is None or rec.config != self.ident.config_hash or not self.ident.made_by(rec, rec.automatic is None))
         if not differ:
             return None
         return (f"{differ} of {len(records)} photo(s) were made with other weights or settings than this review's "

@@ -253,6 +253,6 @@ class ResultSink:
             written = result.output if result.status.wrote_output else None
             out_rel = str(written.relative_to(self.out_root)) if written is not None else None
             self.manifest.add(job.source_key, job.fingerprint, self.ident, result.status, out_rel, result.sha256,
-                              result.reason)
+                              result.reason, hinted=job.hints is not None)
         if self.progress is not None:
             self.progress.advance()

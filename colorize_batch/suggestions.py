@@ -10,6 +10,7 @@ of each) that the page carries, about 5-7 KB per image.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .decoding import decode
 from .inference import Colorizer, resolve_device
 from .model import EffUNetGenerator
 from .names import display
-from .weights import WeightsError, check_size, file_sha256, load_weights
+from .weights import WeightsError, check_size, file_sha256, load_weights, read_weights_info
 
 log = logging.getLogger("colorize_batch")
 
@@ -175,6 +176,14 @@ class Suggester:
                 log.info("suggested colours: %s has no colour bins, none offered", self.model.weights.name)
             self._loaded = True
         return self._colorizer
+
+    @functools.cached_property
+    def automatic_sha256(self) -> str:
+        """The sha256 of the weights' automatic model (the part suggestions come from), "" if it does not load."""
+        try:
+            return read_weights_info(self.model.weights, self.model_sha256).automatic_sha256
+        except WeightsError:
+            return ""
 
     def key(self) -> dict:
         """What a cached grid must carry to be this suggester's."""

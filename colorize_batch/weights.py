@@ -9,6 +9,8 @@ from the file alone. Files load with ``torch.load(weights_only=True)``: no pickl
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import warnings
@@ -23,7 +25,7 @@ from .model import FAMILIES, PRESETS, EffUNetConfig, EffUNetGenerator, UNetConfi
 from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .safe_files import atomic_write_with, file_sha256
 
-__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "check_size", "describe_weights", "file_sha256",
+__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "automatic_sha256", "check_size", "describe_weights", "file_sha256",
            "load_weights", "save_weights", "torch_save_atomic"]
 
 FORMAT = "colorize-batch-weights/1"
@@ -39,6 +41,7 @@ class WeightsInfo:
     sha256: str
     architecture: UNetConfig | EffUNetConfig
     provenance: dict = field(default_factory=dict)
+    automatic_sha256: str = ""  # of the automatic model alone (:func:`automatic_sha256`)
 
     @property
     def model_id(self) -> str:
@@ -111,6 +114,29 @@ def _read_payload(path: Path, sha256: str | None) -> tuple[dict, str]:
     return payload, sha256
 
 
+HINT_PARTS = ("hints.", "guide.")  # state-dict prefixes of the parts that only photos with hint points use
+
+
+def automatic_sha256(payload: dict) -> str:
+    """sha256 of everything in a weights file that a photo without hints depends on: the family,
+    the architecture without its hint branch and guide, the Lab normalisation and every tensor but
+    the hint branch's and the guide's. Those parts are bias-free or run only for photos with hint
+    points (model.HintBranch, model.GuideEncoder), so two files that differ only there colour a
+    photo without hints bit for bit alike: a retrained hint branch leaves such photos current."""
+    architecture = dict(payload.get("architecture") or {})
+    for key, absent in (("hint_channels", []), ("guide", False)):
+        if key in architecture:
+            architecture[key] = absent
+    digest = hashlib.sha256(json.dumps({"family": payload.get("family", "unet"), "architecture": architecture,
+                                        "normalization": payload.get("normalization")}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted((payload.get("state_dict") or {}).items()):
+        if name.startswith(HINT_PARTS) or not isinstance(tensor, torch.Tensor):
+            continue
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _mismatch(path: Path, exc: Exception) -> WeightsError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return WeightsError(f"{path}: weights do not match the model code ({first})")
@@ -122,7 +148,8 @@ def _info(path: Path, payload: dict, sha256: str) -> WeightsInfo:
         config = cast("type[UNetConfig | EffUNetConfig]", config_type).from_dict(payload["architecture"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise _mismatch(path, exc) from None
-    return WeightsInfo(path=path, sha256=sha256, architecture=config, provenance=payload.get("provenance", {}))
+    return WeightsInfo(path=path, sha256=sha256, architecture=config, provenance=payload.get("provenance", {}),
+                       automatic_sha256=automatic_sha256(payload))
 
 
 def read_weights_info(path: str | os.PathLike, sha256: str | None = None) -> WeightsInfo:

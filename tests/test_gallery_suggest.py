@@ -127,9 +127,13 @@ def test_gallery_command_carries_keeps_and_reuses_suggestions(tmp_path, tiny_wei
     # A photo made by other weights: said in the header.
     lines = manifest_path(out).read_text(encoding="utf-8").splitlines()
     record = json.loads(lines[0])
-    record["model"] = "00" * 32
+    record["model"] = "00" * 32  # another file with the same automatic model (another hint branch): the same colours
     manifest_path(out).write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n", encoding="utf-8")
     html = (gallery_dir(out) / "index.html")
+    assert runner.invoke(main, ["gallery", str(out)], catch_exceptions=False).exit_code == 0
+    assert "other weights" not in html.read_text(encoding="utf-8")
+    record["automatic"] = "11" * 32
+    manifest_path(out).write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n", encoding="utf-8")
     assert runner.invoke(main, ["gallery", str(out)], catch_exceptions=False).exit_code == 0
     assert "The suggested colours come from other weights" in html.read_text(encoding="utf-8")
     assert "than the ones that made 1 of these photos" in html.read_text(encoding="utf-8")

@@ -116,3 +116,43 @@ def test_hints_travel_to_ray_actors_losslessly():
     hints = parse_hints({"points": [{"x": 0.1, "y": 0.9, "color": "#123456", "radius": 0.05}], "global": {"tint": "#704214"}})
     assert Hints.from_json(hints.to_json()) == hints
     assert Hints.from_json(Hints().to_json()) == Hints()
+
+
+def test_a_retrained_hint_branch_redoes_only_the_photos_with_hints(tmp_path, run_cli, hint_weights):
+    """The manifest keys a photo without hints to the weights' automatic model alone: a new file
+    that differs only in its hint branch (a retrained branch, the same automatic colours bit for
+    bit) leaves those photos up to date and redoes the hinted ones; any other change redoes all."""
+    from colorize_batch.manifest import manifest_path
+    from colorize_batch.weights import load_weights, read_weights_info
+
+    tree(tmp_path / "in")
+    hint_file(tmp_path / "in" / "a.hints.json")
+    out = tmp_path / "out"
+    args = ("--size", "64", "--workers", "0")
+    run_cli("run", tmp_path / "in", out, "--weights", hint_weights, *args, expect=0)
+    first = {rel: pixels(out / rel) for rel in ("a.png", "sub/b.png", "c.png")}
+
+    net, info = load_weights(hint_weights)
+    with torch.no_grad():
+        net.hints.to_logits.weight.mul_(-1.5)  # "retrained": another hint branch, the same automatic model
+    branch = save_weights(tmp_path / "branch.pt", net, info.provenance)
+    assert read_weights_info(branch).sha256 != info.sha256
+    assert read_weights_info(branch).automatic_sha256 == info.automatic_sha256
+    run_cli("run", tmp_path / "in", out, "--weights", branch, *args, expect=0)
+    rep = last_run(out)
+    assert rep["counts"]["done"] == 1 and rep["counts"]["skipped_up_to_date"] == 2  # a.png alone: it has hints
+    assert not np.array_equal(first["a.png"], pixels(out / "a.png"))
+    records = {r["source"]: r for r in map(json.loads, manifest_path(out).read_text().splitlines())}
+    assert records["a.png"]["model"] == read_weights_info(branch).sha256 and "automatic" not in records["a.png"]
+    assert records["c.png"]["automatic"] == info.automatic_sha256
+    fresh = tmp_path / "fresh"  # the photos it left alone are what the new file makes of them
+    run_cli("run", tmp_path / "in", fresh, "--weights", branch, *args, expect=0)
+    for rel in ("sub/b.png", "c.png"):
+        assert np.array_equal(pixels(fresh / rel), pixels(out / rel)) and np.array_equal(first[rel], pixels(out / rel))
+
+    with torch.no_grad():
+        next(p for name, p in net.named_parameters() if not name.startswith("hints.")).add_(0.01)
+    base = save_weights(tmp_path / "base.pt", net, info.provenance)  # the automatic model changed too
+    assert read_weights_info(base).automatic_sha256 != info.automatic_sha256
+    run_cli("run", tmp_path / "in", out, "--weights", base, *args, expect=0)
+    assert last_run(out)["counts"]["done"] == 3

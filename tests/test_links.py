@@ -135,7 +135,7 @@ def test_a_manifest_linked_during_a_run_is_not_appended_through(tmp_path, foreig
     (out / STATE_DIR).mkdir(parents=True)
     manifest.path.symlink_to(foreign / "victim.txt")
     before = snapshot(foreign)
-    manifest.add("a.png", "size=1", RunIdentity("m", "c"), "done", "a.png")
+    manifest.add("a.png", "size=1", RunIdentity("m", "c"), "done", "a.png", hinted=False)
     manifest.close()
     assert manifest.append_failed and snapshot(foreign) == before
 

@@ -21,8 +21,8 @@ def test_source_keys_parse_back_to_path_and_page():
 def test_manifest_records_round_trip_and_unknown_statuses_are_redone(tmp_path, caplog):
     ident = RunIdentity("m" * 64, "c" * 16)
     manifest = Manifest(tmp_path)
-    manifest.add("a.png", "size=1", ident, Status.DONE, "a.png", "s" * 64)
-    manifest.add("b.png", "size=2", ident, Status.FAILED, reason="cannot decode")
+    manifest.add("a.png", "size=1", ident, Status.DONE, "a.png", "s" * 64, hinted=False)
+    manifest.add("b.png", "size=2", ident, Status.FAILED, reason="cannot decode", hinted=False)
     manifest.close()
     lines = manifest_path(tmp_path).read_text(encoding="utf-8").splitlines()
     first = json.loads(lines[0])
@@ -35,7 +35,7 @@ def test_manifest_records_round_trip_and_unknown_statuses_are_redone(tmp_path, c
     assert isinstance(rec, ManifestRecord) and rec.status is Status.DONE and rec.output == "a.png"
     assert ManifestRecord.from_json(rec.to_json()) == rec
     assert again.outputs() == {"a.png"}
-    assert not again.is_current("b.png", "size=2", ident)  # a failure is retried
+    assert not again.is_current("b.png", "size=2", ident, hinted=False)  # a failure is retried
 
 
 def test_run_reports_round_trip_with_the_status_words_as_counters(tmp_path):
