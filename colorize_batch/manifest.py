@@ -18,6 +18,7 @@ finish, so an interrupted run loses nothing it completed; the file is compacted 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -365,6 +366,10 @@ class Manifest:
             return False
         if not ident.made_by(rec, hinted):
             return False
+        if not hinted and rec.automatic is None and ident.automatic_sha256 and source_rel in self.records:
+            # current by the file's sha256, recorded before records named the automatic model: it gains
+            # it (saved when the manifest is compacted), so a later file with another hint branch finds it current
+            self.records[source_rel] = self.known[source_rel] = dataclasses.replace(rec, automatic=ident.automatic_sha256)
         if not rec.status.wrote_output:
             return True
         return rec.output is not None and (self.out_root / rec.output).is_file()

@@ -131,6 +131,10 @@ def test_a_retrained_hint_branch_redoes_only_the_photos_with_hints(tmp_path, run
     args = ("--size", "64", "--workers", "0")
     run_cli("run", tmp_path / "in", out, "--weights", hint_weights, *args, expect=0)
     first = {rel: pixels(out / rel) for rel in ("a.png", "sub/b.png", "c.png")}
+    lines = [json.loads(line) for line in manifest_path(out).read_text().splitlines()]  # as an older version wrote it:
+    manifest_path(out).write_text("".join(json.dumps({k: v for k, v in r.items() if k != "automatic"}) + "\n" for r in lines))
+    run_cli("run", tmp_path / "in", out, "--weights", hint_weights, *args, expect=0)  # nothing to do, the records gain it
+    assert last_run(out)["counts"]["done"] == 0
 
     net, info = load_weights(hint_weights)
     with torch.no_grad():
