@@ -242,13 +242,14 @@ def plan_run(
                 continue
             out_root = out_path if not out_file_mode else page_dest.parent
             problem = target_problem(page_dest, item.source, out_root, _relative(page_dest, out_root) in known_outputs,
-                                     overwrite_foreign)
+                                     overwrite_foreign, may_be_copy=copies)
             if problem:
                 plan.problems.append((str(item.source), problem))
                 continue
             if copies and job.copy_output != page_dest:  # checked like the output: it is written only if the input is in colour
                 job.copy_problem = target_problem(job.copy_output, item.source, out_root,
-                                                  _relative(job.copy_output, out_root) in known_outputs, overwrite_foreign)
+                                                  _relative(job.copy_output, out_root) in known_outputs, overwrite_foreign,
+                                                  may_be_copy=True)
             plan.jobs.append(job)
     return plan
 

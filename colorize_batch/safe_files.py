@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import hashlib
 import os
 import stat
@@ -166,6 +167,15 @@ def same_file(path: Path, other: Path) -> bool:
         return False
 
 
+def same_bytes(path: Path, other: Path) -> bool:
+    """Whether the regular files ``path`` and ``other`` hold the same bytes (links not followed)."""
+    try:
+        a, b = os.lstat(path), os.stat(other)
+        return stat.S_ISREG(a.st_mode) and a.st_size == b.st_size and filecmp.cmp(path, other, shallow=False)
+    except OSError:
+        return False
+
+
 def _is_the_input(dest: Path) -> str:
     return f"output {display(dest)} is the input file itself; never overwritten"
 
@@ -180,11 +190,15 @@ def leads_outside(folder: Path, root: Path) -> bool:
     return not _within(os.path.realpath(folder), os.path.realpath(root))
 
 
-def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool, overwrite_foreign: bool) -> str | None:
+def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool, overwrite_foreign: bool,
+                   may_be_copy: bool = False) -> str | None:
     """Why ``dest`` must not be written, or ``None``. Never an input; never through a symlink
     leading out of OUT; never over a file this tool did not write (unless allowed).
 
-    ``known_output``: the manifest records ``dest`` as this tool's output.
+    ``known_output``: the manifest records ``dest`` as this tool's output. ``may_be_copy``: this
+    tool copies colour inputs there (``input.color_inputs: copy``); a copy carries no mark, so a
+    file with exactly ``source``'s bytes counts as this tool's (a killed run wrote it and never
+    recorded it; replacing it loses nothing: the same bytes are the input).
     """
     if same_file(dest, source):
         return _is_the_input(dest)
@@ -192,7 +206,8 @@ def target_problem(dest: Path, source: Path, out_root: Path, known_output: bool,
         return f"output folder {display(dest.parent)} leads outside the output folder (symlink); not written through"
     if os.path.islink(dest):
         return f"output {display(dest)} is a symlink; not replaced"
-    if os.path.lexists(dest) and not overwrite_foreign and not known_output and not is_own_output(dest):
+    if (os.path.lexists(dest) and not overwrite_foreign and not known_output and not is_own_output(dest)
+            and not (may_be_copy and same_bytes(dest, source))):
         return (f"{display(dest)} already exists and was not written by colorize-batch; not replaced "
                 "(--force or output.overwrite: foreign replaces it)")
     return None

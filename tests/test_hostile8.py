@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import grey_image, save
 from PIL import Image
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
@@ -82,6 +83,29 @@ def test_a_colour_copy_under_another_format_never_replaces_a_foreign_file(tmp_pa
     result = run_cli("run", src, out, "--format", "png", "--color-inputs", "copy", "--workers", "0", "--force", expect=0)
     assert foreign.read_bytes() == (src / "colour.jpg").read_bytes()  # --force replaces it, as it does any output
     run_cli("run", src, out, "--format", "png", "--color-inputs", "copy", "--workers", "0", expect=0)  # its own copy now
+
+
+@pytest.mark.parametrize("fmt", ["png", "same"])
+def test_a_colour_copy_a_killed_run_never_recorded_is_still_its_own(tmp_path, run_cli, fmt):
+    """A copy carries no mark: killed between writing it and recording it (SIGKILL, power loss), a
+    run left a file that every later run called foreign (exit 1 until --force). A file with exactly
+    the input's bytes is that copy; replacing it loses nothing."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    rgb = np.stack([grey_image(seed=1), np.full((64, 96), 200, np.uint8), np.full((64, 96), 30, np.uint8)], -1)
+    save(src / "colour.jpg", Image.fromarray(rgb))
+    save(src / "grey.png", Image.fromarray(grey_image()))
+    args = ("--format", fmt, "--color-inputs", "copy", "--workers", "0")
+    run_cli("run", src, out, *args, expect=0)
+    assert (out / "colour.jpg").read_bytes() == (src / "colour.jpg").read_bytes()
+    for manifest in state_dir(out).glob("manifest*.jsonl"):
+        manifest.unlink()  # what the kill left: the files, not their records
+    result = run_cli("run", src, out, *args, expect=0)
+    assert "not written by colorize-batch" not in result.output
+    assert (out / "colour.jpg").read_bytes() == (src / "colour.jpg").read_bytes()
+    (out / "colour.jpg").write_bytes((src / "colour.jpg").read_bytes()[:-1] + b"\0")  # not the input's bytes: foreign
+    for manifest in state_dir(out).glob("manifest*.jsonl"):
+        manifest.unlink()
+    assert run_cli("run", src, out, *args).exit_code == ExitCode.FAILED
 
 
 # ----------------------------------------------------------------------------- shards and TIFF pages
