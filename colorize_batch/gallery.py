@@ -59,11 +59,13 @@ from PIL import Image, ImageOps
 from . import __version__
 from .decoding import ALPHA_MODES, GREY_16_MODES, to_8bit
 from .hints import BUNDLE_FORMAT, HintError, hints_path_for, locate, read_editor_document, safe_relative
-from .manifest import REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, refuse_links, report_path
+from .manifest import (REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, refuse_links, report_path,
+                       shard_report_paths)
 from .names import display
 from .planning import parse_source_key
 from .reporting import RunReport
 from .safe_files import atomic_write, atomic_write_text
+from .sharding import ShardError, merge_reports
 from .suggestions import Suggester, SuggestionSource
 
 log = logging.getLogger("colorize_batch")
@@ -529,16 +531,21 @@ def _with_suffix(rel: str, suffix: str) -> str:
 
 def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) -> RunState:
     """The manifest, the last report, the source and hints folders (see :func:`collect_site`)."""
-    manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add()
-    if not manifest.path.is_file():
+    manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add(); shards' manifests too
+    if not manifest.known:
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path, out_dir)
+    if last_run is None and shard_report_paths(out_dir):  # an OUT made by --shard runs: their reports, merged
+        try:
+            last_run, last_run_path = merge_reports(out_dir), shard_report_paths(out_dir)[-1]
+        except ShardError as exc:
+            log.warning("gallery: ignoring the shard reports: %s", exc)
     src_root, src_warning = _source_root(source_dir, last_run)
     if hints_dir is None and last_run and last_run.hints_dir is not None:
         hints_dir = Path(last_run.hints_dir)
     hints_root = Path(hints_dir).resolve() if hints_dir is not None else None
-    return RunState(out_dir, list(manifest.records.values()), last_run_path, last_run, src_root, hints_root,
+    return RunState(out_dir, list(manifest.known.values()), last_run_path, last_run, src_root, hints_root,
                     [src_warning] if src_warning else [])
 
 

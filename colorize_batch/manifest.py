@@ -213,6 +213,17 @@ def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
     return bool(held_lock_tags(out_root, tag))
 
 
+def sharded_job(out_root: Path) -> int | None:
+    """The shard count of the job whose manifests OUT holds, when only ``--shard`` runs of one count
+    made it (``manifest.shard-I-of-N.jsonl`` files and no ``manifest.jsonl``); otherwise ``None``."""
+    folder = state_dir(out_root)
+    if not folder.is_dir() or manifest_path(out_root).exists():
+        return None
+    tags = [p.name[len(MANIFEST_STEM):-len(MANIFEST_SUFFIX)] for p in folder.glob(f"{MANIFEST_STEM}.shard-*{MANIFEST_SUFFIX}")]
+    counts = {_shard_count(tag) for tag in tags}
+    return int(counts.pop()) if len(counts) == 1 and next(iter(counts)).isdigit() else None
+
+
 def _shard_count(tag: str) -> str:
     """The job shape a state tag belongs to: ``""`` for the whole job, ``"N"`` for a shard of N (``.shard-I-of-N``)."""
     return tag.rpartition("-of-")[2] if tag else ""

@@ -62,14 +62,16 @@ from .decoding import to_8bit
 from .encoding import jpeg_from_planes
 from .discovery import WorkItem
 from .exit_codes import ExitCode
-from .gallery import NoManifestError, Site, collect_site, render_page
+from .gallery import ItemFiles, NoManifestError, Site, collect_site, render_page
 from .hints import HintError, Hints, hints_path_for, parse_hints
 from .inference import Colorizer, InferenceError, resolve_device
-from .manifest import LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, fingerprint
+from .manifest import (LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, fingerprint, shard_tag,
+                       sharded_job)
 from .names import display
 from .planning import Job, tiff_page_count, with_hints
 from .recombination import ycbcr_planes
 from .reporting import RunStats
+from .sharding import shard_of
 from .signals import StopFlag
 from .stages import ResultSink, Status, network_hints, network_squares, predict_planes, render_result
 from .suggestions import distinct_colours, swatch_hex
@@ -134,9 +136,11 @@ class Reviewer:
     def __init__(self, out_dir: Path, config: PipelineConfig, source_dir: Path | None = None, workers: int = 2):
         self.out_dir = Path(out_dir).resolve()
         self.config = config
-        self.manifest = Manifest(self.out_dir)
-        if not self.manifest.path.is_file():
+        self.manifest = Manifest(self.out_dir)  # every manifest's records (shards' too); accepted photos are recorded
+        if not self.manifest.known:  # where the run's job shape reads them (:meth:`_manifest_for`)
             raise NoManifestError(f"{display(self.out_dir)}: no finished run here (no {self.manifest.path.name})")
+        self.shards = sharded_job(self.out_dir)
+        self._shard_manifests: dict[str, Manifest] = {}
         self.site: Site = collect_site(self.out_dir, source_dir, workers, config.input.hints_dir)
         self.by_key = {files.key: i for i, files in enumerate(self.site.files)}
         weights = config.model.weights
@@ -169,7 +173,18 @@ class Reviewer:
                 "a photo accepted here would be redone by the next run")
 
     def close(self) -> None:
-        self.manifest.close()
+        for manifest in (self.manifest, *self._shard_manifests.values()):
+            manifest.close()
+
+    def _manifest_for(self, files: ItemFiles) -> Manifest:
+        """Where an accepted photo is recorded: the manifest its run reads it from, the shard's own
+        for an OUT made by ``--shard`` runs (a shard's records override the others' for that shard)."""
+        if self.shards is None:
+            return self.manifest
+        tag = shard_tag(shard_of(str(files.source_rel), self.shards), self.shards)  # as planning's Shard.owns
+        if tag not in self._shard_manifests:
+            self._shard_manifests[tag] = Manifest(self.out_dir, tag)
+        return self._shard_manifests[tag]
 
     # -- lookups: a photo is named by its manifest key, never by a path
 
@@ -289,7 +304,7 @@ class Reviewer:
             job = self._job(index)  # reads the file back as a run does: fingerprint and hints
             ab, cb, cr, _ = predict_planes(self.colorizer, [photo.item], self.config, [job.hints])
             result = render_result(photo.item, ab[0], (cb[0], cr[0]), job, self.config, self.model_id)
-            ResultSink(RunStats(), self.manifest, self.ident, self.out_dir).add(result)
+            ResultSink(RunStats(), self._manifest_for(files), self.ident, self.out_dir).add(result)
             if result.status is not Status.DONE:
                 raise BadRequest(f"{display(files.source_rel.as_posix())}: {result.reason}")
             self.site.refresh(index)
@@ -472,7 +487,7 @@ def run_review(out_dir: Path, config: PipelineConfig, port: int = 0, source_dir:
     """``colorize-batch review``: lock OUT, load, serve; every foreseeable problem is one line and an exit code."""
     out_dir = Path(out_dir)
     try:
-        if not Manifest(out_dir).path.is_file():  # before the lock, which would make OUT/.colorize-batch/
+        if not Manifest(out_dir).known:  # before the lock, which would make OUT/.colorize-batch/; shards' manifests count
             click.echo(f"Error: {display(out_dir)}: no finished run here (no .colorize-batch/manifest.jsonl)", err=True)
             return ExitCode.USAGE
         with RunLock(out_dir), listen(port) as sock:  # a taken port is found before the model loads

@@ -37,7 +37,7 @@ from colorize_batch.cli import main
 from colorize_batch.color import rgb_to_lab
 from colorize_batch.config import load_config
 from colorize_batch.hints import hex_to_ab, parse_hints
-from colorize_batch.manifest import Manifest, RunLock
+from colorize_batch.manifest import Manifest, RunLock, manifest_path, report_path, shard_tag
 from colorize_batch.review import MAX_BODY_BYTES, TOKEN_COOKIE, Reviewer, create_app
 from colorize_batch.suggestions import distinct_colours
 from colorize_batch.safe_files import file_sha256
@@ -225,6 +225,32 @@ def test_run_after_accept_reports_the_photo_up_to_date(reviewed):
     assert counts["done"] == 0 and counts["skipped_up_to_date"] == 3, counts
     assert counts["with_hints"] == 0  # nothing redone: the accepted output stands
     assert file_sha256(out / PLAIN) == accepted
+
+
+def test_review_of_a_sharded_run_records_accepts_where_its_shards_read_them(tmp_path):
+    """An OUT made by --shard runs has only shard manifests: review serves it, and an accepted photo
+    is recorded in the manifest of the shard that owns it, so that shard's next run finds it current."""
+    src, out = tmp_path / "IN", tmp_path / "OUT"
+    names = [f"p{i}.png" for i in range(4)]
+    for i, name in enumerate(names):
+        save(src / name, Image.fromarray(grey_image(160, 120, seed=i)))
+    shards = [("--shard", f"{i}/2") for i in (0, 1)]
+    for shard in shards:
+        assert cli("run", src, out, "--weights", WEIGHTS, "--workers", "0", "-q", *shard)[0] == 0
+    code, output = cli("gallery", out, "--no-suggest")  # the static gallery of a sharded OUT: every shard's photos
+    assert code == 0, output
+    page = (out / ".colorize-batch" / "gallery" / "index.html").read_text(encoding="utf-8")
+    assert all(name in page for name in names) and str(src) in page  # the source folder from the shards' reports
+    with serving(out) as (client, _):
+        assert post(client, "/api/accept", {"key": "p0.png", "points": [HINT]}).status_code == 200
+    accepted = file_sha256(out / "p0.png")
+    assert not manifest_path(out).exists()  # no unsharded manifest: the OUT keeps its one job shape
+    done = 0
+    for i, shard in enumerate(shards):
+        code, output = cli("run", src, out, "--weights", WEIGHTS, "--workers", "0", "-q", *shard)
+        assert code == 0, output
+        done += json.loads(report_path(out, shard_tag(i, 2)).read_text())["counts"]["done"]
+    assert done == 0 and file_sha256(out / "p0.png") == accepted  # nothing redone: the accepted output stands
 
 
 def test_review_of_a_folder_without_a_run(tmp_path):
