@@ -145,8 +145,8 @@ class Suggester:
     decoded as ``run`` decodes them. It is loaded on first need, once: a gallery build whose grids
     are all kept from an earlier one loads none.
 
-    ``model_sha256``, ``size`` and :data:`GRID_VERSION` say which grids are its own (a kept grid
-    made by other weights or at another size is made again). Weights without colour bins (the
+    The automatic model's sha256, ``size`` and :data:`GRID_VERSION` say which grids are its own (a
+    kept grid made by another automatic model or at another size is made again). Weights without colour bins (the
     pix2pix family predicts one colour: nothing to choose from) make no grids.
     """
 
@@ -186,8 +186,9 @@ class Suggester:
             return ""
 
     def key(self) -> dict:
-        """What a cached grid must carry to be this suggester's."""
-        return {"version": GRID_VERSION, "model": self.model_sha256, "size": self.size}
+        """What a cached grid must carry to be this suggester's (grids come from the automatic model:
+        weights that differ only in the hint branch keep them)."""
+        return {"version": GRID_VERSION, "model": self.automatic_sha256 or self.model_sha256, "size": self.size}
 
     def grids(self, sources: Sequence[SuggestionSource]) -> list[dict | None]:
         """Each source's grid (with :meth:`key`), or ``None`` where it cannot be decoded (logged);

@@ -24,6 +24,7 @@ from colorize_batch.examples import grey_photo
 from colorize_batch.hints import hex_to_ab
 from colorize_batch.manifest import gallery_dir, manifest_path
 from colorize_batch.suggestions import GRID_COLOURS, Suggester, SuggestionSource, distinct_colours
+from colorize_batch.weights import load_weights, save_weights
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped weights")
 
@@ -50,7 +51,7 @@ def test_grid_of_a_real_photo(tmp_path, suggester):
     data = grid[0]
     assert data is not None
     assert (data["rows"], data["cols"]) == (11, 16) and len(data["cells"]) == 11 * 16
-    assert (data["model"], data["size"]) == (suggester.model_sha256, 256)
+    assert (data["model"], data["size"]) == (suggester.automatic_sha256, 256)  # the automatic model: its grids
     page_bytes = len(json.dumps({k: data[k] for k in ("rows", "cols", "cells")}, separators=(",", ":")))
     print(f"\nsuggested colours of a 451x300 photo: {page_bytes} bytes of page data")
     assert page_bytes < 10_000
@@ -123,6 +124,12 @@ def test_gallery_command_carries_keeps_and_reuses_suggestions(tmp_path, tiny_wei
     assert result.exit_code == 0 and calls == [2, 0, 1, 2]
     assert runner.invoke(main, ["gallery", str(out), "--size", "128"], catch_exceptions=False).exit_code == 0
     assert calls == [2, 0, 1, 2, 0]
+    net, info = load_weights(DEFAULT_WEIGHTS)  # another hint branch, the same automatic model: the grids stand
+    with torch.no_grad():
+        net.hints.to_logits.weight.mul_(-1.0)
+    branch = save_weights(tmp_path / "branch.pt", net, info.provenance)
+    result = runner.invoke(main, ["gallery", str(out), "--size", "128", "--weights", str(branch)], catch_exceptions=False)
+    assert result.exit_code == 0 and calls == [2, 0, 1, 2, 0, 0], result.output
 
     # A photo made by other weights: said in the header.
     lines = manifest_path(out).read_text(encoding="utf-8").splitlines()
