@@ -59,8 +59,8 @@ from PIL import Image, ImageOps
 from . import __version__
 from .decoding import ALPHA_MODES, GREY_16_MODES, to_8bit
 from .hints import BUNDLE_FORMAT, HintError, hints_path_for, locate, read_editor_document, safe_relative
-from .manifest import (REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, refuse_links, report_path,
-                       shard_report_paths)
+from .manifest import (REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, has_manifest, refuse_links,
+                       report_path, shard_report_paths)
 from .names import display
 from .planning import parse_source_key
 from .reporting import RunReport
@@ -532,7 +532,7 @@ def _with_suffix(rel: str, suffix: str) -> str:
 def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) -> RunState:
     """The manifest, the last report, the source and hints folders (see :func:`collect_site`)."""
     manifest = Manifest(out_dir)  # read only: it opens its file for writing only on add(); shards' manifests too
-    if not manifest.known:
+    if not has_manifest(out_dir):
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path, out_dir)

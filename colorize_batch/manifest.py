@@ -213,6 +213,12 @@ def other_run_holds_a_lock(out_root: Path, tag: str = "") -> bool:
     return bool(held_lock_tags(out_root, tag))
 
 
+def has_manifest(out_root: Path) -> bool:
+    """Whether a run (whole or a shard of one) left a manifest in OUT, even an empty one."""
+    folder = state_dir(out_root)
+    return folder.is_dir() and any(folder.glob(f"{MANIFEST_STEM}*{MANIFEST_SUFFIX}"))
+
+
 def sharded_job(out_root: Path) -> int | None:
     """The shard count of the job whose manifests OUT holds, when only ``--shard`` runs of one count
     made it (``manifest.shard-I-of-N.jsonl`` files and no ``manifest.jsonl``); otherwise ``None``."""

@@ -65,8 +65,8 @@ from .exit_codes import ExitCode
 from .gallery import ItemFiles, NoManifestError, Site, collect_site, render_page
 from .hints import HintError, Hints, hints_path_for, parse_hints
 from .inference import Colorizer, InferenceError, resolve_device
-from .manifest import (LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, fingerprint, shard_tag,
-                       sharded_job)
+from .manifest import (LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, fingerprint, has_manifest,
+                       shard_tag, sharded_job)
 from .names import display
 from .planning import Job, tiff_page_count, with_hints
 from .recombination import ycbcr_planes
@@ -137,7 +137,7 @@ class Reviewer:
         self.out_dir = Path(out_dir).resolve()
         self.config = config
         self.manifest = Manifest(self.out_dir)  # every manifest's records (shards' too); accepted photos are recorded
-        if not self.manifest.known:  # where the run's job shape reads them (:meth:`_manifest_for`)
+        if not has_manifest(self.out_dir):  # where the run's job shape reads them (:meth:`_manifest_for`)
             raise NoManifestError(f"{display(self.out_dir)}: no finished run here (no {self.manifest.path.name})")
         self.shards = sharded_job(self.out_dir)
         self._shard_manifests: dict[str, Manifest] = {}
@@ -487,7 +487,7 @@ def run_review(out_dir: Path, config: PipelineConfig, port: int = 0, source_dir:
     """``colorize-batch review``: lock OUT, load, serve; every foreseeable problem is one line and an exit code."""
     out_dir = Path(out_dir)
     try:
-        if not Manifest(out_dir).known:  # before the lock, which would make OUT/.colorize-batch/; shards' manifests count
+        if not has_manifest(out_dir):  # before the lock, which would make OUT/.colorize-batch/; shards' manifests count
             click.echo(f"Error: {display(out_dir)}: no finished run here (no .colorize-batch/manifest.jsonl)", err=True)
             return ExitCode.USAGE
         with RunLock(out_dir), listen(port) as sock:  # a taken port is found before the model loads
