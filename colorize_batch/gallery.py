@@ -536,9 +536,10 @@ def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) 
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path, out_dir)
-    if last_run is None and shard_report_paths(out_dir):  # an OUT made by --shard runs: their reports, merged
+    shard_reports = shard_report_paths(out_dir) if last_run is None else []
+    if shard_reports:  # an OUT made by --shard runs: their reports, merged
         try:
-            last_run, last_run_path = merge_reports(out_dir), shard_report_paths(out_dir)[-1]
+            last_run, last_run_path = merge_reports(out_dir), shard_reports[-1]
         except ShardError as exc:
             log.warning("gallery: ignoring the shard reports: %s", exc)
     src_root, src_warning = _source_root(source_dir, last_run)

@@ -66,7 +66,7 @@ from .gallery import ItemFiles, NoManifestError, Site, collect_site, render_page
 from .hints import HintError, Hints, hints_path_for, parse_hints
 from .inference import Colorizer, InferenceError, resolve_device
 from .manifest import (LockedError, Manifest, RunIdentity, RunLock, StateError, StateLinkError, fingerprint, has_manifest,
-                       shard_tag, sharded_job)
+                       manifest_path, shard_tag, sharded_job)
 from .names import display
 from .planning import Job, tiff_page_count, with_hints
 from .recombination import ycbcr_planes
@@ -136,9 +136,9 @@ class Reviewer:
     def __init__(self, out_dir: Path, config: PipelineConfig, source_dir: Path | None = None, workers: int = 2):
         self.out_dir = Path(out_dir).resolve()
         self.config = config
-        self.manifest = Manifest(self.out_dir)  # every manifest's records (shards' too); accepted photos are recorded
-        if not has_manifest(self.out_dir):  # where the run's job shape reads them (:meth:`_manifest_for`)
-            raise NoManifestError(f"{display(self.out_dir)}: no finished run here (no {self.manifest.path.name})")
+        if not has_manifest(self.out_dir):
+            raise NoManifestError(f"{display(self.out_dir)}: no finished run here (no {manifest_path(self.out_dir).name})")
+        self.manifest = Manifest(self.out_dir)  # every manifest's records, shards' too (accepts: :meth:`_manifest_for`)
         self.shards = sharded_job(self.out_dir)
         self._shard_manifests: dict[str, Manifest] = {}
         self.site: Site = collect_site(self.out_dir, source_dir, workers, config.input.hints_dir)

@@ -39,7 +39,7 @@ from .sharding import Shard
 from .signals import StopFlag
 from .safe_files import clean_stale_temps, file_sha256
 from .stages import ResultSink
-from .weights import WeightsError, WeightsInfo, check_size, read_weights_info
+from .weights import WeightsError, WeightsInfo, automatic_sha256_of, check_size
 
 log = logging.getLogger("colorize_batch")
 
@@ -102,7 +102,7 @@ def run_pipeline(in_path: Path, out_path: Path, config: PipelineConfig, force: b
     except (EngineError, InferenceError) as exc:
         return _usage(str(exc))
     single = in_path.is_file()
-    ident = RunIdentity(weights_sha256, config.pixel_hash(), automatic_sha256=automatic_part(weights_path, weights_sha256))
+    ident = RunIdentity(weights_sha256, config.pixel_hash(), automatic_sha256=automatic_sha256_of(weights_path, weights_sha256))
     tag = shard.tag if shard else ""
     if shard is not None:
         log.info("shard %d of %d (0-based, from %s)", shard.index, shard.count, shard.source)
@@ -150,15 +150,6 @@ def _print_dry_run(plan: Plan) -> int:
         click.echo(f"would fail {display(path)}: {reason}")
     click.echo(f"dry run: {len(plan.jobs)} to colorize, {plan.up_to_date} up to date, {len(plan.problems)} problems; nothing written")
     return ExitCode.OK
-
-
-def automatic_part(weights: Path, sha256: str) -> str:
-    """The sha256 of the weights' automatic model (what photos without hints depend on, see
-    :class:`RunIdentity`); "" for a file that does not load (the engine reports it, if it must load it)."""
-    try:
-        return read_weights_info(weights, sha256).automatic_sha256
-    except WeightsError:
-        return ""
 
 
 class _Run:

@@ -26,7 +26,7 @@ from .decoding import decode
 from .inference import Colorizer, resolve_device
 from .model import EffUNetGenerator
 from .names import display
-from .weights import WeightsError, check_size, file_sha256, load_weights, read_weights_info
+from .weights import WeightsError, automatic_sha256_of, check_size, file_sha256, load_weights
 
 log = logging.getLogger("colorize_batch")
 
@@ -180,10 +180,7 @@ class Suggester:
     @functools.cached_property
     def automatic_sha256(self) -> str:
         """The sha256 of the weights' automatic model (the part suggestions come from), "" if it does not load."""
-        try:
-            return read_weights_info(self.model.weights, self.model_sha256).automatic_sha256
-        except WeightsError:
-            return ""
+        return automatic_sha256_of(self.model.weights, self.model_sha256)
 
     def key(self) -> dict:
         """What a cached grid must carry to be this suggester's (grids come from the automatic model:

@@ -25,8 +25,8 @@ from .model import FAMILIES, PRESETS, EffUNetConfig, EffUNetGenerator, UNetConfi
 from .reading import WEIGHTS_LIMIT, FileLimitError, open_user_file
 from .safe_files import atomic_write_with, file_sha256
 
-__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "automatic_sha256", "check_size", "describe_weights", "file_sha256",
-           "load_weights", "save_weights", "torch_save_atomic"]
+__all__ = ["FORMAT", "WeightsError", "WeightsInfo", "WeightsSummary", "automatic_sha256", "automatic_sha256_of", "check_size",
+           "describe_weights", "file_sha256", "load_weights", "save_weights", "torch_save_atomic"]
 
 FORMAT = "colorize-batch-weights/1"
 
@@ -150,6 +150,15 @@ def _info(path: Path, payload: dict, sha256: str) -> WeightsInfo:
         raise _mismatch(path, exc) from None
     return WeightsInfo(path=path, sha256=sha256, architecture=config, provenance=payload.get("provenance", {}),
                        automatic_sha256=automatic_sha256(payload))
+
+
+def automatic_sha256_of(path: str | os.PathLike, sha256: str | None = None) -> str:
+    """The :func:`automatic_sha256` of a weights file, "" for one that does not load (whoever must
+    load it reports why)."""
+    try:
+        return read_weights_info(path, sha256).automatic_sha256
+    except WeightsError:
+        return ""
 
 
 def read_weights_info(path: str | os.PathLike, sha256: str | None = None) -> WeightsInfo:
