@@ -33,20 +33,20 @@ lint: install
 	$(BIN)/mypy colorize_batch
 
 train: install  ## reproduce the shipped default weights (effnet-lite0 + hint branch: six stages and a weight average, about 3.7 h on 2 idle CPU cores)
-	$(BIN)/colorize-batch train --config effnet-stage1.yaml --out runs/eff-s1
-	$(BIN)/colorize-batch train --init runs/eff-s1/generator.pt --config effnet-stage2.yaml --out runs/eff-s2
-	$(BIN)/colorize-batch train --init runs/eff-s2/generator.pt --config effnet-campaign.yaml --out runs/eff-s4
-	$(BIN)/colorize-batch train --init runs/eff-s4/generator.pt --config effnet-hints.yaml --out runs/eff-hints
+	$(BIN)/colorize-batch train --config recipes/effnet-stage1.yaml --out runs/eff-s1
+	$(BIN)/colorize-batch train --init runs/eff-s1/generator.pt --config recipes/effnet-stage2.yaml --out runs/eff-s2
+	$(BIN)/colorize-batch train --init runs/eff-s2/generator.pt --config recipes/effnet-campaign.yaml --out runs/eff-s4
+	$(BIN)/colorize-batch train --init runs/eff-s4/generator.pt --config recipes/effnet-hints.yaml --out runs/eff-hints
 	$(BIN)/colorize-batch export runs/eff-hints runs/eff-s5.pt
-	$(BIN)/colorize-batch train --init runs/eff-s5.pt --config effnet-soup-ingredient.yaml --out runs/eff-s6
+	$(BIN)/colorize-batch train --init runs/eff-s5.pt --config recipes/effnet-soup-ingredient.yaml --out runs/eff-s6
 	$(BIN)/python benchmarks/soup.py runs/eff-s5.pt runs/eff-s6/generator.pt --out runs/eff-soup.pt --name colorize-effnet-lite0
-	$(BIN)/colorize-batch train --init runs/eff-soup.pt --config effnet-hints-refit.yaml --out runs/eff-hints7
+	$(BIN)/colorize-batch train --init runs/eff-soup.pt --config recipes/effnet-hints-refit.yaml --out runs/eff-hints7
 	$(BIN)/colorize-batch export runs/eff-hints7 weights/colorize-effnet-lite0.pt
 
 train-lite: install  ## reproduce the previous default, colorize-lite.pt (three stages, about 2 hours)
 	$(BIN)/colorize-batch train --out runs/lite-v1
-	$(BIN)/colorize-batch train --init runs/lite-v1/generator.pt --config finetune.yaml --out runs/lite-ft
-	$(BIN)/colorize-batch train --init runs/lite-ft/generator.pt --config finetune256.yaml --out runs/lite-ft256
+	$(BIN)/colorize-batch train --init runs/lite-v1/generator.pt --config recipes/finetune.yaml --out runs/lite-ft
+	$(BIN)/colorize-batch train --init runs/lite-ft/generator.pt --config recipes/finetune256.yaml --out runs/lite-ft256
 	$(BIN)/colorize-batch export runs/lite-ft256 weights/colorize-lite.pt
 
 eval: install  ## score the shipped weights on the shared validation photos

@@ -9,12 +9,12 @@ data. Each run is the project's own :class:`colorize_batch.train.Trainer` (model
 optimiser, export); this file only feeds them.
 
 A second phase (``--hint-minutes``) trains each run's colour-hint branch on top of its new
-automatic model (the run's hint config: ``freeze_base``, as ``effnet-hints.yaml``), so the
+automatic model (the run's hint config: ``freeze_base``, as ``recipes/effnet-hints.yaml``), so the
 weights that come out serve both.
 
     python benchmarks/campaign.py --minutes 6 --hint-minutes 1.5 --export $OUT \\
-        --run base effnet-gpu.yaml weights/colorize-effnet-lite0.pt effnet-gpu-hints.yaml \\
-        --run wide effnet-gpu-wide.yaml encoder:weights/colorize-effnet-lite0.pt effnet-gpu-wide-hints.yaml
+        --run base recipes/effnet-gpu.yaml weights/colorize-effnet-lite0.pt recipes/effnet-gpu-hints.yaml \\
+        --run wide recipes/effnet-gpu-wide.yaml encoder:weights/colorize-effnet-lite0.pt recipes/effnet-gpu-wide-hints.yaml
 
 INIT is a weights file of the run's architecture, or ``encoder:FILE`` to take only the encoder
 (ImageNet-then-colour trained) from FILE and start the rest as built.

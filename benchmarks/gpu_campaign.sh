@@ -40,8 +40,8 @@ device)
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc; df -h /dev/shm | tail -1
     python3 benchmarks/campaign.py --minutes "${MINUTES:-7}" --hint-minutes "${HINT_MINUTES:-1.4}" \
         --export "$OUT" --out /tmp/runs --workers "${WORKERS:-14}" \
-        --run base effnet-gpu.yaml weights/colorize-effnet-lite0.pt effnet-gpu-hints.yaml \
-        --run wide effnet-gpu-wide.yaml encoder:weights/colorize-effnet-lite0.pt effnet-gpu-wide-hints.yaml \
+        --run base recipes/effnet-gpu.yaml weights/colorize-effnet-lite0.pt recipes/effnet-gpu-hints.yaml \
+        --run wide recipes/effnet-gpu-wide.yaml encoder:weights/colorize-effnet-lite0.pt recipes/effnet-gpu-wide-hints.yaml \
         2>&1 | tee "$OUT/campaign.log"
     cat /tmp/runs/*/train_log.jsonl > "$OUT/train_logs.jsonl"
     ;;

@@ -4,7 +4,7 @@ A device machine receives at most 64 MiB with the working tree, and ``../shared/
 is 200 MB of JPEGs. This writes the same folders (``scenes``, ``objects``, ...) as WebP at
 ``--quality``, shrunk so the short side is at most ``--side`` (never enlarged), so the
 ``train`` configs only change their data paths. It is what the GPU campaign of issue 24 trained
-on (``effnet-gpu.yaml``). Files are processed in sorted order; ``--limit ROOT=N`` keeps the
+on (``recipes/effnet-gpu.yaml``). Files are processed in sorted order; ``--limit ROOT=N`` keeps the
 first N of a folder (after a seeded shuffle), to fit the budget.
 
     python benchmarks/pack_train.py ../shared/data/train .pack/train --side 176 --limit scenes=4000
