@@ -68,7 +68,11 @@ def _array_image(array: np.ndarray) -> Image.Image:
 def _decoded(image: ImageSource, size: int, max_pixels: int) -> Decoded:
     """The image as ``run`` decodes a file; :class:`DecodeError` names the file and the problem."""
     if isinstance(image, Image.Image):
-        return decode_image(image, size)
+        try:
+            return decode_image(image, size)
+        except DecodeError as exc:
+            name = getattr(image, "filename", "")  # an image opened from a file (Image.open) names it
+            raise DecodeError(f"{os.fsdecode(name)}: {exc}" if name else str(exc)) from None
     if isinstance(image, np.ndarray):
         return decode_image(_array_image(image), size)
     if isinstance(image, (str, os.PathLike)):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from .color import rgb_to_lab
 
@@ -91,14 +91,31 @@ def _cmyk_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
-def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float | None]:
-    """Pillow image (already loaded, oriented) -> grey array, bit depth, chroma statistic."""
+def min_is_white(im: Image.Image) -> bool:
+    """Whether ``im`` (as opened, before turning) is a 16-bit grey TIFF stored MinIsWhite (Photometric 0:
+    level 0 is white). Pillow inverts 1- and 8-bit MinIsWhite pages while decoding, 16-bit ones not."""
+    return im.format == "TIFF" and im.mode.startswith("I;16") and getattr(im, "tag_v2", {}).get(262) == 0
+
+
+def grey16(im: Image.Image, inverted: bool = False) -> np.ndarray:
+    """The 16-bit levels of a 16- or 32-bit grey image (modes I;16*, I), ``inverted`` for a MinIsWhite
+    TIFF (:func:`min_is_white`). A 32-bit level outside 0-65535 (a signed TIFF's negatives, a 32-bit
+    integer TIFF's large values) is refused, never clipped: clipped, the photo would come out washed out."""
+    arr = np.asarray(im)
+    if arr.dtype != np.uint16:
+        low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DecodeError(f"integer grey levels {low}..{high} are outside 0-65535 (signed or 32-bit samples)")
+        arr = arr.astype(np.uint16)
+    return 65535 - arr if inverted else arr
+
+
+def _to_grey(im: Image.Image, notes: list[str], inverted: bool = False) -> tuple[np.ndarray, int, float | None]:
+    """Pillow image (already loaded, oriented) -> grey array, bit depth, chroma statistic; ``inverted``:
+    16-bit levels stored MinIsWhite (:func:`min_is_white` of the image as opened)."""
     mode = im.mode
     if mode in GREY_16_MODES:
-        arr = np.asarray(im)
-        if arr.dtype != np.uint16:
-            arr = np.clip(arr, 0, 65535).astype(np.uint16)
-        return arr, 16, None
+        return grey16(im, inverted), 16, None
     if mode == "F":
         return _float_grey(np.asarray(im), notes), 16, None
     if mode == "L":
@@ -324,10 +341,14 @@ def decode_image(im: Image.Image, size: int) -> Decoded:
         raise DecodeError(f"an image of {im.width}x{im.height} pixels: nothing to colorize")
     notes: list[str] = []  # a damaged EXIF block costs the orientation, never the photograph
     orientation = _orientation(_read_exif(im, notes))
-    im.load()
+    inverted = min_is_white(im)
+    try:  # a lazily opened file is read here: a truncated or damaged one fails as decode() fails it
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DecodeError(f"cannot decode: {exc or type(exc).__name__}") from None
     turned_by_pillow = im.format == "TIFF" and 0x0112 not in getattr(im, "tag_v2", {})  # as in _decode
     upright = im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE and not turned_by_pillow else im
-    grey, bits, chroma = _to_grey(upright, notes)
+    grey, bits, chroma = _to_grey(upright, notes, inverted)
     grey = np.array(grey, copy=True, order="C")
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=upright.mode)
 
@@ -339,21 +360,28 @@ ORIENTATION_TRANSPOSE = {
 }
 
 
-def _tiff_upright(path: Path, page: int, orientation: int) -> Image.Image:
-    """An uncompressed TIFF whose Orientation swaps the axes, read raw with tifffile, turned here.
+def scrambled_by_pillow(im: Image.Image) -> bool:
+    """Whether Pillow's own decoder would scramble this TIFF page: uncompressed strips under an
+    Orientation that swaps the axes (Pillow 13 decodes them with the sizes swapped). Compressed ones
+    go through libtiff and come out upright; :func:`libtiff_page` reads these that way too."""
+    if im.format != "TIFF" or getattr(im, "tag_v2", {}).get(259, 1) != 1:
+        return False
+    return _orientation(_read_exif(im, [])) in (5, 6, 7, 8)
 
-    Pillow 13 scrambles exactly these files (it decodes the strips with swapped sizes);
-    compressed ones go through libtiff and come out upright.
-    """
-    import tifffile
 
-    arr = tifffile.imread(path, key=page)
-    if arr.ndim == 3 and arr.shape[2] > 3:
-        arr = arr[..., :3]
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise DecodeError(f"unsupported TIFF sample type {arr.dtype}")
-    im = Image.fromarray(arr)
-    return im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE else im
+def libtiff_page(path: str | os.PathLike, page: int = 0) -> Image.Image:
+    """One page of a TIFF decoded by libtiff (as Pillow decodes compressed TIFFs): loaded and upright,
+    in whatever mode Pillow reads (MinIsWhite, palette, CMYK, alpha, bilevel, 16-bit)."""
+    saved = TiffImagePlugin.READ_LIBTIFF
+    TiffImagePlugin.READ_LIBTIFF = True  # read as each page is set up (open, seek): libtiff decodes every TIFF right
+    try:
+        with Image.open(path) as im:
+            if page:
+                im.seek(page)
+            im.load()
+            return im.copy()
+    finally:
+        TiffImagePlugin.READ_LIBTIFF = saved
 
 
 def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
@@ -377,15 +405,15 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
             if grey is not None:
                 bits, mode, chroma = 8, "L", jpeg_chroma
             else:
-                uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
-                if uncompressed and orientation in (5, 6, 7, 8):
-                    im = _tiff_upright(path, page, orientation)
+                inverted = min_is_white(im)
+                if scrambled_by_pillow(im):
+                    im = libtiff_page(path, page)
                 else:
                     im.load()
                     # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
                     if not (fmt == "TIFF" and 0x0112 not in im.tag_v2) and orientation in ORIENTATION_TRANSPOSE:
                         im = im.transpose(ORIENTATION_TRANSPOSE[orientation])
-                grey, bits, chroma = _to_grey(im, notes)
+                grey, bits, chroma = _to_grey(im, notes, inverted)
                 chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
             pages = _page_count(opened, notes)  # after the pixels: counting seeks through every IFD
     except (DecodeError, Image.DecompressionBombError, Image.DecompressionBombWarning):

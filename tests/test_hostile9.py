@@ -1,0 +1,120 @@
+"""What the ninth hostile run found, each proved on real files: a 16-bit TIFF stored MinIsWhite (0 is
+white) came out as a negative; an uncompressed TIFF whose EXIF orientation swaps the axes (5-8) was
+read raw with tifffile, so a MinIsWhite one came out a negative, a CMYK one a negative, a palette one
+as its indices, an RGBA one with its transparency black instead of white and a bilevel one failed,
+and the gallery's thumbnail of any of them was scrambled; a 32-bit integer or signed 16-bit grey TIFF
+was clipped to 0-65535 without a word (a washed-out or black photo); ``input.decode_timeout`` above
+the alarm's range (1e10 s: "no limit") failed every photo with an OverflowError as its decode error;
+and the Python API let a PIL image that fails to load (a truncated file) out as a bare ``OSError``
+naming no file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import save
+from PIL import Image
+
+from colorize_batch.decoding import DecodeError
+from colorize_batch.exit_codes import ExitCode
+from colorize_batch.gallery import thumbnail_image
+
+UPRIGHT = {1: lambda a: a, 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}
+
+
+def ramp(h: int = 60, w: int = 90) -> np.ndarray:
+    """An asymmetric grey ramp (uint8): a negative, a scramble or a wrong turn cannot match it."""
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x * 2 + y) % 256).astype(np.uint8)
+
+
+def exif(orientation: int) -> bytes:
+    e = Image.Exif()
+    e[0x0112] = orientation
+    return e.tobytes()
+
+
+def luma(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=float)
+
+
+def follows(out: np.ndarray, expected: np.ndarray) -> bool:
+    """The output's grey levels are the expected ones (the colour moves them a little, never reverses them)."""
+    return out.shape == expected.shape and np.corrcoef(out.ravel(), expected.ravel().astype(float))[0, 1] > 0.95
+
+
+# ----------------------------------------------------------------------------- MinIsWhite and orientation
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_min_is_white_tiff_is_colorized_as_the_photo_not_its_negative(tmp_path, run_cli, bits, orientation):
+    grey = ramp()
+    stored = 255 - grey if bits == 8 else 65535 - grey.astype(np.uint16) * 257  # level 0 is white
+    source = tmp_path / "in" / "scan.tif"
+    source.parent.mkdir()
+    tifffile.imwrite(source, stored, photometric="miniswhite", extratags=[(274, "H", 1, orientation, False)])
+    run_cli("run", source.parent, tmp_path / "out", "-q", expect=ExitCode.OK)
+    expected = UPRIGHT[orientation](grey)
+    assert follows(luma(tmp_path / "out" / "scan.tif"), expected)
+    with Image.open(source) as im:  # the gallery shows the scan as the run reads it
+        assert follows(np.asarray(thumbnail_image(im, 1000), dtype=float), expected)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "RGBA", "1"])
+def test_an_uncompressed_tiff_turned_by_its_orientation_is_read_as_the_same_tiff_upright(tmp_path, run_cli, mode):
+    """Orientation 6 (uncompressed: Pillow scrambles these, so they take another road) gives the
+    output of the same file stored upright, turned: same mode handling, same levels."""
+    rgb = Image.fromarray(np.stack([ramp()] * 3, -1))
+    alpha = Image.fromarray(np.where(np.mgrid[0:60, 0:90][1] < 45, 0, 255).astype(np.uint8))
+    picture = {"CMYK": rgb.convert("CMYK"), "P": rgb.convert("L").quantize(64), "1": rgb.convert("1"),
+               "RGBA": Image.merge("RGBA", (*rgb.split(), alpha))}[mode]
+    save(tmp_path / "in" / "upright.tif", picture)
+    save(tmp_path / "in" / "turned.tif", picture, exif=exif(6))
+    run_cli("run", tmp_path / "in", tmp_path / "out", "-q", "--color-inputs", "recolor", expect=ExitCode.OK)
+    upright, turned = luma(tmp_path / "out" / "upright.tif"), luma(tmp_path / "out" / "turned.tif")
+    assert turned.shape == (90, 60)
+    assert np.abs(turned - np.rot90(upright, -1)).mean() < 2  # the colour of one photo may differ by a level
+    thumbs = []
+    for name in ("upright.tif", "turned.tif"):
+        with Image.open(tmp_path / "in" / name) as im:
+            thumbs.append(np.asarray(thumbnail_image(im, 1000).convert("L"), dtype=float))
+    assert thumbs[1].shape == (90, 60) and np.array_equal(thumbs[1], np.rot90(thumbs[0], -1))
+
+
+# ----------------------------------------------------------------------------- integer levels beyond 16 bits
+def test_integer_grey_levels_beyond_16_bits_fail_their_photo_alone_never_clipped(tmp_path, run_cli):
+    grey = ramp().astype(np.int32)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "wide.tif", grey * 1000, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in" / "signed.tif", (grey * 64 - 8192).astype(np.int16), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "in" / "fits.tif", grey * 200, photometric="minisblack")  # 32-bit, levels within 16 bits
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", expect=ExitCode.FAILED)
+    assert "wide.tif: integer grey levels 0.." in result.output and "signed.tif: integer grey levels -8192.." in result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["fits.tif"]
+    assert follows(luma(tmp_path / "out" / "fits.tif"), ramp())
+
+
+# ----------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("seconds", ["1e10", "99999999999"])
+def test_a_decode_timeout_beyond_a_day_is_a_configuration_error_not_every_photo_failed(tmp_path, run_cli, seconds):
+    save(tmp_path / "in" / "a.png", Image.fromarray(ramp()))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"input:\n  decode_timeout: {seconds}\n")
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--config", config, expect=ExitCode.USAGE)
+    assert "input.decode_timeout" in result.output and "86400" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the Python API
+def test_the_api_names_the_file_of_a_pil_image_that_cannot_be_loaded(tmp_path, tiny_weights):
+    import colorize_batch
+
+    whole = save(tmp_path / "whole.png", Image.fromarray(ramp()))
+    data = whole.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) - 40])
+    session = colorize_batch.ColorizeSession(tiny_weights)
+    with Image.open(tmp_path / "cut.png") as lazy, pytest.raises(DecodeError, match=r"cut\.png: cannot decode: .*truncated"):
+        session.colorize(lazy)
+    with pytest.raises(DecodeError, match="outside 0-65535"):
+        session.colorize(Image.fromarray(np.full((8, 8), -5, np.int32), "I"))
