@@ -35,6 +35,7 @@ def installed_file(*parts: str) -> Path:
 DEFAULT_CONFIG = installed_file("pipeline.yaml")
 DEFAULT_WEIGHTS = installed_file("weights", "colorize-effnet-lite0.pt")
 MAX_CUDA_INDEX = 127  # torch keeps a device index in 8 bits: cuda:300 would be cuda:44
+MAX_DECODE_TIMEOUT = 86_400.0  # a day; the decode alarm (setitimer) cannot hold 1e10 s: every file would fail
 
 
 class ConfigError(Exception):
@@ -80,7 +81,7 @@ class InputSection(_Section):
     include: list[str] = ["**"]
     exclude: list[str] = []
     max_pixels: int = Field(400_000_000, ge=1)
-    decode_timeout: float = Field(120.0, gt=0, description="seconds one file may take to decode before it is failed")
+    decode_timeout: float = Field(120.0, gt=0, le=MAX_DECODE_TIMEOUT, description="seconds one file may take to decode before it is failed")
     color_inputs: Literal["skip", "copy", "recolor"] = "skip"
     color_threshold: float = Field(6.0, ge=0.0)
     tiff_pages: Literal["first", "all"] = "first"
