@@ -118,3 +118,28 @@ def test_the_api_names_the_file_of_a_pil_image_that_cannot_be_loaded(tmp_path, t
         session.colorize(lazy)
     with pytest.raises(DecodeError, match="outside 0-65535"):
         session.colorize(Image.fromarray(np.full((8, 8), -5, np.int32), "I"))
+
+
+# ----------------------------------------------------------------------------- an unset variable in a cron line
+@pytest.mark.parametrize("args", [
+    ["train", "{data}", "--config", "{tiny}", "--out", ""],
+    ["eval", "{data}", "--report", ""],
+    ["eval", "{data}", "--sheet", ""],
+    ["gallery", "{out}", "--source", ""],
+    ["info", "--weights", ""],
+    ["run", "{data}", "{out}", "--config", ""],
+    ["report", "merge", "{out}", "--output", ""],
+], ids=lambda args: " ".join(a for a in args if a.startswith("-") or a.isalpha()))
+def test_every_empty_path_option_is_refused_not_taken_as_the_current_folder(tmp_path, run_cli, monkeypatch, args):
+    data = tmp_path / "photos"
+    save(data / "a.png", Image.fromarray(np.stack([ramp()] * 3, -1)))
+    out = tmp_path / "out"
+    out.mkdir()
+    tiny = tmp_path / "tiny.yaml"  # one step of the smallest network, should a train start at all
+    tiny.write_text("train: {preset: tiny, steps: 1, l1_steps: 1, crop: 32, batch_size: 1, min_chroma: 0, workers: 0}\n")
+    home = tmp_path / "home"  # cron's current folder
+    home.mkdir()
+    monkeypatch.chdir(home)
+    result = run_cli(*[a.format(data=data, out=out, tiny=tiny) for a in args], weights=None, expect=ExitCode.USAGE)
+    assert "is empty (an unset variable in a script?)" in result.output, result.output
+    assert not list(home.iterdir())
