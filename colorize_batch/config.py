@@ -14,10 +14,10 @@ import hashlib
 from importlib import resources
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .reading import CONFIG_LIMIT, FileLimitError, read_user_file
 
@@ -42,12 +42,23 @@ class ConfigError(Exception):
     """Raised with a message listing every problem in a configuration."""
 
 
+def _given(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path: give a path, or leave the key out")
+    return value
+
+
+GivenPath = Annotated[Path, BeforeValidator(_given)]
+"""A path a file sets: ``''`` would be resolved to the file's own folder (``weights: ''`` a folder,
+``hints_dir: ''`` or a training root the config's folder), so it is refused."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan/inf: "a finite number"
 
 
 class ModelSection(_Section):
-    weights: Path = DEFAULT_WEIGHTS
+    weights: GivenPath = DEFAULT_WEIGHTS
     size: int = Field(256, ge=32, le=2048, description="square side the network sees")
     device: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -85,7 +96,7 @@ class InputSection(_Section):
     color_inputs: Literal["skip", "copy", "recolor"] = "skip"
     color_threshold: float = Field(6.0, ge=0.0)
     tiff_pages: Literal["first", "all"] = "first"
-    hints_dir: Path | None = Field(None, description="colour hints under this folder (mirrored paths) instead of beside the scans")
+    hints_dir: GivenPath | None = Field(None, description="colour hints under this folder (mirrored paths) instead of beside the scans")
     hints_only: bool = Field(False, description="only the images that have a hint file")
 
     @field_validator("extensions")
@@ -107,13 +118,13 @@ class OutputSection(_Section):
 
 
 class TrainRoot(_Section):
-    path: Path
+    path: GivenPath
     weight: float = Field(1.0, gt=0)
 
 
 class TrainSection(_Section):
     data: list[TrainRoot] = []
-    val_dir: Path | None = None
+    val_dir: GivenPath | None = None
     val_limit: int = Field(80, ge=1)
     preset: str = "lite"
     crop: int = Field(128, ge=32)
@@ -321,6 +332,8 @@ def _too_many_values(data: dict[str, Any]) -> bool:
 
 
 def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return value  # left for validation to refuse (GivenPath), not made the file's folder
     if isinstance(value, (str, Path)) and not Path(value).is_absolute():
         return str(base / value)
     return value

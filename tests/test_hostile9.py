@@ -143,3 +143,14 @@ def test_every_empty_path_option_is_refused_not_taken_as_the_current_folder(tmp_
     result = run_cli(*[a.format(data=data, out=out, tiny=tiny) for a in args], weights=None, expect=ExitCode.USAGE)
     assert "is empty (an unset variable in a script?)" in result.output, result.output
     assert not list(home.iterdir())
+
+
+@pytest.mark.parametrize("setting", ["model: {weights: ''}", "input: {hints_dir: ''}", "train: {data: [{path: ''}]}",
+                                     "train: {val_dir: ''}"])
+def test_an_empty_path_in_a_config_file_is_refused_not_taken_as_the_files_folder(tmp_path, run_cli, setting):
+    save(tmp_path / "in" / "a.png", Image.fromarray(ramp()))
+    config = tmp_path / "c.yaml"
+    config.write_text(setting + "\n")
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--config", config, "--print-config", weights=None,
+                     expect=ExitCode.USAGE)
+    assert "an empty path" in result.output and str(tmp_path) + "\n" not in result.output
