@@ -204,6 +204,15 @@ def network_input(grey: np.ndarray, size: int) -> np.ndarray:
 # compression...) are dropped: they describe the source's encoding, not the photograph.
 KEPT_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)
 KEPT_IFDS = (0x8769, 0x8825)  # Exif (capture fields) and GPS sub-IFDs
+INTEROP_IFD = 0xA005  # in the Exif IFD: the offset of the Interoperability IFD in the source's block
+
+
+def _sub_ifd(src: Image.Exif, ifd: int) -> dict:
+    try:
+        sub = dict(src.get_ifd(ifd))
+    except (KeyError, ValueError, TypeError, OSError):
+        return {}
+    return {k: v for k, v in sub.items() if not isinstance(v, (bytes, tuple)) or len(v) < 4096}
 
 
 def _clean_exif(src: Image.Exif) -> Image.Exif:
@@ -212,11 +221,13 @@ def _clean_exif(src: Image.Exif) -> Image.Exif:
         if tag in src:
             out[tag] = src[tag]
     for ifd in KEPT_IFDS:
-        try:
-            sub = dict(src.get_ifd(ifd))
-        except (KeyError, ValueError, TypeError, OSError):
-            continue
-        sub = {k: v for k, v in sub.items() if not isinstance(v, (bytes, tuple)) or len(v) < 4096}
+        sub = _sub_ifd(src, ifd)
+        if INTEROP_IFD in sub:  # copied as a number it would point into nothing of the new, shorter block
+            interop = _sub_ifd(src, INTEROP_IFD)
+            if interop:
+                sub[INTEROP_IFD] = interop  # written as its own IFD
+            else:
+                del sub[INTEROP_IFD]
         if sub:
             out[ifd] = sub
     return out
@@ -275,14 +286,17 @@ def _metadata(im: Image.Image, exif: Image.Exif, notes: list[str]) -> dict:
 def _exif_bytes(exif: Image.Exif, notes: list[str]) -> bytes | None:
     """The cleaned EXIF as the output will carry it (orientation reset: it was applied to the
     pixels), or ``None`` with a note if a damaged field cannot be written back: checked here,
-    the same way the writer loads and re-encodes it, so a damaged field never costs the output."""
+    the same way the writer loads and re-encodes it, so a damaged field never costs the output
+    (and the writer, in the main process, never prints a decoder's warning about it)."""
     try:
         if 0x0112 in exif:
             exif[0x0112] = 1
         data = exif.tobytes()
-        check = Image.Exif()
-        check.load(data)
-        check.tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Corrupt EXIF data" is a damaged block too
+            check = Image.Exif()
+            check.load(data)
+            check.tobytes()
         return data
     except Exception as exc:  # noqa: BLE001 - struct.error, TypeError, ValueError, ...
         notes.append(f"damaged EXIF fields ignored ({type(exc).__name__}: {exc})")

@@ -10,6 +10,9 @@ naming no file."""
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -154,3 +157,24 @@ def test_an_empty_path_in_a_config_file_is_refused_not_taken_as_the_files_folder
     result = run_cli("run", tmp_path / "in", tmp_path / "out", "--config", config, "--print-config", weights=None,
                      expect=ExitCode.USAGE)
     assert "an empty path" in result.output and str(tmp_path) + "\n" not in result.output
+
+
+# ----------------------------------------------------------------------------- metadata
+def test_an_interoperability_ifd_is_carried_not_left_pointing_into_nothing(tmp_path, run_cli):
+    """Cameras and Picasa write an Interoperability IFD in the Exif IFD ("R98"); its pointer, copied as
+    a number into the output's new, shorter EXIF block, pointed past its end: every reader of the
+    output warned "Corrupt EXIF data" (the run's own writer on the terminal), the report noted a
+    damaged EXIF block on a sound scan."""
+    exif = Image.Exif()
+    exif[0x0110] = "Camera"
+    exif[0x8769] = {0x9000: b"0230", 0x9286: b"ASCII\0\0\0" + b"a long user comment" * 20,
+                    0xA005: {1: "R98", 2: b"0100"}}
+    save(tmp_path / "in" / "scan.jpg", Image.fromarray(ramp()), exif=exif.tobytes())
+    run_cli("run", tmp_path / "in", tmp_path / "out", "--report", tmp_path / "run.json", expect=ExitCode.OK)
+    assert json.loads((tmp_path / "run.json").read_text())["notes"] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Image.open(tmp_path / "out" / "scan.jpg") as out:
+            written = out.getexif()
+            assert written.get_ifd(0xA005) == {1: "R98", 2: b"0100"}
+            assert written.get_ifd(0x8769)[0x9000] == b"0230" and written[0x0110] == "Camera"
