@@ -374,6 +374,16 @@ class Trainer:
         return {"step": self.step, "stopped_early": stopped_early, "weights": str(weights_path), "losses": last}
 
 
+def _refuse_own_source(dest: Path, *sources: Path) -> None:
+    """An export never replaces the run's checkpoint (its training state: ``--resume`` would be
+    gone) nor the file it exports: :class:`TrainingError` before anything is read or written."""
+    from .safe_files import same_file
+
+    for source in sources:
+        if same_file(dest, source):
+            raise TrainingError(f"{dest}: that is the run's {source.name}; the export would replace it, choose another file")
+
+
 def export_checkpoint(run_dir: Path, dest: Path) -> Path:
     """A run folder's last checkpoint as a weights file at ``dest``, through the trainer's own
     :meth:`Trainer.export` (the same file and provenance training writes); :class:`TrainingError`
@@ -381,6 +391,7 @@ def export_checkpoint(run_dir: Path, dest: Path) -> Path:
     from pydantic import ValidationError
 
     ckpt = run_dir / CHECKPOINT
+    _refuse_own_source(dest, ckpt)
     try:
         train_cfg = TrainSection.model_validate(read_checkpoint(ckpt)["config"])
         train_cfg.pretrained = False  # every weight comes from the checkpoint
@@ -394,6 +405,7 @@ def export_checkpoint(run_dir: Path, dest: Path) -> Path:
 def export_snapshot(run_dir: Path, step: int, dest: Path) -> Path:
     """The validation snapshot of ``step`` (a weights file already) re-saved as ``dest``, named after it."""
     snapshot = run_dir / f"generator_{step:06d}.pt"
+    _refuse_own_source(dest, run_dir / CHECKPOINT, snapshot)
     try:
         generator, info = load_weights(snapshot)
     except WeightsError as exc:

@@ -11,6 +11,7 @@ naming no file."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -178,3 +179,22 @@ def test_an_interoperability_ifd_is_carried_not_left_pointing_into_nothing(tmp_p
             written = out.getexif()
             assert written.get_ifd(0xA005) == {1: "R98", 2: b"0100"}
             assert written.get_ifd(0x8769)[0x9000] == b"0230" and written[0x0110] == "Camera"
+
+
+# ----------------------------------------------------------------------------- export
+def test_export_never_replaces_the_runs_checkpoint_or_its_own_source(tmp_path, run_cli, tiny_weights):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        save(tmp_path / "photos" / f"{i}.png", Image.fromarray(rng.integers(0, 255, (48, 48, 3)).astype(np.uint8)))
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train: {preset: tiny, steps: 1, l1_steps: 1, crop: 32, batch_size: 2, min_chroma: 0, workers: 0}\n")
+    run = tmp_path / "run"
+    run_cli("train", tmp_path / "photos", "--config", config, "--out", run, expect=ExitCode.OK)
+    shutil.copy(tiny_weights, run / "generator_000005.pt")
+    kept = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "generator_000005.pt")}
+    for dest, step in ((run / "checkpoint.pt", []), (run / "checkpoint.pt", ["--step", "5"]),
+                       (run / "generator_000005.pt", ["--step", "5"]), (tmp_path / "run" / ".." / "run" / "checkpoint.pt", [])):
+        result = run_cli("export", run, dest, *step, expect=ExitCode.USAGE)
+        assert result.output.count("\n") == 1 and "the export would replace it" in result.output, result.output
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    run_cli("train", tmp_path / "photos", "--config", config, "--out", run, "--resume", "--steps", "2", expect=ExitCode.OK)
