@@ -127,8 +127,8 @@ class TrainSection(_Section):
     val_dir: GivenPath | None = None
     val_limit: int = Field(80, ge=1)
     preset: str = "lite"
-    crop: int = Field(128, ge=32)
-    batch_size: int = Field(16, ge=1)
+    crop: int = Field(128, ge=32, le=2048)
+    batch_size: int = Field(16, ge=1, le=1024)
     steps: int = Field(3000, ge=1)
     l1_steps: int = Field(3000, ge=0, description="generator-only L1 warm-up before the GAN starts")
     lambda_l1: float = Field(100.0, ge=0)
@@ -141,28 +141,28 @@ class TrainSection(_Section):
     hint_free: float = Field(0.0, ge=0, le=1, description="hint training: share of crops shown with no hints (keeps the automatic model trained when the whole model learns)")
     hint_recolour: float = Field(0.0, ge=0, le=1, description="hint training: share of crops with one region (an object, grown over the grey photo) given a new colour in the target and the hints alike, so a hint learns to colour its object and not the whole photo")
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, le=1)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_warmup: int = Field(0, ge=0, description="steps of linear learning-rate warm-up from 0 (fresh optimiser state on trained weights)")
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the generator's weights "
                        "(0.998: a half-life of about 350 steps), kept beside the trained ones; validation scores it and "
                        "export writes it; 0: off")
     ema_start: int = Field(0, ge=0, description="train.ema: the average starts after this step (the early weights are far from the end)")
-    gan_lr: float = Field(5e-5, gt=0)
-    beta1: float = 0.5
-    beta2: float = 0.999
+    gan_lr: float = Field(5e-5, gt=0, le=1)
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam's betas: torch refuses any other")
+    beta2: float = Field(0.999, ge=0, lt=1)
     disc_layers: int = Field(3, ge=1, le=5)
     disc_channels: int = Field(32, ge=8, le=256)
     min_chroma: float = Field(3.0, ge=0, description="skip near-grey crops (mean ab magnitude)")
     degrade: float = Field(0.0, ge=0, le=1, description="share of crops whose grey input is degraded like an old scan "
                            "(fading, uneven exposure, blur, halftone, grain, dust and scratches, JPEG); the colour target stays clean")
     degrade_strength: float = Field(1.0, ge=0, le=2, description="scale of every degradation's magnitude (degrade.py)")
-    workers: int = Field(1, ge=0)
-    threads: int = Field(0, ge=0)
+    workers: int = Field(1, ge=0, le=64)
+    threads: int = Field(0, ge=0, le=256)
     checkpoint_every: int = Field(250, ge=1)
     val_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class PipelineConfig(_Section):

@@ -110,6 +110,17 @@ def test_a_decode_timeout_beyond_a_day_is_a_configuration_error_not_every_photo_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("setting", ["beta1: 1.5", "beta2: -0.1", "seed: 100000000000000000000000", "lr: 1e300",
+                                     "threads: 1000000", "crop: 100000", "batch_size: 100000000"])
+def test_a_training_setting_torch_cannot_take_is_a_configuration_error_not_a_traceback(tmp_path, run_cli, setting):
+    for i in range(2):
+        save(tmp_path / "photos" / f"{i}.png", Image.fromarray(np.stack([ramp()] * 3, -1)))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"train: {{preset: tiny, steps: 1, l1_steps: 1, min_chroma: 0, workers: 0, {setting}}}\n")
+    result = run_cli("train", tmp_path / "photos", "--config", config, "--out", tmp_path / "run", expect=ExitCode.USAGE)
+    assert f"train.{setting.split(':')[0]}: Input should be" in result.output and not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- the Python API
 def test_the_api_names_the_file_of_a_pil_image_that_cannot_be_loaded(tmp_path, tiny_weights):
     import colorize_batch
