@@ -148,13 +148,15 @@ class StepBatchSampler(Sampler):
         return sys.maxsize
 
 
-def training_files(cfg: TrainSection, extra_roots: list[Path]) -> tuple[list[Path], torch.Tensor]:
-    """Files of all roots and a sampling weight per file: each root's share is its weight."""
+def training_files(cfg: TrainSection, extra_roots: list[Path], out_dir: Path | None = None) -> tuple[list[Path], torch.Tensor]:
+    """Files of all roots and a sampling weight per file: each root's share is its weight. Nothing from
+    ``out_dir``, the run's own folder (under a root, its contact sheets would become training photos
+    on ``--resume``, and the resumed batches differ from the ones an uninterrupted run draws)."""
     roots = [(r.path, r.weight) for r in cfg.data] if not extra_roots else [(p, 1.0) for p in extra_roots]
     files: list[Path] = []
     weights: list[float] = []
     for root, weight in roots:
-        found = [item.source for item in find_images(root)]
+        found = [item.source for item in find_images(root, skip_dirs=[out_dir] if out_dir else [])]
         if not found:
             raise TrainingError(f"{root}: no training images found")
         files += found
@@ -319,8 +321,8 @@ class Trainer:
 
     def fit(self, max_minutes: float | None = None, progress=None) -> dict:
         cfg = self.config.train
-        files, weights = training_files(cfg, self.data_roots)
-        val_files = colour_photos(cfg.val_dir, cfg.val_limit) if cfg.val_dir else []
+        files, weights = training_files(cfg, self.data_roots, self.out_dir)
+        val_files = colour_photos(cfg.val_dir, cfg.val_limit, skip_dirs=[self.out_dir]) if cfg.val_dir else []
         self.objective.prepare(files, weights)
         log.info(
             "training %s (%.1fM parameters) on %d files, %s, from step %d to %d",

@@ -192,6 +192,28 @@ def test_an_interoperability_ifd_is_carried_not_left_pointing_into_nothing(tmp_p
             assert written.get_ifd(0x8769)[0x9000] == b"0230" and written[0x0110] == "Camera"
 
 
+# ----------------------------------------------------------------------------- train
+def test_a_run_folder_under_the_training_photos_never_trains_on_its_own_contact_sheets(tmp_path, run_cli):
+    """``train photos --out photos/run``: each validation writes a sheet PNG into the run folder, which
+    ``--resume`` found among the training photos (and the resumed run drew other batches)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        save(tmp_path / "photos" / f"{i}.png", Image.fromarray(rng.integers(0, 255, (48, 48, 3)).astype(np.uint8)))
+    save(tmp_path / "val" / "v.png", Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{size: 32}}\ntrain: {{preset: tiny, steps: 4, l1_steps: 1, crop: 32, batch_size: 2, min_chroma: 0, "
+                      f"workers: 0, val_every: 1, checkpoint_every: 1, val_dir: {tmp_path / 'val'}}}\n")
+    inside, alone = tmp_path / "photos" / "run", tmp_path / "alone"
+    run_cli("train", tmp_path / "photos", "--config", config, "--out", alone, expect=ExitCode.OK)  # the photos alone
+    run_cli("train", tmp_path / "photos", "--config", config, "--out", inside, "--steps", "2", expect=ExitCode.OK)
+    assert (inside / "sheet_000002.png").is_file()
+    run_cli("train", tmp_path / "photos", "--config", config, "--out", inside, "--resume", expect=ExitCode.OK)
+    a, b = (torch.load(run / "checkpoint.pt", weights_only=True)["generator"] for run in (inside, alone))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
 # ----------------------------------------------------------------------------- export
 def test_export_never_replaces_the_runs_checkpoint_or_its_own_source(tmp_path, run_cli, tiny_weights):
     rng = np.random.default_rng(0)
