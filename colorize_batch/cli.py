@@ -639,7 +639,7 @@ def report() -> None:
 @click.option("--output", "dest", type=GivenPath(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
-    from .manifest import StateLinkError, refuse_links, report_path
+    from .manifest import StateLinkError, refuse_links, report_path, shard_report_paths
     from .sharding import ShardError, merge_reports
 
     given = dest is not None
@@ -656,6 +656,9 @@ def report_merge(out_dir, dest):
         click.echo(f"Error: {display(dest)}: cannot write the merged report ({exc.strerror or exc})", err=True)
         raise SystemExit(EXIT_FAILED) from None
     c = merged.counts
+    left_out = sorted({p.name for p in shard_report_paths(out_dir)} - set(merged.shards or []))
+    if left_out:
+        click.echo(f"left out {len(left_out)} report(s) of an earlier job shape: {', '.join(left_out)}", err=True)
     click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
                f"colour {c.skipped_color}, failed {c.failed} -> {dest}")
     for failure in merged.failures:

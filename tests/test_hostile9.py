@@ -23,6 +23,7 @@ from PIL import Image
 from colorize_batch.decoding import DecodeError
 from colorize_batch.exit_codes import ExitCode
 from colorize_batch.gallery import thumbnail_image
+from colorize_batch.manifest import report_path, state_dir
 
 UPRIGHT = {1: lambda a: a, 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}
 
@@ -190,6 +191,28 @@ def test_an_interoperability_ifd_is_carried_not_left_pointing_into_nothing(tmp_p
             written = out.getexif()
             assert written.get_ifd(0xA005) == {1: "R98", 2: b"0100"}
             assert written.get_ifd(0x8769)[0x9000] == b"0230" and written[0x0110] == "Camera"
+
+
+# ----------------------------------------------------------------------------- shards
+def test_report_merge_after_the_job_was_resharded_merges_only_the_new_shape(tmp_path, run_cli):
+    import os
+
+    for i in range(6):
+        save(tmp_path / "in" / f"s{i}.png", Image.fromarray(np.roll(ramp(), i, 1)))
+    (tmp_path / "in" / "bad.png").write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):  # the old job shape: a failure, reported by one of its shards
+        run_cli("run", tmp_path / "in", out, "-q", "--shard", shard)
+    for old in state_dir(out).glob("last-run.shard-*-of-2.json"):
+        os.utime(old, (1_000_000_000, 1_000_000_000))
+    (tmp_path / "in" / "bad.png").unlink()
+    for shard in ("0/3", "1/3", "2/3"):  # re-sharded onto three nodes, everything redone
+        run_cli("run", tmp_path / "in", out, "-q", "--force", "--shard", shard, expect=ExitCode.OK)
+    result = run_cli("report", "merge", out, expect=ExitCode.OK)
+    assert "3 shard report(s): done 6, up to date 0, colour 0, failed 0" in result.output
+    assert "left out 2 report(s) of an earlier job shape" in result.output
+    merged = json.loads(report_path(out).read_text())
+    assert merged["counts"]["done"] == 6 and merged["failures"] == [] and len(merged["shards"]) == 3
 
 
 # ----------------------------------------------------------------------------- train
