@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,16 +387,20 @@ def scrambled_by_pillow(im: Image.Image) -> bool:
 def libtiff_page(path: str | os.PathLike, page: int = 0) -> Image.Image:
     """One page of a TIFF decoded by libtiff (as Pillow decodes compressed TIFFs): loaded and upright,
     in whatever mode Pillow reads (MinIsWhite, palette, CMYK, alpha, bilevel, 16-bit)."""
-    saved = TiffImagePlugin.READ_LIBTIFF
-    TiffImagePlugin.READ_LIBTIFF = True  # read as each page is set up (open, seek): libtiff decodes every TIFF right
-    try:
-        with Image.open(path) as im:
-            if page:
-                im.seek(page)
-            im.load()
-            return im.copy()
-    finally:
-        TiffImagePlugin.READ_LIBTIFF = saved
+    with _LIBTIFF_SWITCH:  # the API may decode in several threads: one flips the switch at a time
+        saved = TiffImagePlugin.READ_LIBTIFF
+        TiffImagePlugin.READ_LIBTIFF = True  # read as each page is set up (open, seek); another TIFF opened meanwhile
+        try:                                 # is decoded by libtiff too, which reads every TIFF right
+            with Image.open(path) as im:
+                if page:
+                    im.seek(page)
+                im.load()
+                return im.copy()
+        finally:
+            TiffImagePlugin.READ_LIBTIFF = saved
+
+
+_LIBTIFF_SWITCH = threading.Lock()
 
 
 def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
