@@ -93,6 +93,8 @@ def _hints(hints: HintsSource | None) -> Hints | None:
         return parse_hints(dict(hints))
     if not isinstance(hints, (str, os.PathLike)):
         raise TypeError(f"hints of type {type(hints).__name__}: give a hint file's path, a hint document (dict) or Hints")
+    if not os.fspath(hints):  # never the current folder
+        raise HintError("an empty path: give a hint file")
     try:
         return read_hints(Path(hints))[0]
     except HintError as exc:
@@ -108,6 +110,10 @@ def _session_config(config: PipelineConfig | str | os.PathLike | None, weights: 
         raise TypeError(f"weights of type {type(weights).__name__}: give the weights file's path")
     if config is not None and not isinstance(config, (str, os.PathLike, PipelineConfig)):
         raise TypeError(f"config of type {type(config).__name__}: give a YAML file's path or a PipelineConfig")
+    if weights is not None and not os.fspath(weights):  # never the current folder
+        raise WeightsError("an empty path: give a weights file, or None for the shipped one")
+    if isinstance(config, (str, os.PathLike)) and not os.fspath(config):
+        raise ConfigError("an empty path: give a YAML file, or None for the built-in pipeline.yaml")
     base = config if isinstance(config, PipelineConfig) else load_config(None if config is None else Path(config))
     overrides: dict[str, object] = {}
     if weights is not None:
@@ -233,6 +239,8 @@ def colorize(image: ImageSource, hints: HintsSource | None = None, weights: str 
     The last session used is kept, so calling this in a loop loads the weights once; for other
     settings (device, configuration file) make a :class:`ColorizeSession`.
     """
+    if isinstance(weights, (str, os.PathLike)) and not os.fspath(weights):  # never the current folder
+        raise WeightsError("an empty path: give a weights file, or None for the shipped one")
     path = Path(weights).absolute() if weights is not None else None
     stamp = None
     if path is not None and path.is_file():

@@ -254,3 +254,21 @@ def test_export_never_replaces_the_runs_checkpoint_or_its_own_source(tmp_path, r
         assert result.output.count("\n") == 1 and "the export would replace it" in result.output, result.output
     assert {name: (run / name).read_bytes() for name in kept} == kept
     run_cli("train", tmp_path / "photos", "--config", config, "--out", run, "--resume", "--steps", "2", expect=ExitCode.OK)
+
+
+def test_the_api_refuses_an_empty_path_for_hints_weights_or_config(tmp_path, tiny_weights, monkeypatch):
+    import colorize_batch
+    from colorize_batch.config import ConfigError
+    from colorize_batch.hints import HintError
+    from colorize_batch.weights import WeightsError
+
+    monkeypatch.chdir(tmp_path)  # what an empty path would have meant
+    session = colorize_batch.ColorizeSession(tiny_weights)
+    with pytest.raises(HintError, match="an empty path"):
+        session.colorize(ramp(), hints="")
+    with pytest.raises(WeightsError, match="an empty path"):
+        colorize_batch.ColorizeSession("")
+    with pytest.raises(WeightsError, match="an empty path"):
+        colorize_batch.colorize(ramp(), weights="")
+    with pytest.raises(ConfigError, match="an empty path"):
+        colorize_batch.ColorizeSession(tiny_weights, config="")
