@@ -673,7 +673,8 @@ def report_merge(out_dir, dest):
               help="Folder of the grey originals (default: the input recorded in the run's last report).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the gallery in the default web browser.")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Files per page.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Thumbnail threads.")
+@click.option("--workers", "thumb_workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Thumbnail threads.")  # not "workers": that name is run's --workers (loader.workers, CONFIG_FLAGS)
 @click.option("--hints", "hints_dir", metavar="DIR", type=GivenPath(path_type=Path, file_okay=False),
               help="Folder of the hint files, mirroring IN (default: the last run's --hints, else beside the scans).")
 @click.option("--suggest/--no-suggest", default=None,
@@ -687,7 +688,7 @@ def report_merge(out_dir, dest):
 @size_option
 @click.pass_context
 def gallery_command(ctx: click.Context, out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int,
-                    workers: int, hints_dir: Path | None, suggest: bool | None, config_path: Path | None, **_model: Any) -> None:
+                    thumb_workers: int, hints_dir: Path | None, suggest: bool | None, config_path: Path | None, **_model: Any) -> None:
     """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/.
 
     A click on a colour result adds a colour hint there, of the picker's colour or one of the
@@ -704,7 +705,7 @@ def gallery_command(ctx: click.Context, out_dir: Path, source_dir: Path | None, 
 
     suggester = _suggester(_resolve_config(ctx, config_path), suggest)
     try:
-        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir,
+        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=thumb_workers, hints_dir=hints_dir,
                               suggester=suggester)
     except (WeightsError, InferenceError) as exc:
         raise InputError(f"suggested colours: {exc}") from None

@@ -193,6 +193,16 @@ def test_an_interoperability_ifd_is_carried_not_left_pointing_into_nothing(tmp_p
             assert written.get_ifd(0x8769)[0x9000] == b"0230" and written[0x0110] == "Camera"
 
 
+# ----------------------------------------------------------------------------- gallery
+def test_gallery_workers_are_thumbnail_threads_not_the_runs_decode_processes(tmp_path, run_cli):
+    """``gallery --workers`` shared its name with ``run --workers`` (loader.workers, at most 64): 100
+    thumbnail threads were refused as '1 problem(s) in the configuration: loader.workers'."""
+    save(tmp_path / "in" / "a.png", Image.fromarray(ramp()))
+    run_cli("run", tmp_path / "in", tmp_path / "out", "-q", expect=ExitCode.OK)
+    result = run_cli("gallery", tmp_path / "out", "--no-suggest", "--workers", "100", expect=ExitCode.OK)
+    assert "loader.workers" not in result.output
+
+
 # ----------------------------------------------------------------------------- shards
 def test_report_merge_after_the_job_was_resharded_merges_only_the_new_shape(tmp_path, run_cli):
     import os
