@@ -169,8 +169,9 @@ def _jpeg_luma(path: Path, orientation: int) -> np.ndarray | None:
 
     Decoded by simplejpeg (libjpeg-turbo's TurboJPEG API): the same pixels as Pillow's
     luma-only decode, in about half the time, since Pillow copies the image through its own
-    line buffers. In strict mode libjpeg's warnings are errors: a truncated file is refused
-    (never grey-filled); for any other complaint (old scanners often leave harmless
+    line buffers. In strict mode libjpeg's warnings are errors: a truncated file, or one whose
+    image data is damaged (a segment cut short, a bad code: libjpeg fills the rest with grey), is
+    refused, never grey-filled; for any other complaint (old scanners often leave harmless
     "extraneous bytes before marker") ``None`` is returned and Pillow decodes the file.
     """
     import simplejpeg
@@ -178,12 +179,19 @@ def _jpeg_luma(path: Path, orientation: int) -> np.ndarray | None:
     try:
         grey = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True)[..., 0]
     except ValueError as exc:
-        if "Premature end" in str(exc):
+        if "Premature end of JPEG file" in str(exc):
             raise DecodeError(f"truncated file: {exc}") from None
+        if JPEG_DAMAGE.search(str(exc)):
+            raise DecodeError(f"damaged image data: {exc}") from None
         return None
     if orientation in ORIENTATION_TRANSPOSE:
         grey = np.asarray(Image.fromarray(grey).transpose(ORIENTATION_TRANSPOSE[orientation]))
     return grey
+
+
+# libjpeg's warnings about the image data itself (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE,
+# JWRN_MUST_RESYNC): what follows the damage is lost and comes out grey
+JPEG_DAMAGE = re.compile(r"premature end of data segment|bad (huffman|arithmetic) code|instead of RST", re.IGNORECASE)
 
 
 def to_8bit(grey16: np.ndarray) -> np.ndarray:

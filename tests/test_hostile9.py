@@ -87,6 +87,25 @@ def test_an_uncompressed_tiff_turned_by_its_orientation_is_read_as_the_same_tiff
     assert thumbs[1].shape == (90, 60) and np.array_equal(thumbs[1], np.rot90(thumbs[0], -1))
 
 
+# ----------------------------------------------------------------------------- damaged JPEG data
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_jpeg_whose_image_data_is_damaged_fails_never_colorized_with_a_grey_band(tmp_path, run_cli, mode):
+    """Cut short but closed by an end marker (a transfer cut and 'repaired'): libjpeg says 'Corrupt
+    JPEG data: premature end of data segment' and fills the rest with grey; the photo was colorized
+    and recorded as done, its lower part a flat grey band."""
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.kron(ramp(), np.ones((4, 4))) + rng.normal(0, 20, (240, 360)), 0, 255).astype(np.uint8)
+    picture = Image.fromarray(noisy).convert(mode)
+    whole = save(tmp_path / "whole.jpg", picture, quality=90).read_bytes()
+    cut = len(whole) * 6 // 10
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.jpg").write_bytes(whole[:cut] + b"\xff\xd9")
+    (tmp_path / "in" / "whole.jpg").write_bytes(whole)
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", "--color-inputs", "recolor", expect=ExitCode.FAILED)
+    assert "cut.jpg: damaged image data: Corrupt JPEG data: premature end of data segment" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == ["whole.jpg"]
+
+
 # ----------------------------------------------------------------------------- integer levels beyond 16 bits
 def test_integer_grey_levels_beyond_16_bits_fail_their_photo_alone_never_clipped(tmp_path, run_cli):
     grey = ramp().astype(np.int32)
