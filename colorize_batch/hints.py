@@ -368,9 +368,13 @@ def read_bundle(data: object) -> dict[PurePosixPath, dict]:
     images = data.get("images")
     if not isinstance(images, dict):
         raise HintError("a bundle's 'images' must map image paths to hint documents")
-    out = {}
+    out: dict[PurePosixPath, dict] = {}
+    names: dict[PurePosixPath, str] = {}
     for name, document in images.items():
         rel = safe_relative(name)
+        if rel in names:  # "a/photo.jpg", "./a/photo.jpg", "a//photo.jpg": one photo, one of them would win unseen
+            raise HintError(f"{names[rel]!r} and {name!r} name the same image ({display(str(rel))}); nothing written")
+        names[rel] = name
         try:
             parse_hints(document)
         except HintError as exc:

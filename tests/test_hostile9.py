@@ -301,3 +301,17 @@ def test_the_api_refuses_an_empty_path_for_hints_weights_or_config(tmp_path, tin
         colorize_batch.colorize(ramp(), weights="")
     with pytest.raises(ConfigError, match="an empty path"):
         colorize_batch.ColorizeSession(tiny_weights, config="")
+
+
+# ----------------------------------------------------------------------------- hint bundles
+def test_a_bundle_naming_one_photo_twice_writes_nothing(tmp_path, run_cli):
+    """'a/photo.jpg', './a/photo.jpg' and 'a//photo.jpg' are one photo: the last document silently won
+    (here: no points at all, the archivist's red and blue points gone)."""
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({"format": "colorize-batch-hints", "version": 1, "images": {
+        "a/photo.jpg": {"points": [{"x": 0.1, "y": 0.1, "color": "#ff0000"}]},
+        "a//photo.jpg": {"points": [{"x": 0.9, "y": 0.9, "color": "#0000ff"}]},
+        "./a/photo.jpg": {"points": []}}}))
+    result = run_cli("hints", "import", bundle, tmp_path / "hints", expect=ExitCode.USAGE)
+    assert "'a/photo.jpg' and 'a//photo.jpg' name the same image" in result.output
+    assert not (tmp_path / "hints").exists()
