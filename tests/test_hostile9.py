@@ -315,3 +315,18 @@ def test_a_bundle_naming_one_photo_twice_writes_nothing(tmp_path, run_cli):
     result = run_cli("hints", "import", bundle, tmp_path / "hints", expect=ExitCode.USAGE)
     assert "'a/photo.jpg' and 'a//photo.jpg' name the same image" in result.output
     assert not (tmp_path / "hints").exists()
+
+
+def test_a_hint_file_giving_a_key_twice_fails_its_photo_instead_of_losing_points(tmp_path, run_cli):
+    save(tmp_path / "in" / "a.png", Image.fromarray(ramp()))
+    save(tmp_path / "in" / "b.png", Image.fromarray(ramp()))
+    red = '{"x": 0.5, "y": 0.5, "color": "#ff0000"}'
+    (tmp_path / "in" / "a.hints.json").write_text(f'{{"points": [{red}], "points": []}}')  # an edit pasted below the old one
+    (tmp_path / "in" / "b.hints.json").write_text(f'{{"points": [{red}]}}')
+    result = run_cli("run", tmp_path / "in", tmp_path / "out", expect=ExitCode.FAILED)
+    assert "a.hints.json: not a usable hint document (key 'points' is given twice in one object)" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["b.png"]
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text('{"format": "colorize-batch-hints", "images": {"a.png": {"points": []}, "a.png": {"points": []}}}')
+    result = run_cli("hints", "import", bundle, tmp_path / "hints", expect=ExitCode.USAGE)
+    assert "key 'a.png' is given twice" in result.output and not (tmp_path / "hints").exists()
