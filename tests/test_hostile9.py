@@ -1,12 +1,18 @@
 """What the ninth hostile run found, each proved on real files: a 16-bit TIFF stored MinIsWhite (0 is
 white) came out as a negative; an uncompressed TIFF whose EXIF orientation swaps the axes (5-8) was
 read raw with tifffile, so a MinIsWhite one came out a negative, a CMYK one a negative, a palette one
-as its indices, an RGBA one with its transparency black instead of white and a bilevel one failed,
-and the gallery's thumbnail of any of them was scrambled; a 32-bit integer or signed 16-bit grey TIFF
-was clipped to 0-65535 without a word (a washed-out or black photo); ``input.decode_timeout`` above
-the alarm's range (1e10 s: "no limit") failed every photo with an OverflowError as its decode error;
-and the Python API let a PIL image that fails to load (a truncated file) out as a bare ``OSError``
-naming no file."""
+as its indices, an RGBA one without its white and a bilevel one failed, and the gallery's thumbnail of
+any of them was scrambled; a 32-bit integer or signed 16-bit grey TIFF was clipped to 0-65535 without
+a word; a JPEG whose data ends early behind an end marker was colorized with a flat grey band; the
+Exif IFD's Interoperability pointer was copied into outputs pointing past their EXIF block;
+``input.decode_timeout`` beyond the alarm's range failed every photo; an empty path given to any
+command but run (``train --out ""`` trained into the current folder) or set in a config file was
+taken as a folder; ``export`` replaced the run's own checkpoint; training settings torch refuses ended
+in tracebacks; a run folder under the training photos trained on its own contact sheets after
+``--resume``; ``report merge`` after re-sharding summed both job shapes; ``gallery --workers`` was
+checked as ``loader.workers``; hint files and bundles lost points to a key given twice or one photo
+spelled twice; and the Python API let a PIL image that fails to load out as a bare ``OSError`` and
+took an empty hints, weights or config path as the current folder."""
 
 from __future__ import annotations
 
