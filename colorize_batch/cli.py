@@ -67,7 +67,9 @@ class LogFileHandler(WatchedFileHandler):
 
 class GivenPath(click.Path):
     """``click.Path`` that refuses an empty argument: ``run "$SCANS" "$COLOUR"`` with a variable unset
-    in a cron job must not mean the current folder (colorizing the home folder, or writing into it)."""
+    in a cron job must not mean the current folder (colorizing the home folder, or writing into it).
+    Every path argument and option of every command is one (``train --out ""`` wrote its checkpoints
+    into the current folder)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value == "":
@@ -139,10 +141,10 @@ def _resolve_config(ctx: click.Context, config_path: Path | None) -> PipelineCon
 
 # Options that several commands share: one spelling, one help text each.
 config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+    "--config", "config_path", type=GivenPath(path_type=Path, dir_okay=False),
     help="Pipeline description overlaid on the installation's pipeline.yaml, key by key.",
 )
-weights_option = click.option("--weights", type=click.Path(path_type=Path, dir_okay=False),
+weights_option = click.option("--weights", type=GivenPath(path_type=Path, dir_okay=False),
                               help="Generator weights file (model.weights).")
 device_option = click.option("--device", type=str, help="auto (CUDA if present) | cpu | cuda | cuda:N (model.device).")
 size_option = click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
@@ -286,7 +288,7 @@ class RunRequest:
               "0 = auto: 2 on a multi-core CPU, 1 on CUDA (loader.lanes).")
 @format_option
 @click.option("--color-inputs", type=click.Choice(["skip", "copy", "recolor"]), help="What to do with inputs already in colour.")
-@click.option("--hints", "hints_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+@click.option("--hints", "hints_dir", type=GivenPath(path_type=Path, file_okay=False, exists=True),
               help="Colour hints under this folder, mirroring IN (a/b/photo.jpg -> DIR/a/b/photo.hints.json) "
                    "instead of photo.hints.json beside each scan (input.hints_dir).")
 @click.option("--hints-only", is_flag=True, default=None, help="Only the images that have a hint file (input.hints_only).")
@@ -479,11 +481,11 @@ def info(ctx, config_path, weights, device, as_json):
 
 # ----------------------------------------------------------------------------- train
 @main.command()
-@click.argument("data_dirs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_dirs", nargs=-1, type=GivenPath(exists=True, file_okay=False, path_type=Path))
 @config_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/default"), show_default=True, help="Run folder: checkpoints, logs, sheets, weights.")
+@click.option("--out", "out_dir", type=GivenPath(file_okay=False, path_type=Path), default=Path("runs/default"), show_default=True, help="Run folder: checkpoints, logs, sheets, weights.")
 @click.option("--resume", is_flag=True, help="Continue exactly from the run folder's checkpoint.")
-@click.option("--init", "init_weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start the generator from this weights file (fine-tuning).")
+@click.option("--init", "init_weights", type=GivenPath(exists=True, dir_okay=False, path_type=Path), help="Start the generator from this weights file (fine-tuning).")
 @click.option("--max-minutes", type=float, help="Stop cleanly (checkpoint + weights) after this many minutes.")
 @click.option("--steps", type=int, help="Total training steps (train.steps).")
 @device_option
@@ -540,7 +542,7 @@ def _train_progress():
 
 # ----------------------------------------------------------------------------- export
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=GivenPath(exists=True, file_okay=False, path_type=Path))
 @click.argument("dest", type=GivenPath(dir_okay=False, path_type=Path))
 @click.option("--step", type=int, help="Export the validation snapshot of this step instead of the last checkpoint.")
 def export(run_dir, dest, step):
@@ -561,11 +563,11 @@ def export(run_dir, dest, step):
 
 # ----------------------------------------------------------------------------- eval
 @main.command("eval")
-@click.argument("color_dir", type=click.Path(exists=True, path_type=Path))
+@click.argument("color_dir", type=GivenPath(exists=True, path_type=Path))
 @model_options
 @click.option("--limit", type=click.IntRange(1), help="Only the first N photos.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
-@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
+@click.option("--report", "report_path", type=GivenPath(dir_okay=False, path_type=Path), help="Write the JSON scores here.")
+@click.option("--sheet", type=GivenPath(dir_okay=False, path_type=Path), help="Write a contact sheet PNG (grey / model / truth).")
 @click.option("--sheet-images", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--hints", "hint_points", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Reveal N points of each photo's truth to the model as colour hints (fixed seed; models with a hint branch).")
@@ -633,11 +635,11 @@ def report() -> None:
 
 
 @report.command("merge")
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--output", "dest", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
+@click.argument("out_dir", type=GivenPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", "dest", type=GivenPath(dir_okay=False, path_type=Path), help="Default: OUT/.colorize-batch/last-run.json")
 def report_merge(out_dir, dest):
     """Combine the shard reports of OUT_DIR into one; exits with the worst shard's exit code."""
-    from .manifest import StateLinkError, refuse_links, report_path
+    from .manifest import StateLinkError, refuse_links, report_path, shard_report_paths
     from .sharding import ShardError, merge_reports
 
     given = dest is not None
@@ -654,6 +656,9 @@ def report_merge(out_dir, dest):
         click.echo(f"Error: {display(dest)}: cannot write the merged report ({exc.strerror or exc})", err=True)
         raise SystemExit(EXIT_FAILED) from None
     c = merged.counts
+    left_out = sorted({p.name for p in shard_report_paths(out_dir)} - set(merged.shards or []))
+    if left_out:
+        click.echo(f"left out {len(left_out)} report(s) of an earlier job shape: {', '.join(left_out)}", err=True)
     click.echo(f"{len(merged.shards or [])} shard report(s): done {c.done}, up to date {c.skipped_up_to_date}, "
                f"colour {c.skipped_color}, failed {c.failed} -> {dest}")
     for failure in merged.failures:
@@ -664,12 +669,13 @@ def report_merge(out_dir, dest):
 # ----------------------------------------------------------------------------- gallery
 @main.command("gallery")
 @click.argument("out_dir", metavar="OUT_DIR", type=GivenPath(path_type=Path, file_okay=False))
-@click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--source", "source_dir", metavar="IN_DIR", type=GivenPath(path_type=Path, file_okay=False),
               help="Folder of the grey originals (default: the input recorded in the run's last report).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the gallery in the default web browser.")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Files per page.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Thumbnail threads.")
-@click.option("--hints", "hints_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--workers", "thumb_workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Thumbnail threads.")  # not "workers": that name is run's --workers (loader.workers, CONFIG_FLAGS)
+@click.option("--hints", "hints_dir", metavar="DIR", type=GivenPath(path_type=Path, file_okay=False),
               help="Folder of the hint files, mirroring IN (default: the last run's --hints, else beside the scans).")
 @click.option("--suggest/--no-suggest", default=None,
               help="Offer the model's suggested colours in the hint editor (default: on when the weights file exists). "
@@ -682,7 +688,7 @@ def report_merge(out_dir, dest):
 @size_option
 @click.pass_context
 def gallery_command(ctx: click.Context, out_dir: Path, source_dir: Path | None, open_browser: bool, page_size: int,
-                    workers: int, hints_dir: Path | None, suggest: bool | None, config_path: Path | None, **_model: Any) -> None:
+                    thumb_workers: int, hints_dir: Path | None, suggest: bool | None, config_path: Path | None, **_model: Any) -> None:
     """Write a static HTML review gallery of OUT_DIR into OUT_DIR/.colorize-batch/gallery/.
 
     A click on a colour result adds a colour hint there, of the picker's colour or one of the
@@ -699,7 +705,7 @@ def gallery_command(ctx: click.Context, out_dir: Path, source_dir: Path | None, 
 
     suggester = _suggester(_resolve_config(ctx, config_path), suggest)
     try:
-        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=workers, hints_dir=hints_dir,
+        index = build_gallery(out_dir, source_dir=source_dir, page_size=page_size, workers=thumb_workers, hints_dir=hints_dir,
                               suggester=suggester)
     except (WeightsError, InferenceError) as exc:
         raise InputError(f"suggested colours: {exc}") from None
@@ -733,14 +739,14 @@ def _suggester(config: PipelineConfig, wanted: bool | None):
 @config_option
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port on 127.0.0.1 to listen on; 0 = any free port.")
-@click.option("--source", "source_dir", metavar="IN_DIR", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--source", "source_dir", metavar="IN_DIR", type=GivenPath(path_type=Path, file_okay=False),
               help="Folder of the grey originals (default: the input recorded in the run's last report).")
 @weights_option
 @device_option
 @size_option
 @format_option
 @temperature_option
-@click.option("--hints", "hints_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+@click.option("--hints", "hints_dir", type=GivenPath(path_type=Path, file_okay=False, exists=True),
               help="Folder of the hint files, mirroring IN (input.hints_dir; default: the last run's, else beside the scans).")
 @click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Photos per gallery page.")
 @verbose_option
@@ -774,7 +780,7 @@ def hints_group() -> None:
 
 
 @hints_group.command("import")
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("bundle", type=GivenPath(path_type=Path, dir_okay=False))
 @click.argument("dest", type=GivenPath(path_type=Path, file_okay=False))
 def hints_import(bundle: Path, dest: Path) -> None:
     """Unpack a hint bundle downloaded from the review gallery into DEST.
@@ -810,7 +816,7 @@ def hints_schema() -> None:
 
 
 @hints_group.command("check")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=GivenPath(path_type=Path, dir_okay=False))
 def hints_check(files: tuple[Path, ...]) -> None:
     """Check hint files (photo.hints.json) the way a run reads them; exit 2 if one is unusable."""
     from .hints import HintError, read_hints

@@ -14,10 +14,10 @@ import hashlib
 from importlib import resources
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .reading import CONFIG_LIMIT, FileLimitError, read_user_file
 
@@ -35,10 +35,22 @@ def installed_file(*parts: str) -> Path:
 DEFAULT_CONFIG = installed_file("pipeline.yaml")
 DEFAULT_WEIGHTS = installed_file("weights", "colorize-effnet-lite0.pt")
 MAX_CUDA_INDEX = 127  # torch keeps a device index in 8 bits: cuda:300 would be cuda:44
+MAX_DECODE_TIMEOUT = 86_400.0  # a day; the decode alarm (setitimer) cannot hold 1e10 s: every file would fail
 
 
 class ConfigError(Exception):
     """Raised with a message listing every problem in a configuration."""
+
+
+def _given(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path: give a path, or leave the key out")
+    return value
+
+
+GivenPath = Annotated[Path, BeforeValidator(_given)]
+"""A path a file sets: ``''`` would be resolved to the file's own folder (``weights: ''`` a folder,
+``hints_dir: ''`` or a training root the config's folder), so it is refused."""
 
 
 class _Section(BaseModel):
@@ -46,7 +58,7 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    weights: Path = DEFAULT_WEIGHTS
+    weights: GivenPath = DEFAULT_WEIGHTS
     size: int = Field(256, ge=32, le=2048, description="square side the network sees")
     device: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
@@ -80,11 +92,11 @@ class InputSection(_Section):
     include: list[str] = ["**"]
     exclude: list[str] = []
     max_pixels: int = Field(400_000_000, ge=1)
-    decode_timeout: float = Field(120.0, gt=0, description="seconds one file may take to decode before it is failed")
+    decode_timeout: float = Field(120.0, gt=0, le=MAX_DECODE_TIMEOUT, description="seconds one file may take to decode before it is failed")
     color_inputs: Literal["skip", "copy", "recolor"] = "skip"
     color_threshold: float = Field(6.0, ge=0.0)
     tiff_pages: Literal["first", "all"] = "first"
-    hints_dir: Path | None = Field(None, description="colour hints under this folder (mirrored paths) instead of beside the scans")
+    hints_dir: GivenPath | None = Field(None, description="colour hints under this folder (mirrored paths) instead of beside the scans")
     hints_only: bool = Field(False, description="only the images that have a hint file")
 
     @field_validator("extensions")
@@ -106,17 +118,17 @@ class OutputSection(_Section):
 
 
 class TrainRoot(_Section):
-    path: Path
+    path: GivenPath
     weight: float = Field(1.0, gt=0)
 
 
 class TrainSection(_Section):
     data: list[TrainRoot] = []
-    val_dir: Path | None = None
+    val_dir: GivenPath | None = None
     val_limit: int = Field(80, ge=1)
     preset: str = "lite"
-    crop: int = Field(128, ge=32)
-    batch_size: int = Field(16, ge=1)
+    crop: int = Field(128, ge=32, le=2048)
+    batch_size: int = Field(16, ge=1, le=1024)
     steps: int = Field(3000, ge=1)
     l1_steps: int = Field(3000, ge=0, description="generator-only L1 warm-up before the GAN starts")
     lambda_l1: float = Field(100.0, ge=0)
@@ -129,28 +141,28 @@ class TrainSection(_Section):
     hint_free: float = Field(0.0, ge=0, le=1, description="hint training: share of crops shown with no hints (keeps the automatic model trained when the whole model learns)")
     hint_recolour: float = Field(0.0, ge=0, le=1, description="hint training: share of crops with one region (an object, grown over the grey photo) given a new colour in the target and the hints alike, so a hint learns to colour its object and not the whole photo")
     gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, le=1)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_warmup: int = Field(0, ge=0, description="steps of linear learning-rate warm-up from 0 (fresh optimiser state on trained weights)")
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an exponential moving average of the generator's weights "
                        "(0.998: a half-life of about 350 steps), kept beside the trained ones; validation scores it and "
                        "export writes it; 0: off")
     ema_start: int = Field(0, ge=0, description="train.ema: the average starts after this step (the early weights are far from the end)")
-    gan_lr: float = Field(5e-5, gt=0)
-    beta1: float = 0.5
-    beta2: float = 0.999
+    gan_lr: float = Field(5e-5, gt=0, le=1)
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam's betas: torch refuses any other")
+    beta2: float = Field(0.999, ge=0, lt=1)
     disc_layers: int = Field(3, ge=1, le=5)
     disc_channels: int = Field(32, ge=8, le=256)
     min_chroma: float = Field(3.0, ge=0, description="skip near-grey crops (mean ab magnitude)")
     degrade: float = Field(0.0, ge=0, le=1, description="share of crops whose grey input is degraded like an old scan "
                            "(fading, uneven exposure, blur, halftone, grain, dust and scratches, JPEG); the colour target stays clean")
     degrade_strength: float = Field(1.0, ge=0, le=2, description="scale of every degradation's magnitude (degrade.py)")
-    workers: int = Field(1, ge=0)
-    threads: int = Field(0, ge=0)
+    workers: int = Field(1, ge=0, le=64)
+    threads: int = Field(0, ge=0, le=256)
     checkpoint_every: int = Field(250, ge=1)
     val_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class PipelineConfig(_Section):
@@ -320,6 +332,8 @@ def _too_many_values(data: dict[str, Any]) -> bool:
 
 
 def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return value  # left for validation to refuse (GivenPath), not made the file's folder
     if isinstance(value, (str, Path)) and not Path(value).is_absolute():
         return str(base / value)
     return value

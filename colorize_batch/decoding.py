@@ -15,13 +15,14 @@ import io
 import math
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from .color import rgb_to_lab
 
@@ -91,14 +92,31 @@ def _cmyk_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     return im.convert("RGB")
 
 
-def _to_grey(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, int, float | None]:
-    """Pillow image (already loaded, oriented) -> grey array, bit depth, chroma statistic."""
+def min_is_white(im: Image.Image) -> bool:
+    """Whether ``im`` (as opened, before turning) is a 16-bit grey TIFF stored MinIsWhite (Photometric 0:
+    level 0 is white). Pillow inverts 1- and 8-bit MinIsWhite pages while decoding, 16-bit ones not."""
+    return im.format == "TIFF" and im.mode.startswith("I;16") and getattr(im, "tag_v2", {}).get(262) == 0
+
+
+def grey16(im: Image.Image, inverted: bool = False) -> np.ndarray:
+    """The 16-bit levels of a 16- or 32-bit grey image (modes I;16*, I), ``inverted`` for a MinIsWhite
+    TIFF (:func:`min_is_white`). A 32-bit level outside 0-65535 (a signed TIFF's negatives, a 32-bit
+    integer TIFF's large values) is refused, never clipped: clipped, the photo would come out washed out."""
+    arr = np.asarray(im)
+    if arr.dtype != np.uint16:
+        low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DecodeError(f"integer grey levels {low}..{high} are outside 0-65535 (signed or 32-bit samples)")
+        arr = arr.astype(np.uint16)
+    return 65535 - arr if inverted else arr
+
+
+def _to_grey(im: Image.Image, notes: list[str], inverted: bool = False) -> tuple[np.ndarray, int, float | None]:
+    """Pillow image (already loaded, oriented) -> grey array, bit depth, chroma statistic; ``inverted``:
+    16-bit levels stored MinIsWhite (:func:`min_is_white` of the image as opened)."""
     mode = im.mode
     if mode in GREY_16_MODES:
-        arr = np.asarray(im)
-        if arr.dtype != np.uint16:
-            arr = np.clip(arr, 0, 65535).astype(np.uint16)
-        return arr, 16, None
+        return grey16(im, inverted), 16, None
     if mode == "F":
         return _float_grey(np.asarray(im), notes), 16, None
     if mode == "L":
@@ -151,8 +169,9 @@ def _jpeg_luma(path: Path, orientation: int) -> np.ndarray | None:
 
     Decoded by simplejpeg (libjpeg-turbo's TurboJPEG API): the same pixels as Pillow's
     luma-only decode, in about half the time, since Pillow copies the image through its own
-    line buffers. In strict mode libjpeg's warnings are errors: a truncated file is refused
-    (never grey-filled); for any other complaint (old scanners often leave harmless
+    line buffers. In strict mode libjpeg's warnings are errors: a truncated file, or one whose
+    image data is damaged (a segment cut short, a bad code: libjpeg fills the rest with grey), is
+    refused, never grey-filled; for any other complaint (old scanners often leave harmless
     "extraneous bytes before marker") ``None`` is returned and Pillow decodes the file.
     """
     import simplejpeg
@@ -160,12 +179,19 @@ def _jpeg_luma(path: Path, orientation: int) -> np.ndarray | None:
     try:
         grey = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True)[..., 0]
     except ValueError as exc:
-        if "Premature end" in str(exc):
+        if "Premature end of JPEG file" in str(exc):
             raise DecodeError(f"truncated file: {exc}") from None
+        if JPEG_DAMAGE.search(str(exc)):
+            raise DecodeError(f"damaged image data: {exc}") from None
         return None
     if orientation in ORIENTATION_TRANSPOSE:
         grey = np.asarray(Image.fromarray(grey).transpose(ORIENTATION_TRANSPOSE[orientation]))
     return grey
+
+
+# libjpeg's warnings about the image data itself (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE,
+# JWRN_MUST_RESYNC): what follows the damage is lost and comes out grey
+JPEG_DAMAGE = re.compile(r"premature end of data segment|bad (huffman|arithmetic) code|instead of RST", re.IGNORECASE)
 
 
 def to_8bit(grey16: np.ndarray) -> np.ndarray:
@@ -187,6 +213,15 @@ def network_input(grey: np.ndarray, size: int) -> np.ndarray:
 # compression...) are dropped: they describe the source's encoding, not the photograph.
 KEPT_TAGS = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)
 KEPT_IFDS = (0x8769, 0x8825)  # Exif (capture fields) and GPS sub-IFDs
+INTEROP_IFD = 0xA005  # in the Exif IFD: the offset of the Interoperability IFD in the source's block
+
+
+def _sub_ifd(src: Image.Exif, ifd: int) -> dict:
+    try:
+        sub = dict(src.get_ifd(ifd))
+    except (KeyError, ValueError, TypeError, OSError):
+        return {}
+    return {k: v for k, v in sub.items() if not isinstance(v, (bytes, tuple)) or len(v) < 4096}
 
 
 def _clean_exif(src: Image.Exif) -> Image.Exif:
@@ -195,11 +230,13 @@ def _clean_exif(src: Image.Exif) -> Image.Exif:
         if tag in src:
             out[tag] = src[tag]
     for ifd in KEPT_IFDS:
-        try:
-            sub = dict(src.get_ifd(ifd))
-        except (KeyError, ValueError, TypeError, OSError):
-            continue
-        sub = {k: v for k, v in sub.items() if not isinstance(v, (bytes, tuple)) or len(v) < 4096}
+        sub = _sub_ifd(src, ifd)
+        if INTEROP_IFD in sub:  # copied as a number it would point into nothing of the new, shorter block
+            interop = _sub_ifd(src, INTEROP_IFD)
+            if interop:
+                sub[INTEROP_IFD] = interop  # written as its own IFD
+            else:
+                del sub[INTEROP_IFD]
         if sub:
             out[ifd] = sub
     return out
@@ -258,14 +295,17 @@ def _metadata(im: Image.Image, exif: Image.Exif, notes: list[str]) -> dict:
 def _exif_bytes(exif: Image.Exif, notes: list[str]) -> bytes | None:
     """The cleaned EXIF as the output will carry it (orientation reset: it was applied to the
     pixels), or ``None`` with a note if a damaged field cannot be written back: checked here,
-    the same way the writer loads and re-encodes it, so a damaged field never costs the output."""
+    the same way the writer loads and re-encodes it, so a damaged field never costs the output
+    (and the writer, in the main process, never prints a decoder's warning about it)."""
     try:
         if 0x0112 in exif:
             exif[0x0112] = 1
         data = exif.tobytes()
-        check = Image.Exif()
-        check.load(data)
-        check.tobytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Corrupt EXIF data" is a damaged block too
+            check = Image.Exif()
+            check.load(data)
+            check.tobytes()
         return data
     except Exception as exc:  # noqa: BLE001 - struct.error, TypeError, ValueError, ...
         notes.append(f"damaged EXIF fields ignored ({type(exc).__name__}: {exc})")
@@ -324,10 +364,14 @@ def decode_image(im: Image.Image, size: int) -> Decoded:
         raise DecodeError(f"an image of {im.width}x{im.height} pixels: nothing to colorize")
     notes: list[str] = []  # a damaged EXIF block costs the orientation, never the photograph
     orientation = _orientation(_read_exif(im, notes))
-    im.load()
+    inverted = min_is_white(im)
+    try:  # a lazily opened file is read here: a truncated or damaged one fails as decode() fails it
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DecodeError(f"cannot decode: {exc or type(exc).__name__}") from None
     turned_by_pillow = im.format == "TIFF" and 0x0112 not in getattr(im, "tag_v2", {})  # as in _decode
     upright = im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE and not turned_by_pillow else im
-    grey, bits, chroma = _to_grey(upright, notes)
+    grey, bits, chroma = _to_grey(upright, notes, inverted)
     grey = np.array(grey, copy=True, order="C")
     return Decoded(grey=grey, net_input=network_input(grey, size), bits=bits, chroma=chroma, mode=upright.mode)
 
@@ -339,21 +383,32 @@ ORIENTATION_TRANSPOSE = {
 }
 
 
-def _tiff_upright(path: Path, page: int, orientation: int) -> Image.Image:
-    """An uncompressed TIFF whose Orientation swaps the axes, read raw with tifffile, turned here.
+def scrambled_by_pillow(im: Image.Image) -> bool:
+    """Whether Pillow's own decoder would scramble this TIFF page: uncompressed strips under an
+    Orientation that swaps the axes (Pillow 13 decodes them with the sizes swapped). Compressed ones
+    go through libtiff and come out upright; :func:`libtiff_page` reads these that way too."""
+    if im.format != "TIFF" or getattr(im, "tag_v2", {}).get(259, 1) != 1:
+        return False
+    return _orientation(_read_exif(im, [])) in (5, 6, 7, 8)
 
-    Pillow 13 scrambles exactly these files (it decodes the strips with swapped sizes);
-    compressed ones go through libtiff and come out upright.
-    """
-    import tifffile
 
-    arr = tifffile.imread(path, key=page)
-    if arr.ndim == 3 and arr.shape[2] > 3:
-        arr = arr[..., :3]
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise DecodeError(f"unsupported TIFF sample type {arr.dtype}")
-    im = Image.fromarray(arr)
-    return im.transpose(ORIENTATION_TRANSPOSE[orientation]) if orientation in ORIENTATION_TRANSPOSE else im
+def libtiff_page(path: str | os.PathLike, page: int = 0) -> Image.Image:
+    """One page of a TIFF decoded by libtiff (as Pillow decodes compressed TIFFs): loaded and upright,
+    in whatever mode Pillow reads (MinIsWhite, palette, CMYK, alpha, bilevel, 16-bit)."""
+    with _LIBTIFF_SWITCH:  # the API may decode in several threads: one flips the switch at a time
+        saved = TiffImagePlugin.READ_LIBTIFF
+        TiffImagePlugin.READ_LIBTIFF = True  # read as each page is set up (open, seek); another TIFF opened meanwhile
+        try:                                 # is decoded by libtiff too, which reads every TIFF right
+            with Image.open(path) as im:
+                if page:
+                    im.seek(page)
+                im.load()
+                return im.copy()
+        finally:
+            TiffImagePlugin.READ_LIBTIFF = saved
+
+
+_LIBTIFF_SWITCH = threading.Lock()
 
 
 def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
@@ -377,15 +432,15 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
             if grey is not None:
                 bits, mode, chroma = 8, "L", jpeg_chroma
             else:
-                uncompressed = fmt == "TIFF" and im.tag_v2.get(259, 1) == 1
-                if uncompressed and orientation in (5, 6, 7, 8):
-                    im = _tiff_upright(path, page, orientation)
+                inverted = min_is_white(im)
+                if scrambled_by_pillow(im):
+                    im = libtiff_page(path, page)
                 else:
                     im.load()
                     # Pillow >= 11 turns TIFFs upright while loading and drops the tag from tag_v2
                     if not (fmt == "TIFF" and 0x0112 not in im.tag_v2) and orientation in ORIENTATION_TRANSPOSE:
                         im = im.transpose(ORIENTATION_TRANSPOSE[orientation])
-                grey, bits, chroma = _to_grey(im, notes)
+                grey, bits, chroma = _to_grey(im, notes, inverted)
                 chroma, mode = chroma if jpeg_chroma is None else jpeg_chroma, im.mode
             pages = _page_count(opened, notes)  # after the pixels: counting seeks through every IFD
     except (DecodeError, Image.DecompressionBombError, Image.DecompressionBombWarning):

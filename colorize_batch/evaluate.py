@@ -214,8 +214,9 @@ def contact_sheet(rows: Sequence[tuple[np.ndarray, ...]], path: Path, height: in
     return path
 
 
-def colour_photos(root: Path, limit: int | None = None) -> list[Path]:
-    files = [item.source for item in find_images(root)]
+def colour_photos(root: Path, limit: int | None = None, skip_dirs: Sequence[Path] = ()) -> list[Path]:
+    """The photos under ``root`` (the first ``limit``), none from ``skip_dirs`` (a training run's own folder)."""
+    files = [item.source for item in find_images(root, skip_dirs=skip_dirs)]
     return files[:limit] if limit else files
 
 

@@ -52,12 +52,11 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import jinja2
-import numpy as np
 from markupsafe import Markup
 from PIL import Image, ImageOps
 
 from . import __version__
-from .decoding import ALPHA_MODES, GREY_16_MODES, to_8bit
+from .decoding import ALPHA_MODES, GREY_16_MODES, grey16, libtiff_page, min_is_white, scrambled_by_pillow, to_8bit
 from .hints import BUNDLE_FORMAT, HintError, hints_path_for, locate, read_editor_document, safe_relative
 from .manifest import (REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, has_manifest, refuse_links,
                        report_path, shard_report_paths)
@@ -102,14 +101,12 @@ class ThumbResult:
     made: bool = False  # written by this build (False: reused or failed)
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """Something JPEG can store, at the levels ``run`` reads: 16-bit grey (and 32-bit "I", clipped
-    to 16 bits as decoding does) through :func:`decoding.to_8bit`, alpha flattened on white."""
+def _to_8bit(im: Image.Image, inverted: bool = False) -> Image.Image:
+    """Something JPEG can store, at the levels ``run`` reads: 16-bit grey (and 32-bit "I") as decoding
+    reads it (:func:`decoding.grey16`, ``inverted`` for MinIsWhite) through :func:`decoding.to_8bit`,
+    alpha flattened on white."""
     if im.mode in GREY_16_MODES:
-        levels = np.asarray(im)
-        if levels.dtype != np.uint16:
-            levels = np.clip(levels, 0, 65535).astype(np.uint16)
-        return Image.fromarray(to_8bit(levels), "L")
+        return Image.fromarray(to_8bit(grey16(im, inverted)), "L")
     if im.mode in ("L", "RGB"):
         return im
     if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
@@ -124,7 +121,9 @@ def thumbnail_image(im: Image.Image, long_side: int = THUMB_LONG_SIDE) -> Image.
     the 8-bit levels decoding gives (:func:`_to_8bit`, before resampling), long side ``long_side``."""
     if im.format == "JPEG":
         im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (long_side, long_side))
-    small = _to_8bit(ImageOps.exif_transpose(im))
+    inverted = min_is_white(im)
+    upright = libtiff_page(im.filename, im.tell()) if scrambled_by_pillow(im) else ImageOps.exif_transpose(im)  # type: ignore[attr-defined]
+    small = _to_8bit(upright, inverted)
     small.thumbnail((long_side, long_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return small
 

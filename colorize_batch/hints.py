@@ -159,12 +159,29 @@ def parse_hints(data: object) -> Hints:
     return Hints(tuple(out), tint)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys differ: ``json`` keeps the last of a key given twice, so a second
+    ``"points"`` would drop every point of the first, unseen (as config.py refuses a YAML key twice)."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"key {key!r} is given twice in one object")
+        seen[key] = value
+    return seen
+
+
 def _json_document(raw: bytes) -> Any:
     """Decoded JSON of a hint file or bundle; :class:`HintError` says why not."""
-    try:
-        return json.loads(raw.decode("utf-8-sig"))  # a byte-order mark (Windows Notepad's UTF-8) is not an error
+    try:  # a byte-order mark (Windows Notepad's UTF-8) is not an error
+        return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HintError(f"not valid JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise HintError(f"not a usable hint document ({exc})") from None
     except ValueError:  # Python's limit on an integer's digits (4300): not a number a hint can hold
         raise HintError("not a usable hint document (a number of thousands of digits)") from None
     except RecursionError:
@@ -368,9 +385,13 @@ def read_bundle(data: object) -> dict[PurePosixPath, dict]:
     images = data.get("images")
     if not isinstance(images, dict):
         raise HintError("a bundle's 'images' must map image paths to hint documents")
-    out = {}
+    out: dict[PurePosixPath, dict] = {}
+    names: dict[PurePosixPath, str] = {}
     for name, document in images.items():
         rel = safe_relative(name)
+        if rel in names:  # "a/photo.jpg", "./a/photo.jpg", "a//photo.jpg": one photo, one of them would win unseen
+            raise HintError(f"{names[rel]!r} and {name!r} name the same image ({display(str(rel))}); nothing written")
+        names[rel] = name
         try:
             parse_hints(document)
         except HintError as exc:

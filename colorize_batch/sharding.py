@@ -90,10 +90,33 @@ def resolve_shard(option: str | None, shard_count: int | None = None, env: Mappi
     return shard
 
 
-def merge_reports(out_root: Path) -> RunReport:
-    """Combine ``last-run.shard-*.json`` reports into one (counts, failures, notes and stage times
-    summed; the longest wall time; the worst exit code)."""
+def _shard_count(report: Path) -> int:
+    found = re.search(r"\.shard-\d+-of-(\d+)\.json$", report.name)
+    return int(found[1]) if found else 0
+
+
+def current_shard_reports(out_root: Path) -> list[Path]:
+    """The shard reports of OUT's current job shape: those of the shard count of the report written
+    last. A job re-sharded (4 shards, then 8) leaves the earlier shape's reports behind; merged with
+    the new ones, every file would count twice and an old failure would fail every later merge."""
     parts = shard_report_paths(out_root)
+    if not parts:
+        return []
+
+    def written(report: Path) -> int:
+        try:
+            return report.lstat().st_mtime_ns
+        except OSError:
+            return 0
+
+    latest = _shard_count(max(parts, key=written))
+    return [p for p in parts if _shard_count(p) == latest]
+
+
+def merge_reports(out_root: Path) -> RunReport:
+    """Combine the ``last-run.shard-*.json`` reports of the current job shape (:func:`current_shard_reports`)
+    into one (counts, failures, notes and stage times summed; the longest wall time; the worst exit code)."""
+    parts = current_shard_reports(out_root)
     if not parts:
         raise ShardError(f"{out_root}: no shard reports ({SHARD_REPORT_GLOB}) to merge")
     reports = []

@@ -148,13 +148,15 @@ class StepBatchSampler(Sampler):
         return sys.maxsize
 
 
-def training_files(cfg: TrainSection, extra_roots: list[Path]) -> tuple[list[Path], torch.Tensor]:
-    """Files of all roots and a sampling weight per file: each root's share is its weight."""
+def training_files(cfg: TrainSection, extra_roots: list[Path], out_dir: Path | None = None) -> tuple[list[Path], torch.Tensor]:
+    """Files of all roots and a sampling weight per file: each root's share is its weight. Nothing from
+    ``out_dir``, the run's own folder (under a root, its contact sheets would become training photos
+    on ``--resume``, and the resumed batches differ from the ones an uninterrupted run draws)."""
     roots = [(r.path, r.weight) for r in cfg.data] if not extra_roots else [(p, 1.0) for p in extra_roots]
     files: list[Path] = []
     weights: list[float] = []
     for root, weight in roots:
-        found = [item.source for item in find_images(root)]
+        found = [item.source for item in find_images(root, skip_dirs=[out_dir] if out_dir else [])]
         if not found:
             raise TrainingError(f"{root}: no training images found")
         files += found
@@ -319,8 +321,8 @@ class Trainer:
 
     def fit(self, max_minutes: float | None = None, progress=None) -> dict:
         cfg = self.config.train
-        files, weights = training_files(cfg, self.data_roots)
-        val_files = colour_photos(cfg.val_dir, cfg.val_limit) if cfg.val_dir else []
+        files, weights = training_files(cfg, self.data_roots, self.out_dir)
+        val_files = colour_photos(cfg.val_dir, cfg.val_limit, skip_dirs=[self.out_dir]) if cfg.val_dir else []
         self.objective.prepare(files, weights)
         log.info(
             "training %s (%.1fM parameters) on %d files, %s, from step %d to %d",
@@ -374,6 +376,16 @@ class Trainer:
         return {"step": self.step, "stopped_early": stopped_early, "weights": str(weights_path), "losses": last}
 
 
+def _refuse_own_source(dest: Path, *sources: Path) -> None:
+    """An export never replaces the run's checkpoint (its training state: ``--resume`` would be
+    gone) nor the file it exports: :class:`TrainingError` before anything is read or written."""
+    from .safe_files import same_file
+
+    for source in sources:
+        if same_file(dest, source):
+            raise TrainingError(f"{dest}: that is the run's {source.name}; the export would replace it, choose another file")
+
+
 def export_checkpoint(run_dir: Path, dest: Path) -> Path:
     """A run folder's last checkpoint as a weights file at ``dest``, through the trainer's own
     :meth:`Trainer.export` (the same file and provenance training writes); :class:`TrainingError`
@@ -381,6 +393,7 @@ def export_checkpoint(run_dir: Path, dest: Path) -> Path:
     from pydantic import ValidationError
 
     ckpt = run_dir / CHECKPOINT
+    _refuse_own_source(dest, ckpt)
     try:
         train_cfg = TrainSection.model_validate(read_checkpoint(ckpt)["config"])
         train_cfg.pretrained = False  # every weight comes from the checkpoint
@@ -394,6 +407,7 @@ def export_checkpoint(run_dir: Path, dest: Path) -> Path:
 def export_snapshot(run_dir: Path, step: int, dest: Path) -> Path:
     """The validation snapshot of ``step`` (a weights file already) re-saved as ``dest``, named after it."""
     snapshot = run_dir / f"generator_{step:06d}.pt"
+    _refuse_own_source(dest, run_dir / CHECKPOINT, snapshot)
     try:
         generator, info = load_weights(snapshot)
     except WeightsError as exc:
