@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -76,6 +77,17 @@ class GivenPath(click.Path):
             self.fail("is empty (an unset variable in a script?); give a path", param, ctx)
         return super().convert(value, param, ctx)
 
+
+
+class Number(click.FloatRange):
+    """``click.FloatRange`` that refuses ``nan`` (which passes every range comparison): ``eval --degrade
+    nan`` ended in a traceback, ``train --max-minutes nan`` never stopped. Every float option is one."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail("is not a number (nan)", param, ctx)
+        return number
 
 def _refuse_blocking(path: Path) -> None:
     """A FIFO with no reader would block the log file's open for ever: ``OSError`` instead."""
@@ -149,7 +161,7 @@ weights_option = click.option("--weights", type=GivenPath(path_type=Path, dir_ok
 device_option = click.option("--device", type=str, help="auto (CUDA if present) | cpu | cuda | cuda:N (model.device).")
 size_option = click.option("--size", type=click.IntRange(32, 2048), help="Side of the square the network sees (model.size).")
 temperature_option = click.option(
-    "--temperature", type=click.FloatRange(0.05, 5.0),
+    "--temperature", type=Number(0.05, 5.0),
     help="Annealed-mean temperature of classification-head weights (effunet): lower is more vivid, "
          "1.0 the plain expectation; ignored by unet weights (model.temperature).")
 format_option = click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png", "tif"]), help="Output format (output.format).")
@@ -306,7 +318,7 @@ class RunRequest:
 @click.option("--ray-address", metavar="ADDRESS", help="With --engine ray: auto or ray://HOST:PORT (default: start Ray locally).")
 @click.option("--actors", type=click.IntRange(1), help="With --engine ray: actors, each loads the model once "
               "(default: one per GPU, else the cluster's CPUs - 1).")
-@click.option("--gpus-per-actor", type=click.FloatRange(0), help="With --engine ray: GPUs per actor, fractions share a GPU "
+@click.option("--gpus-per-actor", type=Number(0), help="With --engine ray: GPUs per actor, fractions share a GPU "
               "(default: the cluster's GPUs shared out; 0 with --device cpu).")
 @click.option("--gallery", is_flag=True, help="Write the HTML review gallery into OUT/.colorize-batch/gallery/ after the run "
               "(with the model's suggested colours: see gallery --help); not after an interrupted one.")
@@ -486,7 +498,7 @@ def info(ctx, config_path, weights, device, as_json):
 @click.option("--out", "out_dir", type=GivenPath(file_okay=False, path_type=Path), default=Path("runs/default"), show_default=True, help="Run folder: checkpoints, logs, sheets, weights.")
 @click.option("--resume", is_flag=True, help="Continue exactly from the run folder's checkpoint.")
 @click.option("--init", "init_weights", type=GivenPath(exists=True, dir_okay=False, path_type=Path), help="Start the generator from this weights file (fine-tuning).")
-@click.option("--max-minutes", type=float, help="Stop cleanly (checkpoint + weights) after this many minutes.")
+@click.option("--max-minutes", type=Number(0, min_open=True), help="Stop cleanly (checkpoint + weights) after this many minutes.")
 @click.option("--steps", type=int, help="Total training steps (train.steps).")
 @device_option
 @print_config_option
@@ -571,7 +583,7 @@ def export(run_dir, dest, step):
 @click.option("--sheet-images", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--hints", "hint_points", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Reveal N points of each photo's truth to the model as colour hints (fixed seed; models with a hint branch).")
-@click.option("--degrade", type=click.FloatRange(0.0, 2.0), default=0.0, show_default=True,
+@click.option("--degrade", type=Number(0.0, 2.0), default=0.0, show_default=True,
               help="Make each grey input look like an old scan at this strength (fading, blur, grain, JPEG...; fixed seed).")
 @click.pass_context
 def evaluate_cmd(ctx, color_dir, config_path, weights, device, size, temperature, limit, report_path, sheet, sheet_images, hint_points,

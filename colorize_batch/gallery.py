@@ -59,12 +59,12 @@ from . import __version__
 from .decoding import ALPHA_MODES, GREY_16_MODES, grey16, libtiff_page, min_is_white, scrambled_by_pillow, to_8bit
 from .hints import BUNDLE_FORMAT, HintError, hints_path_for, locate, read_editor_document, safe_relative
 from .manifest import (REPORT_STEM, REPORT_SUFFIX, Manifest, ManifestRecord, Status, gallery_dir, has_manifest, refuse_links,
-                       report_path, shard_report_paths)
+                       report_path)
 from .names import display
 from .planning import parse_source_key
 from .reporting import RunReport
 from .safe_files import atomic_write, atomic_write_text
-from .sharding import ShardError, merge_reports
+from .sharding import ShardError, current_shard_reports, merge_reports, written_ns
 from .suggestions import Suggester, SuggestionSource
 
 log = logging.getLogger("colorize_batch")
@@ -535,10 +535,13 @@ def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) 
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path, out_dir)
-    shard_reports = shard_report_paths(out_dir) if last_run is None else []
-    if shard_reports:  # an OUT made by --shard runs: their reports, merged
+    shard_reports = current_shard_reports(out_dir)
+    newest_shard = max(map(written_ns, shard_reports), default=0)
+    if newest_shard and (last_run is None or newest_shard > written_ns(last_run_path)):
+        # an OUT made by --shard runs (their reports merged), or one whose `report merge` (last-run.json) is older
+        # than the shards' latest run: the shards' reports are the newer account
         try:
-            last_run, last_run_path = merge_reports(out_dir), shard_reports[-1]
+            last_run, last_run_path = merge_reports(out_dir), max(shard_reports, key=written_ns)
         except ShardError as exc:
             log.warning("gallery: ignoring the shard reports: %s", exc)
     src_root, src_warning = _source_root(source_dir, last_run)

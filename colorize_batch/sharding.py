@@ -95,6 +95,14 @@ def _shard_count(report: Path) -> int:
     return int(found[1]) if found else 0
 
 
+def written_ns(report: Path) -> int:
+    """When a report was last written (ns; 0 if it is gone): what says which report is current."""
+    try:
+        return report.lstat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def current_shard_reports(out_root: Path) -> list[Path]:
     """The shard reports of OUT's current job shape: those of the shard count of the report written
     last. A job re-sharded (4 shards, then 8) leaves the earlier shape's reports behind; merged with
@@ -102,14 +110,7 @@ def current_shard_reports(out_root: Path) -> list[Path]:
     parts = shard_report_paths(out_root)
     if not parts:
         return []
-
-    def written(report: Path) -> int:
-        try:
-            return report.lstat().st_mtime_ns
-        except OSError:
-            return 0
-
-    latest = _shard_count(max(parts, key=written))
+    latest = _shard_count(max(parts, key=written_ns))
     return [p for p in parts if _shard_count(p) == latest]
 
 

@@ -250,6 +250,41 @@ def test_report_merge_after_the_job_was_resharded_merges_only_the_new_shape(tmp_
     assert merged["counts"]["done"] == 6 and merged["failures"] == [] and len(merged["shards"]) == 3
 
 
+def test_the_gallery_reads_the_shards_reports_when_they_are_newer_than_the_last_merge(tmp_path, run_cli):
+    """After ``report merge`` wrote last-run.json, the next night's shard runs are the current account:
+    the gallery showed the old merged counts until the next merge."""
+    import os
+
+    from colorize_batch.gallery import _read_state
+
+    for i in range(4):
+        save(tmp_path / "in" / f"s{i}.png", Image.fromarray(np.roll(ramp(), i, 1)))
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        run_cli("run", tmp_path / "in", out, "-q", "--shard", shard, expect=ExitCode.OK)
+    run_cli("report", "merge", out, expect=ExitCode.OK)
+    assert _read_state(out, None, None).last_run.counts.done == 4  # the merge
+    os.utime(report_path(out), (1_000_000_000, 1_000_000_000))  # the merge is older than the next runs
+    save(tmp_path / "in" / "new.png", Image.fromarray(np.roll(ramp(), 9, 1)))
+    for shard in ("0/2", "1/2"):  # the next night: one new photo
+        run_cli("run", tmp_path / "in", out, "-q", "--shard", shard, expect=ExitCode.OK)
+    state = _read_state(out, None, None)
+    assert state.last_run.counts.done == 1 and state.last_run.counts.skipped_up_to_date == 4
+    assert state.last_run_path.name.startswith("last-run.shard-")
+
+
+@pytest.mark.parametrize("args", [("eval", "{in}", "--degrade", "nan"), ("train", "{in}", "--out", "{out}", "--max-minutes", "nan"),
+                                  ("train", "{in}", "--out", "{out}", "--max-minutes", "-1"), ("run", "{in}", "{out}", "--temperature", "nan"),
+                                  ("run", "{in}", "{out}", "--engine", "ray", "--gpus-per-actor", "nan")])
+def test_a_float_option_given_nan_is_a_usage_error(tmp_path, run_cli, args):
+    """``nan`` passes every range check: ``eval --degrade nan`` ended in a traceback, ``train --max-minutes
+    nan`` never stopped (and a negative one stopped after one step)."""
+    save(tmp_path / "in" / "a.png", Image.fromarray(ramp()))
+    result = run_cli(*(a.format(**{"in": tmp_path / "in", "out": tmp_path / "out"}) for a in args), expect=ExitCode.USAGE)
+    assert "Traceback" not in result.output and ("nan" in result.output or "-1" in result.output), result.output
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- train
 def test_a_run_folder_under_the_training_photos_never_trains_on_its_own_contact_sheets(tmp_path, run_cli):
     """``train photos --out photos/run``: each validation writes a sheet PNG into the run folder, which
