@@ -175,6 +175,10 @@ class ColorizeSession:
         """Several images in one batched forward pass (``hints``: one entry, or ``None``, per image)."""
         if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):  # a str would be colorized letter by letter
             raise TypeError(f"colorize_many takes a sequence of images, not one {type(images).__name__}: use colorize")
+        if isinstance(hints, (str, os.PathLike, Mapping, Hints)):
+            raise TypeError(f"colorize_many takes one hints entry (or None) per image, not one {type(hints).__name__}")
+        images = list(images)  # a generator or any other iterable, read once
+        hints = list(hints) if hints is not None else None
         if hints is not None and len(hints) != len(images):
             raise ValueError(f"{len(images)} images but {len(hints)} hint entries")
         size, max_pixels = self.config.model.size, self.config.input.max_pixels

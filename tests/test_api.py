@@ -137,6 +137,16 @@ def test_bad_inputs_are_named_errors(tmp_path, tiny_weights):
         session.colorize(grey_image(), bad_hints)
     with pytest.raises(ValueError, match="2 images but 1 hint"):
         session.colorize_many([grey_image(), grey_image()], [None])
+    with pytest.raises(TypeError, match="one hints entry"):  # one document for two images: not "no len()"
+        session.colorize_many([grey_image(), grey_image()], {"points": []})
+
+
+def test_colorize_many_takes_generators(tiny_weights):
+    session = colorize_batch.ColorizeSession(tiny_weights)
+    images = [grey_image(seed=1), grey_image(seed=2)]
+    listed = session.colorize_many(images, [None, None])
+    from_generators = session.colorize_many((im for im in images), (None for _ in images))
+    assert [np.asarray(a).tobytes() for a in listed] == [np.asarray(b).tobytes() for b in from_generators]
 
 
 def test_importing_the_package_does_not_load_torch():
