@@ -65,6 +65,12 @@ def _array_image(array: np.ndarray) -> Image.Image:
                      "grey levels, or (H, W, 3|4) uint8 RGB(A)")
 
 
+def _refuse_empty(path: object, error: type[Exception], wanted: str) -> None:
+    """An empty path never means the current folder: ``error`` saying what to give instead."""
+    if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
+        raise error(f"an empty path: give {wanted}")
+
+
 def _decoded(image: ImageSource, size: int, max_pixels: int) -> Decoded:
     """The image as ``run`` decodes a file; :class:`DecodeError` names the file and the problem."""
     if isinstance(image, Image.Image):
@@ -76,8 +82,7 @@ def _decoded(image: ImageSource, size: int, max_pixels: int) -> Decoded:
     if isinstance(image, np.ndarray):
         return decode_image(_array_image(image), size)
     if isinstance(image, (str, os.PathLike)):
-        if not os.fspath(image):  # never the current folder
-            raise DecodeError("an empty path: give an image file")
+        _refuse_empty(image, DecodeError, "an image file")
         try:
             return decode(image, size, max_pixels=max_pixels)
         except DecodeError as exc:
@@ -93,8 +98,7 @@ def _hints(hints: HintsSource | None) -> Hints | None:
         return parse_hints(dict(hints))
     if not isinstance(hints, (str, os.PathLike)):
         raise TypeError(f"hints of type {type(hints).__name__}: give a hint file's path, a hint document (dict) or Hints")
-    if not os.fspath(hints):  # never the current folder
-        raise HintError("an empty path: give a hint file")
+    _refuse_empty(hints, HintError, "a hint file")
     try:
         return read_hints(Path(hints))[0]
     except HintError as exc:
@@ -110,10 +114,8 @@ def _session_config(config: PipelineConfig | str | os.PathLike | None, weights: 
         raise TypeError(f"weights of type {type(weights).__name__}: give the weights file's path")
     if config is not None and not isinstance(config, (str, os.PathLike, PipelineConfig)):
         raise TypeError(f"config of type {type(config).__name__}: give a YAML file's path or a PipelineConfig")
-    if weights is not None and not os.fspath(weights):  # never the current folder
-        raise WeightsError("an empty path: give a weights file, or None for the shipped one")
-    if isinstance(config, (str, os.PathLike)) and not os.fspath(config):
-        raise ConfigError("an empty path: give a YAML file, or None for the built-in pipeline.yaml")
+    _refuse_empty(weights, WeightsError, "a weights file, or None for the shipped one")
+    _refuse_empty(config, ConfigError, "a YAML file, or None for the built-in pipeline.yaml")
     base = config if isinstance(config, PipelineConfig) else load_config(None if config is None else Path(config))
     overrides: dict[str, object] = {}
     if weights is not None:
@@ -243,8 +245,7 @@ def colorize(image: ImageSource, hints: HintsSource | None = None, weights: str 
     The last session used is kept, so calling this in a loop loads the weights once; for other
     settings (device, configuration file) make a :class:`ColorizeSession`.
     """
-    if isinstance(weights, (str, os.PathLike)) and not os.fspath(weights):  # never the current folder
-        raise WeightsError("an empty path: give a weights file, or None for the shipped one")
+    _refuse_empty(weights, WeightsError, "a weights file, or None for the shipped one")
     path = Path(weights).absolute() if weights is not None else None
     stamp = None
     if path is not None and path.is_file():

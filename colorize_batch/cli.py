@@ -78,7 +78,6 @@ class GivenPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-
 class Number(click.FloatRange):
     """``click.FloatRange`` that refuses ``nan`` (which passes every range comparison): ``eval --degrade
     nan`` ended in a traceback, ``train --max-minutes nan`` never stopped. Every float option is one."""
@@ -88,6 +87,7 @@ class Number(click.FloatRange):
         if math.isnan(number):
             self.fail("is not a number (nan)", param, ctx)
         return number
+
 
 def _refuse_blocking(path: Path) -> None:
     """A FIFO with no reader would block the log file's open for ever: ``OSError`` instead."""

@@ -383,13 +383,14 @@ ORIENTATION_TRANSPOSE = {
 }
 
 
-def scrambled_by_pillow(im: Image.Image) -> bool:
+def scrambled_by_pillow(im: Image.Image, orientation: int | None = None) -> bool:
     """Whether Pillow's own decoder would scramble this TIFF page: uncompressed strips under an
     Orientation that swaps the axes (Pillow 13 decodes them with the sizes swapped). Compressed ones
-    go through libtiff and come out upright; :func:`libtiff_page` reads these that way too."""
+    go through libtiff and come out upright; :func:`libtiff_page` reads these that way too.
+    ``orientation``: the EXIF orientation if the caller has read it already."""
     if im.format != "TIFF" or getattr(im, "tag_v2", {}).get(259, 1) != 1:
         return False
-    return _orientation(_read_exif(im, [])) in (5, 6, 7, 8)
+    return (_orientation(_read_exif(im, [])) if orientation is None else orientation) in (5, 6, 7, 8)
 
 
 def libtiff_page(path: str | os.PathLike, page: int = 0) -> Image.Image:
@@ -433,7 +434,7 @@ def _decode(path: Path, size: int, page: int, notes: list[str]) -> Decoded:
                 bits, mode, chroma = 8, "L", jpeg_chroma
             else:
                 inverted = min_is_white(im)
-                if scrambled_by_pillow(im):
+                if scrambled_by_pillow(im, orientation):
                     im = libtiff_page(path, page)
                 else:
                     im.load()

@@ -535,13 +535,12 @@ def _read_state(out_dir: Path, source_dir: Path | None, hints_dir: Path | None) 
         raise NoManifestError(f"{out_dir}: no {manifest.path.relative_to(out_dir)} (not a colorize-batch output folder, or nothing ran yet)")
     last_run_path = report_path(out_dir)
     last_run = _read_last_run(last_run_path, out_dir)
-    shard_reports = current_shard_reports(out_dir)
-    newest_shard = max(map(written_ns, shard_reports), default=0)
-    if newest_shard and (last_run is None or newest_shard > written_ns(last_run_path)):
+    newest_shard = max(current_shard_reports(out_dir), key=written_ns, default=None)
+    if newest_shard and (last_run is None or written_ns(newest_shard) > written_ns(last_run_path)):
         # an OUT made by --shard runs (their reports merged), or one whose `report merge` (last-run.json) is older
         # than the shards' latest run: the shards' reports are the newer account
         try:
-            last_run, last_run_path = merge_reports(out_dir), max(shard_reports, key=written_ns)
+            last_run, last_run_path = merge_reports(out_dir), newest_shard
         except ShardError as exc:
             log.warning("gallery: ignoring the shard reports: %s", exc)
     src_root, src_warning = _source_root(source_dir, last_run)
